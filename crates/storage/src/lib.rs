@@ -1,0 +1,41 @@
+//! # weir-storage
+//!
+//! The per-partition segment log that every Weir partition lives on. It knows nothing of Raft,
+//! gRPC or tokio: it stores batches, assigns offsets and entry indexes, finds data by offset,
+//! entry index or time, keeps itself within retention, and survives crashes.
+//!
+//! - [`codec`]: the batch and record format (pure; fuzzed).
+//! - [`PartitionLog`]: a directory of segments with append, read, truncation at both ends,
+//!   retention and recovery.
+//! - [`Durability`]: when appends reach the disk (`always` with group commit by default).
+//!
+//! ```
+//! use weir_storage::{codec::{BatchBuilder, Compression, ValidBatch}, LogConfig, PartitionLog};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let log = PartitionLog::open(dir.path(), LogConfig::default())?;
+//! let mut batch = BatchBuilder::new(Compression::Lz4);
+//! batch.push(1_700_000_000_000, Some(b"key"), Some(b"value"), &[]);
+//! let batch = ValidBatch::new(batch.build().expect("one record"))?;
+//! let appended = log.append_durable(&batch, 1)?;
+//! let read = log.read(appended.base_offset, 1 << 20)?;
+//! assert_eq!(read.batches[0].records()?[0].value.as_deref(), Some(&b"value"[..]));
+//! # Ok(()) }
+//! ```
+
+pub mod codec;
+mod config;
+mod durability;
+mod error;
+mod index;
+mod log;
+mod segment;
+
+pub use config::{Durability, LogConfig, MAX_SEGMENT_BYTES};
+pub use durability::{DurableCallback, Watermark};
+pub use error::{Result, StorageError};
+pub use log::{
+    Appended, LOCK_FILE, LogBounds, META_FILE, PartitionLog, ReadBatches, RecoveryReport,
+    RetentionReport,
+};
+pub use segment::{IndexRebuild, TailRepair};
