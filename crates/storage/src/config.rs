@@ -66,9 +66,9 @@ impl LogConfig {
     /// Checks the settings against each other and the format's limits.
     pub fn validate(&self) -> Result<()> {
         let fail = |msg: String| Err(StorageError::InvalidConfig(msg));
-        if self.segment_bytes < 4096 || self.segment_bytes > MAX_SEGMENT_BYTES {
+        if self.segment_bytes < 1024 || self.segment_bytes > MAX_SEGMENT_BYTES {
             return fail(format!(
-                "segment_bytes {} must be in [4096, {MAX_SEGMENT_BYTES}]",
+                "segment_bytes {} must be in [1024, {MAX_SEGMENT_BYTES}]",
                 self.segment_bytes
             ));
         }
