@@ -106,7 +106,9 @@ pub enum CodecError {
 }
 
 /// How a batch's payload is compressed. Stored in the attributes' low three bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     #[default]
@@ -597,8 +599,7 @@ impl HeaderFields {
         out.put_u64_le(0); // base offset
         out.put_u64_le(0); // term
         out.put_u64_le(0); // index
-        let attributes =
-            self.compression.bits() | if self.control { CONTROL_BIT } else { 0 };
+        let attributes = self.compression.bits() | if self.control { CONTROL_BIT } else { 0 };
         out.put_u16_le(attributes);
         out.put_u32_le(self.record_count);
         out.put_i64_le(self.first_timestamp);
@@ -790,7 +791,9 @@ fn get_optional_bytes(buf: &mut Bytes) -> Option<Option<Bytes>> {
     if len == -1 {
         return Some(None);
     }
-    let len = usize::try_from(len).ok().filter(|&n| n <= buf.remaining())?;
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&n| n <= buf.remaining())?;
     Some(Some(buf.split_to(len)))
 }
 

@@ -72,7 +72,9 @@ impl LogConfig {
                 self.segment_bytes
             ));
         }
-        if (self.max_batch_bytes as usize) < HEADER_LEN || self.max_batch_bytes as usize > MAX_BATCH_LEN {
+        if (self.max_batch_bytes as usize) < HEADER_LEN
+            || self.max_batch_bytes as usize > MAX_BATCH_LEN
+        {
             return fail(format!(
                 "max_batch_bytes {} must be in [{HEADER_LEN}, {MAX_BATCH_LEN}]",
                 self.max_batch_bytes

@@ -30,7 +30,11 @@ pub enum StorageError {
         next_offset: u64,
     },
     #[error("entry index {requested} is out of range: the log holds [{first}, {next})")]
-    IndexOutOfRange { requested: u64, first: u64, next: u64 },
+    IndexOutOfRange {
+        requested: u64,
+        first: u64,
+        next: u64,
+    },
     #[error("offset {offset} is not the start of a batch")]
     NotBatchBoundary { offset: u64 },
     #[error("term {term} is below the log's last term {last_term}")]
@@ -52,7 +56,10 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { op, path, source }
     }

@@ -179,7 +179,7 @@ impl OffsetIndex {
 
     fn check(&self, segment_size: u64) -> std::result::Result<(), IndexProblem> {
         let bytes = self.entries.bytes();
-        if bytes.len() % OFFSET_ENTRY_LEN != 0 {
+        if !bytes.len().is_multiple_of(OFFSET_ENTRY_LEN) {
             return Err(IndexProblem(format!(
                 "size {} is not a multiple of {OFFSET_ENTRY_LEN}",
                 bytes.len()
@@ -282,7 +282,7 @@ impl TimeIndex {
 
     fn check(&self, segment_records: u64) -> std::result::Result<(), IndexProblem> {
         let bytes = self.entries.bytes();
-        if bytes.len() % TIME_ENTRY_LEN != 0 {
+        if !bytes.len().is_multiple_of(TIME_ENTRY_LEN) {
             return Err(IndexProblem(format!(
                 "size {} is not a multiple of {TIME_ENTRY_LEN}",
                 bytes.len()

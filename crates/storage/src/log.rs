@@ -365,7 +365,9 @@ impl PartitionLog {
     }
 
     /// Reads whole batches starting with the one that holds `from_offset` (or the first record
-    /// after it), up to about `max_bytes` (at least one batch). Empty at the log's end.
+    /// after it), up to about `max_bytes` (at least one batch). Empty at the log's end. A read
+    /// never spans two segments (the bytes stay one zero-copy slice): call again from
+    /// [`ReadBatches::next_offset`].
     pub fn read(&self, from_offset: u64, max_bytes: usize) -> Result<ReadBatches> {
         self.read_until(from_offset, max_bytes, u64::MAX)
     }
@@ -409,7 +411,8 @@ impl PartitionLog {
     }
 
     /// Reads whole batches by entry index: from `from_index`, stopping before `until_index`,
-    /// up to about `max_bytes` (at least one batch).
+    /// up to about `max_bytes` (at least one batch). Like [`Self::read`], it stops at the end of
+    /// a segment.
     pub fn read_entries(
         &self,
         from_index: u64,
@@ -490,19 +493,23 @@ impl PartitionLog {
                 next_offset: state.next.next_offset,
             });
         }
-        let at = state
-            .segments
-            .partition_point(|s| s.base_offset <= offset)
-            .saturating_sub(1);
-        let found = self.guard(state.segments[at].first_batch_from_offset(offset))?;
-        let cut = match found {
-            Some(found) if found.header.base_offset == offset => Some((at, found)),
-            Some(_) => return Err(StorageError::NotBatchBoundary { offset }),
-            None if state.segments[at].next_offset > offset => {
-                return Err(StorageError::NotBatchBoundary { offset });
+        // Control batches at the end of a segment share their base offset with the next
+        // segment's: start with the first segment that could hold a batch at `offset`.
+        let first = state.segments.partition_point(|s| s.next_offset < offset);
+        let mut cut = None;
+        for (at, segment) in state.segments.iter().enumerate().skip(first) {
+            match self.guard(segment.first_batch_from_offset(offset))? {
+                Some(found) if found.header.base_offset == offset => {
+                    cut = Some((at, found));
+                    break;
+                }
+                Some(_) => return Err(StorageError::NotBatchBoundary { offset }),
+                None if segment.next_offset > offset => {
+                    return Err(StorageError::NotBatchBoundary { offset });
+                }
+                None => {}
             }
-            None => self.guard(first_batch_after_segment(&state, at))?,
-        };
+        }
         let Some((at, found)) = cut else {
             return Ok(());
         };
@@ -510,7 +517,8 @@ impl PartitionLog {
         self.guard(result)
     }
 
-    /// Removes every batch whose entry index is `index` or more (Raft's log truncation).
+    /// Removes every batch whose entry index is `index` or more (Raft's log truncation). Fails
+    /// if that batch starts below the log start.
     pub fn truncate_from_index(&self, index: u64) -> Result<()> {
         let mut state = self.write_state()?;
         if index >= state.next.next_index {
@@ -531,6 +539,14 @@ impl PartitionLog {
         let Some((base, located)) = found else {
             return Ok(());
         };
+        if located.header.base_offset < state.log_start_offset {
+            // The log start lies inside the batch: cutting it would end the log before its start.
+            return Err(StorageError::OffsetOutOfRange {
+                requested: located.header.base_offset,
+                log_start: state.log_start_offset,
+                next_offset: state.next.next_offset,
+            });
+        }
         let at = state.segments.partition_point(|s| s.base_offset < base);
         let result = self.truncate_at(&mut state, at, located);
         self.guard(result)
@@ -697,9 +713,13 @@ impl PartitionLog {
             while let Some(segment) = state.segments.pop_back() {
                 delete_segment_files(&segment.paths)?;
             }
-            let fresh = Segment::create(&dir, next_offset, self.shared.config.index_interval_bytes)?;
+            let fresh =
+                Segment::create(&dir, next_offset, self.shared.config.index_interval_bytes)?;
             let file = Arc::clone(fresh.file());
-            fresh.file().sync_all().map_err(StorageError::io("sync", &fresh.paths.log))?;
+            fresh
+                .file()
+                .sync_all()
+                .map_err(StorageError::io("sync", &fresh.paths.log))?;
             state.segments.push_back(fresh);
             sync_dir(&dir)?;
             drop(file);
@@ -827,17 +847,9 @@ fn continuation_before(state: &LogState, at: usize) -> Continuation {
 fn locate_index(state: &LogState, index: u64) -> Result<Option<(&Segment, Located)>> {
     for segment in state.segments.iter().rev() {
         if segment.first_index.is_some_and(|first| first <= index) {
-            return Ok(segment.batch_with_index(index)?.map(|found| (segment, found)));
-        }
-    }
-    Ok(None)
-}
-
-/// The first batch of the first non-empty segment after `at`, if any.
-fn first_batch_after_segment(state: &LogState, at: usize) -> Result<Option<(usize, Located)>> {
-    for (i, segment) in state.segments.iter().enumerate().skip(at + 1) {
-        if let Some(found) = segment.first_batch_from_offset(segment.base_offset)? {
-            return Ok(Some((i, found)));
+            return Ok(segment
+                .batch_with_index(index)?
+                .map(|found| (segment, found)));
         }
     }
     Ok(None)
@@ -871,9 +883,8 @@ struct Meta {
 fn write_meta(dir: &Path, log_start_offset: u64, next_index: u64) -> Result<()> {
     let path = dir.join(META_FILE);
     let tmp = dir.join(format!("{META_FILE}.tmp"));
-    let text = format!(
-        "{META_HEADER}\nlog_start_offset={log_start_offset}\nnext_index={next_index}\n"
-    );
+    let text =
+        format!("{META_HEADER}\nlog_start_offset={log_start_offset}\nnext_index={next_index}\n");
     let mut file = File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
@@ -947,14 +958,8 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
 
 fn recover(dir: &Path, config: &LogConfig) -> Result<(LogState, RecoveryReport)> {
     let meta = read_meta(dir)?.unwrap_or_default();
-    let mut bases = list_segments(dir)?;
+    let bases = list_segments(dir)?;
     let mut report = RecoveryReport::default();
-    // Sealed segments wholly below the log start are leftovers of an interrupted deletion.
-    while bases.len() > 1 && bases[1] <= meta.log_start_offset {
-        delete_segment_files(&SegmentPaths::new(dir, bases[0]))?;
-        bases.remove(0);
-        report.removed_below_start += 1;
-    }
     let interval = config.index_interval_bytes;
     let mut segments = VecDeque::new();
     let mut next = Continuation {
@@ -996,6 +1001,15 @@ fn recover(dir: &Path, config: &LogConfig) -> Result<(LogState, RecoveryReport)>
         };
         next = segment.continuation(next);
         segments.push_back(segment);
+    }
+    // Sealed segments wholly below the log start are leftovers of an interrupted deletion (or
+    // were active when the start passed them). They were opened above so that the log's end
+    // (entry index, term) is known even if nothing is left after them.
+    while segments.len() > 1 && segments[1].base_offset <= meta.log_start_offset {
+        if let Some(segment) = segments.pop_front() {
+            delete_segment_files(&segment.paths)?;
+            report.removed_below_start += 1;
+        }
     }
     let mut log_start_offset = meta.log_start_offset;
     if next.next_offset < meta.log_start_offset || segments.is_empty() {

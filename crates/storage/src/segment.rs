@@ -83,8 +83,18 @@ pub(crate) struct Segment {
     index_interval: u64,
     /// When the segment was created or opened; drives rolling by age.
     pub(crate) opened_at: Instant,
-    /// Timestamp of the first record batch (ms), used for rolling by age after a restart.
+    /// Timestamp of the first record batch (ms).
     pub(crate) first_timestamp: Option<i64>,
+    /// Active segment only: the time-related counters as they stood just before the batch of
+    /// each offset-index entry, so a suffix truncation can restore them without a full scan.
+    restore_points: Vec<RestorePoint>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RestorePoint {
+    max_timestamp: Option<i64>,
+    last_record_relative: Option<u32>,
+    first_timestamp: Option<i64>,
 }
 
 /// A batch found by a scan: where it starts, and its header.
@@ -128,7 +138,12 @@ impl Segment {
         for stale in [&paths.index, &paths.time_index] {
             remove_if_present(stale)?;
         }
-        Ok(Self::empty(paths, base_offset, Arc::new(file), index_interval))
+        Ok(Self::empty(
+            paths,
+            base_offset,
+            Arc::new(file),
+            index_interval,
+        ))
     }
 
     fn empty(paths: SegmentPaths, base_offset: u64, file: Arc<File>, index_interval: u32) -> Self {
@@ -149,6 +164,7 @@ impl Segment {
             index_interval: u64::from(index_interval),
             opened_at: Instant::now(),
             first_timestamp: None,
+            restore_points: Vec::new(),
         }
     }
 
@@ -181,6 +197,14 @@ impl Segment {
     /// Updates counters and indexes for a batch that now sits at `position`.
     fn account(&mut self, position: u64, header: &BatchHeader) {
         let relative = (header.base_offset - self.base_offset) as u32;
+        let indexed = position > 0 && self.bytes_since_index >= self.index_interval;
+        if indexed && !self.is_sealed() {
+            self.restore_points.push(RestorePoint {
+                max_timestamp: self.max_timestamp,
+                last_record_relative: self.last_record_relative,
+                first_timestamp: self.first_timestamp,
+            });
+        }
         if !header.control {
             self.max_timestamp = Some(
                 self.max_timestamp
@@ -189,7 +213,7 @@ impl Segment {
             self.first_timestamp.get_or_insert(header.first_timestamp);
             self.last_record_relative = Some(relative);
         }
-        if position > 0 && self.bytes_since_index >= self.index_interval {
+        if indexed {
             self.offset_index.push(relative, position as u32);
             if let (false, Some(max)) = (header.control, self.max_timestamp) {
                 self.time_index.maybe_push(max, relative);
@@ -222,9 +246,9 @@ impl Segment {
             scratch.extend_from_slice(payload);
             self.file.write_all_at(scratch, position).map_err(io)?;
         } else {
-            self.file.write_all_at(header_bytes, position).map_err(
-                StorageError::io("append to", &self.paths.log),
-            )?;
+            self.file
+                .write_all_at(header_bytes, position)
+                .map_err(StorageError::io("append to", &self.paths.log))?;
             self.file
                 .write_all_at(payload, position + HEADER_LEN as u64)
                 .map_err(io)?;
@@ -289,14 +313,18 @@ impl Segment {
 
     /// The first batch whose base offset is `offset` or more.
     pub(crate) fn first_batch_from_offset(&self, offset: u64) -> Result<Option<Located>> {
-        let relative = offset.saturating_sub(self.base_offset).min(u64::from(u32::MAX)) as u32;
+        let relative = offset
+            .saturating_sub(self.base_offset)
+            .min(u64::from(u32::MAX)) as u32;
         let start = self.offset_index.lookup(relative);
         self.seek_from(u64::from(start), |h| h.base_offset >= offset)
     }
 
     /// The first record batch that holds `offset` or a later one.
     pub(crate) fn first_record_batch_from(&self, offset: u64) -> Result<Option<Located>> {
-        let relative = offset.saturating_sub(self.base_offset).min(u64::from(u32::MAX)) as u32;
+        let relative = offset
+            .saturating_sub(self.base_offset)
+            .min(u64::from(u32::MAX)) as u32;
         let start = self.offset_index.lookup(relative);
         self.seek_from(u64::from(start), |h| !h.control && h.next_offset() > offset)
     }
@@ -373,7 +401,11 @@ impl Segment {
     }
 
     /// The first record at or after `timestamp` in this segment, at offset `min_offset` or later.
-    pub(crate) fn offset_for_timestamp(&self, timestamp: i64, min_offset: u64) -> Result<Option<u64>> {
+    pub(crate) fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+        min_offset: u64,
+    ) -> Result<Option<u64>> {
         if self.max_timestamp.is_none_or(|max| max < timestamp) {
             return Ok(None);
         }
@@ -409,37 +441,51 @@ impl Segment {
     /// indexes from the nearest index entry before it.
     pub(crate) fn truncate_active(&mut self, position: u64) -> Result<()> {
         debug_assert!(!self.is_sealed());
-        let cut_offset = if position < self.size {
-            self.header_at(position)?.base_offset
-        } else {
-            self.next_offset
-        };
         self.file
             .set_len(position)
             .map_err(StorageError::io("truncate", &self.paths.log))?;
-        self.size = position;
+        // Entries at or after the cut go; the last one before it is re-added by re-accounting
+        // its batch from the counters saved when it was first added.
         self.offset_index.truncate_to_position(position as u32);
-        let relative_cut = (cut_offset - self.base_offset) as u32;
-        self.time_index.truncate_to_offset(relative_cut);
-        let restart = self.offset_index.last_position().map_or(0, u64::from);
-        // Reset to the state just before the batch at `restart`, then re-account to `position`.
-        if restart == 0 {
-            self.next_offset = self.base_offset;
-            self.first_index = None;
-            self.last_entry = None;
-            self.max_timestamp = None;
-            self.last_record_relative = None;
-            self.first_timestamp = None;
-        } else {
-            self.max_timestamp = self.time_index.last().map(|(ts, _)| ts);
-            self.last_record_relative = self.time_index.last().map(|(_, rel)| rel);
-        }
-        self.bytes_since_index = 0;
+        self.restore_points.truncate(self.offset_index.len());
+        let restart = match (self.offset_index.last_position(), self.restore_points.pop()) {
+            (Some(restart), Some(point)) => {
+                let restart = u64::from(restart);
+                let header = self.header_at(restart)?;
+                self.offset_index.truncate_to_position(restart as u32);
+                self.time_index
+                    .truncate_to_offset((header.base_offset - self.base_offset) as u32);
+                self.max_timestamp = point.max_timestamp;
+                self.last_record_relative = point.last_record_relative;
+                self.first_timestamp = point.first_timestamp;
+                self.bytes_since_index = self.index_interval;
+                restart
+            }
+            _ => {
+                self.offset_index.truncate_to_position(0);
+                self.time_index.truncate_to_offset(0);
+                self.restore_points.clear();
+                self.next_offset = self.base_offset;
+                self.first_index = None;
+                self.last_entry = None;
+                self.max_timestamp = None;
+                self.last_record_relative = None;
+                self.first_timestamp = None;
+                self.bytes_since_index = 0;
+                0
+            }
+        };
+        // Read the headers first: `header_at` checks against `size`, which accounting moves.
+        self.size = position;
+        let mut headers = Vec::new();
         let mut at = restart;
         while at < position {
             let header = self.header_at(at)?;
-            self.account(at, &header);
+            headers.push((at, header));
             at += u64::from(header.length);
+        }
+        for (at, header) in headers {
+            self.account(at, &header);
         }
         self.size = position;
         Ok(())
@@ -455,6 +501,7 @@ impl Segment {
         }
         self.offset_index.write_to(&self.paths.index)?;
         self.time_index.write_to(&self.paths.time_index)?;
+        self.restore_points = Vec::new();
         let records = self.next_offset - self.base_offset;
         self.offset_index = OffsetIndex::open_sealed(&self.paths.index, self.size)?
             .map_err(|problem| self.index_written_badly(problem))?;
@@ -516,7 +563,10 @@ impl Segment {
             segment
                 .file
                 .set_len(segment.size)
-                .map_err(StorageError::io("truncate torn tail of", &segment.paths.log))?;
+                .map_err(StorageError::io(
+                    "truncate torn tail of",
+                    &segment.paths.log,
+                ))?;
             segment
                 .file
                 .sync_all()
@@ -578,7 +628,8 @@ impl Segment {
         let resume = if start == 0 {
             expected
         } else {
-            let header = check_at(&data, start as usize).map_err(|err| segment.corrupt(start, err))?;
+            let header =
+                check_at(&data, start as usize).map_err(|err| segment.corrupt(start, err))?;
             Continuation {
                 next_offset: header.base_offset,
                 next_index: header.index,
@@ -650,6 +701,7 @@ impl Segment {
             }
         }
         segment.first_timestamp = (!first.control).then_some(first.first_timestamp);
+        segment.restore_points = Vec::new();
         segment.data = Data::Mapped(data);
         Ok((segment, rebuilt))
     }
@@ -667,7 +719,9 @@ impl Segment {
     /// Scans a sealed segment to its end; any problem is corruption (sealed data is never torn).
     fn scan_sealed(&mut self, data: &[u8], start: u64, resume: Continuation) -> Result<()> {
         match self.scan(data, start, resume)?.stopped {
-            Some((position, error)) => Err(self.corrupt(position, format!("sealed segment: {error}"))),
+            Some((position, error)) => {
+                Err(self.corrupt(position, format!("sealed segment: {error}")))
+            }
             None => Ok(()),
         }
     }

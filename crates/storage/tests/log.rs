@@ -1,6 +1,8 @@
 //! Behaviour of the partition log through its public API: offsets, reads, indexes, rolling,
 //! truncation at both ends, retention, durability and the directory lock.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -41,7 +43,10 @@ fn values(log: &PartitionLog, from: u64) -> Vec<(u64, String)> {
             for record in batch.records().expect("records") {
                 if record.offset >= from {
                     let value = record.value.expect("value");
-                    out.push((record.offset, String::from_utf8(value.to_vec()).expect("utf8")));
+                    out.push((
+                        record.offset,
+                        String::from_utf8(value.to_vec()).expect("utf8"),
+                    ));
                 }
             }
         }
@@ -67,7 +72,11 @@ fn assigns_dense_offsets_and_reads_them_back_across_segments() {
         offset += count;
     }
     let bounds = log.bounds().unwrap();
-    assert!(bounds.segments > 5, "expected several segments, got {}", bounds.segments);
+    assert!(
+        bounds.segments > 5,
+        "expected several segments, got {}",
+        bounds.segments
+    );
     assert_eq!(bounds.next_offset, offset);
     assert_eq!(values(&log, 0), expected);
     // From the middle of a batch: the whole batch comes back, starting before the offset.
@@ -92,7 +101,10 @@ fn control_batches_take_an_index_but_no_offset() {
     let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
     log.append(&batch(0, 3, 0), 1).unwrap();
     let blank = log.append(&control(), 2).unwrap();
-    assert_eq!((blank.base_offset, blank.next_offset, blank.index), (3, 3, 1));
+    assert_eq!(
+        (blank.base_offset, blank.next_offset, blank.index),
+        (3, 3, 1)
+    );
     let next = log.append(&batch(3, 2, 0), 2).unwrap();
     assert_eq!((next.base_offset, next.index), (3, 2));
     let entries = log.read_entries(0, u64::MAX, 1 << 20).unwrap();
@@ -219,7 +231,10 @@ fn prefix_truncation_and_retention_move_the_log_start() {
     let report = log.apply_retention(1_100 + 30_000).unwrap();
     let after = log.bounds().unwrap();
     assert!(report.deleted_segments > 0);
-    assert!(after.size_bytes >= 8192, "retention keeps at least retention_bytes");
+    assert!(
+        after.size_bytes >= 8192,
+        "retention keeps at least retention_bytes"
+    );
     assert!(after.size_bytes < before.size_bytes);
     assert_eq!(after.log_start_offset, report.log_start_offset);
     assert!(matches!(
@@ -229,7 +244,10 @@ fn prefix_truncation_and_retention_move_the_log_start() {
     // Age: everything sealed is older than a minute at t = 10^6.
     let report = log.apply_retention(1_000_000).unwrap();
     let bounds = log.bounds().unwrap();
-    assert_eq!(bounds.segments, 1, "only the active segment is left ({report:?})");
+    assert_eq!(
+        bounds.segments, 1,
+        "only the active segment is left ({report:?})"
+    );
     log.truncate_prefix(bounds.next_offset - 1).unwrap();
     assert_eq!(log.bounds().unwrap().log_start_offset, 199);
     assert_eq!(values(&log, 199), [(199, "value-199".to_owned())]);
@@ -340,7 +358,10 @@ fn refuses_bad_input_without_touching_the_log() {
     ));
     assert!(matches!(
         log.append(&batch(1, 1, 0), 4),
-        Err(StorageError::TermRegression { term: 4, last_term: 5 })
+        Err(StorageError::TermRegression {
+            term: 4,
+            last_term: 5
+        })
     ));
     let mut torn = batch(1, 1, 0).bytes().to_vec();
     torn.pop();
