@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Durability;
 use crate::error::StorageError;
+use crate::metrics::Counters;
 
 /// A position in the log: every batch with an entry index below `next_index` (and every record
 /// below `next_offset`) is covered.
@@ -64,6 +65,7 @@ impl std::fmt::Debug for SyncState {
 #[derive(Debug)]
 pub(crate) struct Syncer {
     dir: PathBuf,
+    pub(crate) counters: Arc<Counters>,
     policy: Durability,
     state: Mutex<SyncState>,
     wakeup: Condvar,
@@ -81,9 +83,11 @@ impl Syncer {
         policy: Durability,
         at: Watermark,
         active_file: (Arc<File>, PathBuf),
+        counters: Arc<Counters>,
     ) -> Self {
         Self {
             dir,
+            counters,
             policy,
             state: Mutex::new(SyncState {
                 written: at,
@@ -261,8 +265,14 @@ impl Syncer {
             };
             let active = lock(&self.state).active_file.clone();
             files.push(active);
+            let started = Instant::now();
             let outcome = sync_all(&files, dir_dirty.then_some(&self.dir));
             last_sync = Instant::now();
+            Counters::add(&self.counters.syncs, 1);
+            Counters::add(
+                &self.counters.sync_micros,
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            );
             let ready = {
                 let mut state = lock(&self.state);
                 match outcome {

@@ -29,6 +29,7 @@ mod durability;
 mod error;
 mod index;
 mod log;
+mod metrics;
 mod segment;
 
 pub use config::{Durability, LogConfig, MAX_SEGMENT_BYTES};
@@ -38,4 +39,5 @@ pub use log::{
     Appended, LOCK_FILE, LogBounds, META_FILE, PartitionLog, ReadBatches, RecoveryReport,
     RetentionReport,
 };
+pub use metrics::LogMetrics;
 pub use segment::{IndexRebuild, TailRepair};

@@ -34,6 +34,7 @@ use crate::codec::{HEADER_LEN, ValidBatch};
 use crate::config::LogConfig;
 use crate::durability::{DurableCallback, Syncer, Watermark, sync_dir};
 use crate::error::{Result, StorageError};
+use crate::metrics::{Counters, LogMetrics};
 use crate::segment::{
     Continuation, IndexRebuild, Located, NO_INDEX, ReadBounds, Segment, SegmentPaths, TailRepair,
     remove_if_present,
@@ -124,6 +125,7 @@ struct LogState {
 
 struct Shared {
     dir: PathBuf,
+    counters: Arc<Counters>,
     config: LogConfig,
     state: RwLock<LogState>,
     syncer: Syncer,
@@ -159,13 +161,30 @@ impl PartitionLog {
         let span = tracing::info_span!("open_log", dir = %dir.display());
         let _enter = span.enter();
         let (state, recovery) = recover(&dir, &config)?;
+        // What a killed process left in the page cache is readable but not yet durable: sync it
+        // before counting it durable (cheap when the files are clean).
+        for segment in &state.segments {
+            segment
+                .file()
+                .sync_data()
+                .map_err(StorageError::io("sync", &segment.paths.log))?;
+        }
+        sync_dir(&dir)?;
         let at = Watermark {
             next_offset: state.next.next_offset,
             next_index: state.next.next_index,
         };
         let active = active_file(&state);
+        let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared {
-            syncer: Syncer::new(dir.clone(), config.durability, at, active),
+            syncer: Syncer::new(
+                dir.clone(),
+                config.durability,
+                at,
+                active,
+                Arc::clone(&counters),
+            ),
+            counters,
             dir,
             config,
             state: RwLock::new(state),
@@ -287,6 +306,11 @@ impl PartitionLog {
             next_offset: state.next.next_offset,
             next_index: state.next.next_index,
         });
+        Counters::add(&self.shared.counters.appended_batches, 1);
+        Counters::add(
+            &self.shared.counters.appended_bytes,
+            u64::from(header.length),
+        );
         tracing::trace!(
             base_offset = header.base_offset,
             index = header.index,
@@ -354,6 +378,7 @@ impl PartitionLog {
         let active = (Arc::clone(fresh.file()), fresh.paths.log.clone());
         state.segments.push_back(fresh);
         self.shared.syncer.rolled(sealed, active);
+        Counters::add(&self.shared.counters.segments_rolled, 1);
         Ok(())
     }
 
@@ -401,7 +426,7 @@ impl PartitionLog {
             for segment in state.segments.iter().skip(first) {
                 if let Some(found) = segment.first_record_batch_from(from_offset)? {
                     let (data, batches) = segment.read_batches(found, bounds)?;
-                    return Ok(ReadBatches { data, batches });
+                    return Ok(self.count_read(ReadBatches { data, batches }));
                 }
             }
             Ok(ReadBatches::default())
@@ -442,7 +467,7 @@ impl PartitionLog {
                 return Ok(ReadBatches::default());
             };
             let (data, batches) = segment.read_batches(found, bounds)?;
-            Ok(ReadBatches { data, batches })
+            Ok(self.count_read(ReadBatches { data, batches }))
         })();
         drop(state);
         self.guard(result)
@@ -679,6 +704,7 @@ impl PartitionLog {
                 delete_segment_files(&segment.paths)?;
                 report.deleted_segments += 1;
                 report.deleted_bytes += segment.size;
+                Counters::add(&self.shared.counters.segments_deleted, 1);
             }
         }
         if doomed > 0 {
@@ -741,6 +767,20 @@ impl PartitionLog {
             Ok(())
         })();
         self.guard(result)
+    }
+
+    fn count_read(&self, read: ReadBatches) -> ReadBatches {
+        Counters::add(
+            &self.shared.counters.read_batches,
+            read.batches.len() as u64,
+        );
+        Counters::add(&self.shared.counters.read_bytes, read.data.len() as u64);
+        read
+    }
+
+    /// Counters since the log was opened.
+    pub fn metrics(&self) -> LogMetrics {
+        self.shared.counters.snapshot()
     }
 
     /// The durable watermark: every entry below it survives a crash.

@@ -312,6 +312,12 @@ fn durability_waits_and_callbacks() {
         }
         assert_eq!(fired.load(Ordering::SeqCst), 200, "{durability:?}");
         assert_eq!(log.durable().next_index, 200);
+        let metrics = log.metrics();
+        assert_eq!(metrics.appended_batches, 200);
+        assert!(
+            metrics.syncs >= 1 && metrics.syncs <= 200 + 1,
+            "{metrics:?}"
+        );
     }
 }
 
