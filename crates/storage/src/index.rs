@@ -11,6 +11,9 @@
 //!   increase. An entry `(t, r)` says: the largest record timestamp in the segment's batches up to
 //!   and including the record batch starting at relative offset `r` is `t`.
 //!
+//! Sealed index files end with a trailer (magic, entry count, CRC-32 of the entries) that is
+//! checked when they are opened.
+//!
 //! The active segment keeps its entries in memory (it is rebuilt by scanning the segment on every
 //! open, so its index files are never trusted); sealing writes them out and maps them read-only.
 
@@ -30,21 +33,50 @@ pub(crate) const TIME_ENTRY_LEN: usize = 12;
 #[derive(Debug)]
 enum Entries {
     Memory(Vec<u8>),
-    Mapped(Arc<Mmap>),
+    /// The map covers entries and trailer; `len` is the entries' part.
+    Mapped { map: Arc<Mmap>, len: usize },
 }
+
+/// Which index a file holds; its magic opens the file's trailer.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Offset,
+    Time,
+}
+
+impl Kind {
+    fn magic(self) -> &'static [u8; 4] {
+        match self {
+            Kind::Offset => b"WIX1",
+            Kind::Time => b"WTX1",
+        }
+    }
+
+    fn entry_len(self) -> usize {
+        match self {
+            Kind::Offset => OFFSET_ENTRY_LEN,
+            Kind::Time => TIME_ENTRY_LEN,
+        }
+    }
+}
+
+/// Every index file ends with a trailer: magic, entry count, CRC-32 of the entries, and 4 zero
+/// bytes. A file whose trailer does not match its entries is rebuilt from the log, so damage
+/// anywhere in an index (not only where the structural checks look) is caught at open.
+pub(crate) const TRAILER_LEN: usize = 16;
 
 impl Entries {
     fn bytes(&self) -> &[u8] {
         match self {
             Entries::Memory(bytes) => bytes,
-            Entries::Mapped(map) => map,
+            Entries::Mapped { map, len } => &map[..*len],
         }
     }
 
     fn push(&mut self, entry: &[u8]) {
         match self {
             Entries::Memory(bytes) => bytes.extend_from_slice(entry),
-            Entries::Mapped(_) => {
+            Entries::Mapped { .. } => {
                 debug_assert!(false, "sealed indexes are immutable");
             }
         }
@@ -56,8 +88,8 @@ impl Entries {
         }
     }
 
-    /// Maps `path` read-only; an empty file gives no entries.
-    fn map(path: &Path) -> Result<Option<Self>> {
+    /// Maps `path` read-only and checks its trailer. `Ok(None)`: no such file.
+    fn map(path: &Path, kind: Kind) -> Result<Option<std::result::Result<Self, IndexProblem>>> {
         let file = match File::open(path) {
             Ok(file) => file,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -67,8 +99,10 @@ impl Entries {
             .metadata()
             .map_err(StorageError::io("stat index", path))?
             .len();
-        if len == 0 {
-            return Ok(Some(Entries::Memory(Vec::new())));
+        if len < TRAILER_LEN as u64 {
+            return Ok(Some(Err(IndexProblem(format!(
+                "{len} bytes: too short for the {TRAILER_LEN}-byte trailer"
+            )))));
         }
         // SAFETY: index files of sealed segments are written once, before they are mapped, and
         // never modified in place afterwards (a rebuild writes a new file and renames it over the
@@ -76,11 +110,41 @@ impl Entries {
         // is held under an exclusive lock, so no other Weir process writes them.
         #[allow(unsafe_code)]
         let map = unsafe { Mmap::map(&file) }.map_err(StorageError::io("map index", path))?;
-        Ok(Some(Entries::Mapped(Arc::new(map))))
+        let entries_len = map.len() - TRAILER_LEN;
+        let trailer = &map[entries_len..];
+        let count = le_u32(&trailer[4..8]) as usize;
+        let problem = if &trailer[0..4] != kind.magic() {
+            Some("trailer magic is wrong".to_owned())
+        } else if count.checked_mul(kind.entry_len()) != Some(entries_len) {
+            Some(format!(
+                "trailer says {count} entries, the file holds {entries_len} bytes of entries"
+            ))
+        } else if trailer[12..16] != [0u8; 4] {
+            Some("trailer's reserved bytes are not zero".to_owned())
+        } else if le_u32(&trailer[8..12]) != crc32fast::hash(&map[..entries_len]) {
+            Some("entries do not match the trailer's CRC".to_owned())
+        } else {
+            None
+        };
+        Ok(Some(match problem {
+            Some(problem) => Err(IndexProblem(problem)),
+            None => Ok(Entries::Mapped {
+                map: Arc::new(map),
+                len: entries_len,
+            }),
+        }))
     }
 
-    fn write_to(&self, path: &Path) -> Result<()> {
-        write_file(path, self.bytes())
+    fn write_to(&self, path: &Path, kind: Kind) -> Result<()> {
+        let entries = self.bytes();
+        let mut bytes = Vec::with_capacity(entries.len() + TRAILER_LEN);
+        bytes.extend_from_slice(entries);
+        bytes.extend_from_slice(kind.magic());
+        let count = (entries.len() / kind.entry_len()) as u32;
+        bytes.extend_from_slice(&count.to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(entries).to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 4]);
+        write_file(path, &bytes)
     }
 }
 
@@ -162,7 +226,7 @@ impl OffsetIndex {
     }
 
     pub(crate) fn write_to(&self, path: &Path) -> Result<()> {
-        self.entries.write_to(path)
+        self.entries.write_to(path, Kind::Offset)
     }
 
     /// Opens a sealed segment's index file. `Ok(Err(_))` means the file is missing or unusable.
@@ -170,8 +234,10 @@ impl OffsetIndex {
         path: &Path,
         segment_size: u64,
     ) -> Result<std::result::Result<Self, IndexProblem>> {
-        let Some(entries) = Entries::map(path)? else {
-            return Ok(Err(IndexProblem("missing".into())));
+        let entries = match Entries::map(path, Kind::Offset)? {
+            None => return Ok(Err(IndexProblem("missing".into()))),
+            Some(Err(problem)) => return Ok(Err(problem)),
+            Some(Ok(entries)) => entries,
         };
         let index = Self { entries };
         Ok(index.check(segment_size).map(|()| index))
@@ -266,15 +332,17 @@ impl TimeIndex {
     }
 
     pub(crate) fn write_to(&self, path: &Path) -> Result<()> {
-        self.entries.write_to(path)
+        self.entries.write_to(path, Kind::Time)
     }
 
     pub(crate) fn open_sealed(
         path: &Path,
         segment_records: u64,
     ) -> Result<std::result::Result<Self, IndexProblem>> {
-        let Some(entries) = Entries::map(path)? else {
-            return Ok(Err(IndexProblem("missing".into())));
+        let entries = match Entries::map(path, Kind::Time)? {
+            None => return Ok(Err(IndexProblem("missing".into()))),
+            Some(Err(problem)) => return Ok(Err(problem)),
+            Some(Ok(entries)) => entries,
         };
         let index = Self { entries };
         Ok(index.check(segment_records).map(|()| index))
@@ -376,6 +444,16 @@ mod tests {
         assert!(OffsetIndex::open_sealed(&path, 1 << 20).unwrap().is_err());
         std::fs::write(&path, [1u8; 13]).unwrap();
         assert!(OffsetIndex::open_sealed(&path, 1 << 20).unwrap().is_err());
+        // Entries in order but not the ones the trailer's CRC was computed over.
+        let mut good = OffsetIndex::new();
+        good.push(3, 100);
+        good.push(7, 200);
+        good.write_to(&path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[4] = 101;
+        std::fs::write(&path, &bytes).unwrap();
+        let problem = OffsetIndex::open_sealed(&path, 1 << 20).unwrap().unwrap_err();
+        assert!(problem.0.contains("CRC"), "{problem:?}");
         assert!(
             OffsetIndex::open_sealed(&dir.path().join("missing.index"), 1)
                 .unwrap()

@@ -935,19 +935,17 @@ fn write_meta(dir: &Path, log_start_offset: u64, next_index: u64) -> Result<()> 
 
 fn read_meta(dir: &Path) -> Result<Option<Meta>> {
     let path = dir.join(META_FILE);
-    let mut text = String::new();
-    match File::open(&path) {
-        Ok(mut file) => file
-            .read_to_string(&mut text)
-            .map_err(StorageError::io("read", &path))?,
+    let raw = match std::fs::read(&path) {
+        Ok(raw) => raw,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(StorageError::io("open", &path)(err)),
+        Err(err) => return Err(StorageError::io("read", &path)(err)),
     };
     let bad = |reason: String| StorageError::Corrupt {
         path: path.clone(),
         position: 0,
         reason,
     };
+    let text = String::from_utf8(raw).map_err(|_| bad("not UTF-8 text".into()))?;
     let mut lines = text.lines();
     if lines.next() != Some(META_HEADER) {
         return Err(bad(format!("first line is not {META_HEADER:?}")));
