@@ -34,7 +34,10 @@ pub(crate) const TIME_ENTRY_LEN: usize = 12;
 enum Entries {
     Memory(Vec<u8>),
     /// The map covers entries and trailer; `len` is the entries' part.
-    Mapped { map: Arc<Mmap>, len: usize },
+    Mapped {
+        map: Arc<Mmap>,
+        len: usize,
+    },
 }
 
 /// Which index a file holds; its magic opens the file's trailer.
@@ -452,7 +455,9 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[4] = 101;
         std::fs::write(&path, &bytes).unwrap();
-        let problem = OffsetIndex::open_sealed(&path, 1 << 20).unwrap().unwrap_err();
+        let problem = OffsetIndex::open_sealed(&path, 1 << 20)
+            .unwrap()
+            .unwrap_err();
         assert!(problem.0.contains("CRC"), "{problem:?}");
         assert!(
             OffsetIndex::open_sealed(&dir.path().join("missing.index"), 1)

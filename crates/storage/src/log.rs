@@ -391,7 +391,8 @@ impl PartitionLog {
 
     /// Reads whole batches starting with the one that holds `from_offset` (or the first record
     /// after it), up to about `max_bytes` (at least one batch). Empty at the log's end. A read
-    /// never spans two segments (the bytes stay one zero-copy slice): call again from
+    /// never spans two segments (the bytes stay one zero-copy slice), and a read of the active
+    /// segment (a copy) returns at most 8 MiB or its first batch: call again from
     /// [`ReadBatches::next_offset`].
     pub fn read(&self, from_offset: u64, max_bytes: usize) -> Result<ReadBatches> {
         self.read_until(from_offset, max_bytes, u64::MAX)
@@ -1043,11 +1044,21 @@ fn recover(dir: &Path, config: &LogConfig) -> Result<(LogState, RecoveryReport)>
     // Sealed segments wholly below the log start are leftovers of an interrupted deletion (or
     // were active when the start passed them). They were opened above so that the log's end
     // (entry index, term) is known even if nothing is left after them.
-    while segments.len() > 1 && segments[1].base_offset <= meta.log_start_offset {
-        if let Some(segment) = segments.pop_front() {
-            delete_segment_files(&segment.paths)?;
-            report.removed_below_start += 1;
+    if segments.len() > 1 && segments[1].base_offset <= meta.log_start_offset {
+        // Record the log's end first: what is left may hold no batch to tell it.
+        let next_index = if next.next_index == NO_INDEX {
+            meta.next_index
+        } else {
+            next.next_index
+        };
+        write_meta(dir, meta.log_start_offset, next_index)?;
+        while segments.len() > 1 && segments[1].base_offset <= meta.log_start_offset {
+            if let Some(segment) = segments.pop_front() {
+                delete_segment_files(&segment.paths)?;
+                report.removed_below_start += 1;
+            }
         }
+        sync_dir(dir)?;
     }
     let mut log_start_offset = meta.log_start_offset;
     if next.next_offset < meta.log_start_offset || segments.is_empty() {

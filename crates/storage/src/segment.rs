@@ -373,31 +373,41 @@ impl Segment {
         from: Located,
         bounds: ReadBounds,
     ) -> Result<(Bytes, Vec<ValidBatch>)> {
-        let mut end = from.position;
-        let mut header = from.header;
-        loop {
-            if !bounds.admits(&header) {
-                break;
-            }
-            let len = u64::from(header.length);
-            if end > from.position && (end + len - from.position) as usize > bounds.max_bytes {
-                break;
-            }
-            end += len;
-            if end >= self.size {
-                break;
-            }
-            header = self.header_at(end)?;
+        if !bounds.admits(&from.header) {
+            return Ok((Bytes::new(), Vec::new()));
         }
-        let data = self.read_at(from.position, (end - from.position) as usize)?;
+        // One read of the whole window (a zero-copy slice when sealed, one `pread` when active),
+        // then the headers are walked in memory.
+        let available = self.size - from.position;
+        let first_len = u64::from(from.header.length);
+        let mut wanted = (bounds.max_bytes as u64).max(first_len);
+        if !self.is_sealed() {
+            wanted = wanted.min(ACTIVE_READ_LIMIT.max(first_len));
+        }
+        let window = self.read_at(from.position, wanted.min(available) as usize)?;
+        let reaches_end = wanted >= available;
+        let mut end = 0usize;
         let mut batches = Vec::new();
-        let mut position = from.position;
-        for batch in codec::BatchIter::new(data.clone()) {
-            let batch = batch.map_err(|err| self.corrupt(position, err))?;
-            position += u64::from(batch.header().length);
+        while end < window.len() {
+            let position = from.position + end as u64;
+            let rest = &window[end..];
+            let header = match BatchHeader::parse(rest) {
+                Ok(header) if rest.len() >= header.len() => header,
+                Ok(_) | Err(CodecError::Truncated { .. }) if !reaches_end => break,
+                Ok(_) => {
+                    return Err(self.corrupt(position, "batch runs past the end of the segment"));
+                }
+                Err(err) => return Err(self.corrupt(position, err)),
+            };
+            if !bounds.admits(&header) || (end > 0 && end + header.len() > bounds.max_bytes) {
+                break;
+            }
+            let bytes = window.slice(end..end + header.len());
+            let batch = ValidBatch::new_stored(bytes).map_err(|err| self.corrupt(position, err))?;
+            end += header.len();
             batches.push(batch);
         }
-        Ok((data, batches))
+        Ok((window.slice(..end), batches))
     }
 
     /// The first record at or after `timestamp` in this segment, at offset `min_offset` or later.
@@ -415,7 +425,8 @@ impl Segment {
         while let Some(Located { position, header }) = located {
             if !header.control && header.max_timestamp >= timestamp {
                 let raw = self.read_at(position, header.len())?;
-                let batch = ValidBatch::new(raw).map_err(|err| self.corrupt(position, err))?;
+                let batch =
+                    ValidBatch::new_stored(raw).map_err(|err| self.corrupt(position, err))?;
                 let records = batch.records().map_err(|err| self.corrupt(position, err))?;
                 if let Some(record) = records
                     .iter()
@@ -758,6 +769,10 @@ impl Segment {
         Ok(ScanOutcome { stopped: None })
     }
 }
+
+/// The most one read of the active segment copies (unless its first batch is larger): reads of
+/// the active segment are copies, so an unbounded `max_bytes` must not copy the whole segment.
+const ACTIVE_READ_LIMIT: u64 = 8 << 20;
 
 /// `next_index` value meaning "any index may come next" (a log that never held a batch).
 pub(crate) const NO_INDEX: u64 = u64::MAX;
