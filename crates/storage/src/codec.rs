@@ -291,15 +291,7 @@ impl std::fmt::Debug for ValidBatch {
 impl ValidBatch {
     /// Checks that `bytes` is exactly one whole batch with a correct CRC.
     pub fn new(bytes: Bytes) -> Result<Self, CodecError> {
-        let header = BatchHeader::parse(&bytes)?;
-        if header.len() != bytes.len() {
-            return Err(CodecError::Truncated {
-                what: "the batch its header describes",
-                needed: header.len(),
-                available: bytes.len(),
-            }
-            .or_trailing(header.len(), bytes.len()));
-        }
+        let header = header_of_exactly_one(&bytes)?;
         let mut crc_after_stamp = crc32fast::Hasher::new();
         crc_after_stamp.update(&bytes[STAMP_END..]);
         let computed = crc_with_stamp(&bytes[CRC_FROM..STAMP_END], &crc_after_stamp);
@@ -319,15 +311,7 @@ impl ValidBatch {
     /// Checks a batch read back from storage: one plain CRC pass and no state kept for
     /// re-stamping (which then costs a pass of its own). Same checks as [`ValidBatch::new`].
     pub fn new_stored(bytes: Bytes) -> Result<Self, CodecError> {
-        let header = BatchHeader::parse(&bytes)?;
-        if header.len() != bytes.len() {
-            return Err(CodecError::Truncated {
-                what: "the batch its header describes",
-                needed: header.len(),
-                available: bytes.len(),
-            }
-            .or_trailing(header.len(), bytes.len()));
-        }
+        let header = header_of_exactly_one(&bytes)?;
         let computed = crc32fast::hash(&bytes[CRC_FROM..]);
         if computed != header.crc {
             return Err(CodecError::CrcMismatch {
@@ -389,13 +373,25 @@ impl ValidBatch {
     }
 }
 
-impl CodecError {
-    fn or_trailing(self, expected: usize, actual: usize) -> Self {
-        if actual > expected {
-            CodecError::TrailingBytes(actual - expected)
-        } else {
-            self
-        }
+/// The header of `buf`, which must hold at least the whole batch the header describes.
+fn header_of_first(buf: &[u8]) -> Result<BatchHeader, CodecError> {
+    let header = BatchHeader::parse(buf)?;
+    if buf.len() < header.len() {
+        return Err(CodecError::Truncated {
+            what: "the batch its header describes",
+            needed: header.len(),
+            available: buf.len(),
+        });
+    }
+    Ok(header)
+}
+
+/// The header of `buf`, which must be exactly one whole batch.
+fn header_of_exactly_one(buf: &[u8]) -> Result<BatchHeader, CodecError> {
+    let header = header_of_first(buf)?;
+    match buf.len() - header.len() {
+        0 => Ok(header),
+        extra => Err(CodecError::TrailingBytes(extra)),
     }
 }
 
@@ -409,28 +405,14 @@ fn crc_with_stamp(stamp_bytes: &[u8], after_stamp: &crc32fast::Hasher) -> u32 {
 /// Reads the batch at the start of `buf` (which may hold more after it), checking header and CRC.
 /// Returns the batch and the number of bytes it spans.
 pub fn decode_batch(buf: &Bytes) -> Result<ValidBatch, CodecError> {
-    let header = BatchHeader::parse(buf)?;
-    if buf.len() < header.len() {
-        return Err(CodecError::Truncated {
-            what: "the batch its header describes",
-            needed: header.len(),
-            available: buf.len(),
-        });
-    }
+    let header = header_of_first(buf)?;
     ValidBatch::new(buf.slice(..header.len()))
 }
 
 /// Checks the batch at the start of `buf` (header and CRC) without taking ownership; `buf` may
 /// hold more bytes after the batch. Used to scan files.
 pub fn check_batch(buf: &[u8]) -> Result<BatchHeader, CodecError> {
-    let header = BatchHeader::parse(buf)?;
-    if buf.len() < header.len() {
-        return Err(CodecError::Truncated {
-            what: "the batch its header describes",
-            needed: header.len(),
-            available: buf.len(),
-        });
-    }
+    let header = header_of_first(buf)?;
     let computed = crc32fast::hash(&buf[CRC_FROM..header.len()]);
     if computed != header.crc {
         return Err(CodecError::CrcMismatch {
