@@ -410,6 +410,33 @@ impl Segment {
         Ok((window.slice(..end), batches))
     }
 
+    /// CRC-checks every batch of the segment and its continuity with `expected`; returns the
+    /// continuation after it and the number of batches.
+    pub(crate) fn verify(&self, expected: Continuation) -> Result<(Continuation, u64)> {
+        let mut next = expected;
+        let mut position = 0;
+        let mut batches = 0;
+        while position < self.size {
+            let header = self.header_at(position)?;
+            let bytes = self.read_at(position, header.len())?;
+            ValidBatch::new_stored(bytes).map_err(|err| self.corrupt(position, err))?;
+            if header.base_offset != next.next_offset
+                || (next.next_index != NO_INDEX && header.index != next.next_index)
+                || header.term < next.last_term
+            {
+                return Err(self.corrupt(position, discontinuity(&header, next)));
+            }
+            next = Continuation {
+                next_offset: header.next_offset(),
+                next_index: header.index + 1,
+                last_term: header.term,
+            };
+            position += u64::from(header.length);
+            batches += 1;
+        }
+        Ok((next, batches))
+    }
+
     /// The first record at or after `timestamp` in this segment, at offset `min_offset` or later.
     pub(crate) fn offset_for_timestamp(
         &self,

@@ -413,3 +413,40 @@ fn rolls_by_age() {
     log.append(&batch(1, 1, 0), 1).unwrap();
     assert_eq!(log.bounds().unwrap().segments, 2);
 }
+
+#[test]
+fn verify_reads_every_batch_and_stops_the_log_on_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 4096,
+        index_interval_bytes: 1024,
+        ..LogConfig::default()
+    };
+    let log = PartitionLog::open(dir.path(), config.clone()).unwrap();
+    for i in 0..200 {
+        log.append(&batch(i, 1, 0), 1).unwrap();
+    }
+    log.append(&control(), 1).unwrap();
+    let bounds = log.bounds().unwrap();
+    let report = log.verify().unwrap();
+    assert_eq!(report.segments, bounds.segments);
+    assert_eq!(report.batches, 201);
+    assert_eq!(report.bytes, bounds.size_bytes);
+    drop(log);
+    // Damage the payload of the second batch of the first (sealed) segment: before its last
+    // index entry, so opening does not look at it.
+    let first = dir.path().join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&first).unwrap();
+    let second = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
+    bytes[second + weir_storage::codec::HEADER_LEN + 3] ^= 0x10;
+    std::fs::write(&first, &bytes).unwrap();
+    let log = PartitionLog::open(dir.path(), config).unwrap();
+    match log.verify() {
+        Err(StorageError::Corrupt { path, position, .. }) => {
+            assert_eq!(path, first);
+            assert_eq!(position, second as u64);
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    assert!(matches!(log.bounds(), Err(StorageError::Stopped { .. })));
+}
