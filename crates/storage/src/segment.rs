@@ -269,10 +269,16 @@ impl Segment {
                 }
             }
             Data::File => {
+                let io = StorageError::io("read", &self.paths.log);
+                if (POOLED_MIN..=POOLED_LEN).contains(&len) {
+                    let mut buffer = PooledBuffer::take();
+                    self.file
+                        .read_exact_at(&mut buffer.0[..len], position)
+                        .map_err(io)?;
+                    return Ok(Bytes::from_owner(buffer).slice(..len));
+                }
                 let mut buf = vec![0u8; len];
-                self.file
-                    .read_exact_at(&mut buf, position)
-                    .map_err(StorageError::io("read", &self.paths.log))?;
+                self.file.read_exact_at(&mut buf, position).map_err(io)?;
                 Ok(Bytes::from(buf))
             }
         }
@@ -800,6 +806,39 @@ impl Segment {
 /// The most one read of the active segment copies (unless its first batch is larger): reads of
 /// the active segment are copies, so an unbounded `max_bytes` must not copy the whole segment.
 const ACTIVE_READ_LIMIT: u64 = 8 << 20;
+
+/// Read buffers for the active segment are reused, process-wide, so that each is zero-filled
+/// once instead of on every read: at most `POOLED_COUNT` buffers of `POOLED_LEN` bytes are kept.
+/// A buffer returns to the pool when the last `Bytes` slicing it is dropped.
+const POOLED_LEN: usize = 1 << 20;
+const POOLED_MIN: usize = 64 * 1024;
+const POOLED_COUNT: usize = 16;
+static READ_BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+struct PooledBuffer(Vec<u8>);
+
+impl PooledBuffer {
+    fn take() -> Self {
+        let reused = crate::durability::lock(&READ_BUFFERS).pop();
+        Self(reused.unwrap_or_else(|| vec![0u8; POOLED_LEN]))
+    }
+}
+
+impl AsRef<[u8]> for PooledBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.0);
+        let mut free = crate::durability::lock(&READ_BUFFERS);
+        if free.len() < POOLED_COUNT {
+            free.push(buffer);
+        }
+    }
+}
 
 /// `next_index` value meaning "any index may come next" (a log that never held a batch).
 pub(crate) const NO_INDEX: u64 = u64::MAX;

@@ -450,3 +450,40 @@ fn verify_reads_every_batch_and_stops_the_log_on_damage() {
     }
     assert!(matches!(log.bounds(), Err(StorageError::Stopped { .. })));
 }
+
+#[test]
+fn reads_of_the_active_segment_keep_their_bytes_while_buffers_are_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    let big = |seed: u8| {
+        let mut builder = BatchBuilder::new(Compression::None);
+        for i in 0..40u8 {
+            builder.push(0, None, Some(&[seed ^ i; 1024]), &[]);
+        }
+        ValidBatch::new(builder.build().unwrap()).unwrap()
+    };
+    for seed in 0..20 {
+        log.append(&big(seed), 1).unwrap();
+    }
+    assert_eq!(
+        log.bounds().unwrap().segments,
+        1,
+        "all in the active segment"
+    );
+    // Reads of 64 KiB and more from the active segment use pooled buffers.
+    let first = log.read(0, 200 * 1024).unwrap();
+    let copy = first.data.to_vec();
+    for round in 0..50 {
+        let other = log.read(40 * (round % 10), 200 * 1024).unwrap();
+        assert!(other.data.len() >= 64 * 1024);
+        assert_eq!(first.data.as_ref(), copy.as_slice(), "held bytes changed");
+        for batch in &other.batches {
+            assert_eq!(batch.records().unwrap().len(), 40);
+        }
+    }
+    let value = first.batches[1].records().unwrap()[3]
+        .value
+        .clone()
+        .unwrap();
+    assert_eq!(value.as_ref(), &[1 ^ 3; 1024]);
+}
