@@ -487,3 +487,42 @@ fn reads_of_the_active_segment_keep_their_bytes_while_buffers_are_reused() {
         .unwrap();
     assert_eq!(value.as_ref(), &[1 ^ 3; 1024]);
 }
+
+#[test]
+fn interval_syncs_on_its_own_and_never_waits_for_a_flush() {
+    let wait = |log: &PartitionLog, index: u64| {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        log.on_durable(index, Box::new(move |result| sender.send(result).unwrap()));
+        receiver
+    };
+    // Interval: nobody asks for a sync; the flusher's timer makes the append durable.
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        durability: Durability::Interval { ms: 10 },
+        ..LogConfig::default()
+    };
+    let log = PartitionLog::open(dir.path(), config).unwrap();
+    let appended = log.append(&batch(0, 1, 0), 1).unwrap();
+    let fired = wait(&log, appended.index);
+    // A liveness bound, not a timing assertion: the sync is due after 10 ms.
+    let result = fired.recv_timeout(std::time::Duration::from_secs(60));
+    assert!(matches!(result, Ok(Ok(()))), "{result:?}");
+    assert_eq!(log.durable().next_index, 1);
+    drop(log);
+
+    // Never: an append is not durable until someone flushes.
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        durability: Durability::Never,
+        ..LogConfig::default()
+    };
+    let log = PartitionLog::open(dir.path(), config).unwrap();
+    let appended = log.append(&batch(0, 1, 0), 1).unwrap();
+    let fired = wait(&log, appended.index);
+    assert_eq!(log.durable().next_index, 0);
+    assert!(fired.try_recv().is_err(), "durable before any sync");
+    log.flush().unwrap();
+    assert!(matches!(fired.recv(), Ok(Ok(()))));
+    assert_eq!(log.durable().next_index, 1);
+    log.close().unwrap();
+}
