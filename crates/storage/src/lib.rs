@@ -37,7 +37,7 @@ pub use durability::{DurableCallback, Watermark};
 pub use error::{Result, StorageError};
 pub use log::{
     Appended, LOCK_FILE, LogBounds, META_FILE, PartitionLog, ReadBatches, RecoveryReport,
-    RetentionReport, VerifyReport,
+    RetentionPlan, RetentionReport, VerifyReport,
 };
 pub use metrics::LogMetrics;
 pub use segment::{IndexRebuild, TailRepair};

@@ -106,6 +106,16 @@ pub struct RetentionReport {
     pub log_start_offset: u64,
 }
 
+/// Where retention would cut the log (see [`PartitionLog::retention_plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPlan {
+    /// The log start offset after the cut: the base offset of the first segment kept.
+    pub log_start_offset: u64,
+    /// The entry index of the first batch kept.
+    pub first_index: u64,
+    pub deleted_segments: usize,
+}
+
 /// The log's bounds at one instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogBounds {
@@ -691,14 +701,48 @@ impl PartitionLog {
     /// segment.
     pub fn apply_retention(&self, now_ms: i64) -> Result<RetentionReport> {
         let mut state = self.write_state()?;
+        let start = state.log_start_offset;
+        let mut expired = self.retention_rule(&state, now_ms);
+        let result = self.delete_front(&mut state, start, |segment, _| expired(segment));
+        self.guard(result)
+    }
+
+    /// What [`Self::apply_retention`] at `now_ms` would keep, without deleting anything: the
+    /// base offset and first entry index of the first segment it would keep, or `None` when it
+    /// would delete nothing. A replicated log uses this to agree on the cut (a Raft purge point)
+    /// before removing data with [`Self::truncate_prefix`].
+    pub fn retention_plan(&self, now_ms: i64) -> Result<Option<RetentionPlan>> {
+        let state = self.read_state()?;
+        let mut expired = self.retention_rule(&state, now_ms);
+        let mut doomed = 0;
+        while doomed + 1 < state.segments.len() && expired(&state.segments[doomed]) {
+            doomed += 1;
+        }
+        if doomed == 0 {
+            return Ok(None);
+        }
+        let kept = &state.segments[doomed];
+        Ok(Some(RetentionPlan {
+            log_start_offset: kept.base_offset,
+            first_index: kept.first_index.unwrap_or(state.next.next_index),
+            deleted_segments: doomed,
+        }))
+    }
+
+    /// The retention rule at `now_ms`, applied to segments oldest first: true for each segment
+    /// that retention removes (by age, or while the rest is still at least the size limit).
+    fn retention_rule(
+        &self,
+        state: &LogState,
+        now_ms: i64,
+    ) -> impl FnMut(&Segment) -> bool + use<> {
         let config = &self.shared.config;
         let mut total: u64 = state.segments.iter().map(|s| s.size).sum();
         let expired_before = config
             .retention_ms
             .map(|ms| now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)));
         let retention_bytes = config.retention_bytes;
-        let start = state.log_start_offset;
-        let result = self.delete_front(&mut state, start, |segment, _| {
+        move |segment: &Segment| {
             let expired = expired_before
                 .is_some_and(|limit| segment.max_timestamp.is_none_or(|max| max < limit));
             let oversized = retention_bytes.is_some_and(|limit| total - segment.size >= limit);
@@ -708,8 +752,7 @@ impl PartitionLog {
             } else {
                 false
             }
-        });
-        self.guard(result)
+        }
     }
 
     /// Deletes sealed segments from the front while `delete(segment, its end offset)` agrees,

@@ -1,0 +1,20 @@
+//! # weir-proto
+//!
+//! Rust types and tonic services generated from `proto/` at the workspace root: the public client
+//! API (`weir.v1`) and the node-to-node replication service (`weir.peer.v1`). Nothing else lives
+//! here; the contract itself is the `.proto` files.
+
+#![allow(unreachable_pub, missing_debug_implementations, clippy::all)]
+
+/// The public client API.
+pub mod v1 {
+    tonic::include_proto!("weir.v1");
+}
+
+/// Node-to-node replication traffic (internal).
+pub mod peer {
+    tonic::include_proto!("weir.peer.v1");
+}
+
+/// The encoded descriptor set of every service, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/weir_descriptor.bin"));

@@ -1,0 +1,387 @@
+//! [`Group`]: one running Raft group on this node — its segment log, log store, state machine and
+//! openraft handle — and [`GroupRegistry`], the node's map of running groups that the peer service
+//! dispatches to. Groups are created and removed at run time (the controller's reconciler does it
+//! for partitions).
+//!
+//! Directory layout of a group: `DIR/log/` (the segment log), `DIR/raft.meta`, `DIR/raft.snapshot`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use tokio::sync::watch;
+use weir_storage::{LogConfig, PartitionLog};
+
+use crate::error::GroupError;
+use crate::log_store::{LogBoundary, LogStore, SharedBoundary};
+use crate::network::{GroupNetworkFactory, PeerTransport};
+use crate::state_machine::{GroupState, Progress, SnapshotPoint, StateMachine};
+use crate::types::{Applied, NodeId, Payload, PeerNode, Raft};
+
+/// How a group is set up.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// Group id on the wire: `__controller` or `topic/partition`.
+    pub id: String,
+    pub dir: PathBuf,
+    pub log: LogConfig,
+    pub point: SnapshotPoint,
+    pub timing: RaftTiming,
+    /// How often a `LogStart` group checks retention.
+    pub retention_check: Duration,
+}
+
+/// Raft timing, shared by all groups of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 150,
+            election_min_ms: 800,
+            election_max_ms: 1600,
+        }
+    }
+}
+
+fn raft_config(config: &GroupConfig) -> Result<openraft::Config, GroupError> {
+    let (policy, keep) = match config.point {
+        SnapshotPoint::Applied => (openraft::SnapshotPolicy::LogsSinceLast(1000), 100),
+        // Partition snapshots are taken only at retention points; the log is purged up to them
+        // at once (the data there is already due for deletion).
+        SnapshotPoint::LogStart => (openraft::SnapshotPolicy::Never, 0),
+    };
+    let raft = openraft::Config {
+        cluster_name: "weir".into(),
+        heartbeat_interval: config.timing.heartbeat_ms,
+        election_timeout_min: config.timing.election_min_ms,
+        election_timeout_max: config.timing.election_max_ms,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: policy,
+        max_in_snapshot_log_to_keep: keep,
+        purge_batch_size: 1,
+        max_payload_entries: 256,
+        ..openraft::Config::default()
+    };
+    raft.validate()
+        .map_err(|e| GroupError::Config(e.to_string()))
+}
+
+/// What the peer service needs of any group.
+#[derive(Clone)]
+pub struct GroupHandle {
+    pub raft: Raft,
+    pub(crate) boundary: SharedBoundary,
+}
+
+impl std::fmt::Debug for GroupHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupHandle").finish_non_exhaustive()
+    }
+}
+
+impl GroupHandle {
+    /// Records where an incoming snapshot says the log starts, before openraft installs it.
+    pub(crate) fn expect_boundary(&self, boundary: LogBoundary) {
+        *self
+            .boundary
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(boundary);
+    }
+}
+
+/// One running Raft group.
+pub struct Group<S: GroupState> {
+    id: String,
+    node_id: NodeId,
+    raft: Raft,
+    log: LogStore,
+    state_machine: StateMachine<S>,
+    boundary: SharedBoundary,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl<S: GroupState> std::fmt::Debug for Group<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl<S: GroupState> Group<S> {
+    /// Opens (or creates) the group's files in `config.dir` and starts its Raft node. A new group
+    /// waits for [`Group::initialize`] or for a leader to contact it.
+    pub async fn open(
+        node_id: NodeId,
+        config: GroupConfig,
+        state: S,
+        transport: Arc<PeerTransport>,
+    ) -> Result<Arc<Self>, GroupError> {
+        std::fs::create_dir_all(&config.dir).map_err(|source| GroupError::Io {
+            path: config.dir.clone(),
+            source,
+        })?;
+        let log = Arc::new(PartitionLog::open(config.dir.join("log"), config.log.clone())?);
+        let boundary: SharedBoundary = Arc::new(Mutex::new(None));
+        let log_store = LogStore::open(log, &config.dir, Arc::clone(&boundary))?;
+        let state_machine = StateMachine::open(
+            &config.dir,
+            config.point,
+            state,
+            &log_store,
+            Arc::clone(&boundary),
+        )?;
+        let network = GroupNetworkFactory::new(config.id.clone(), transport);
+        let raft = Raft::new(
+            node_id,
+            Arc::new(raft_config(&config)?),
+            network,
+            log_store.clone(),
+            state_machine.clone(),
+        )
+        .await
+        .map_err(|e| GroupError::Raft(e.to_string()))?;
+        let group = Arc::new(Self {
+            id: config.id.clone(),
+            node_id,
+            raft,
+            log: log_store,
+            state_machine,
+            boundary,
+            tasks: Mutex::new(Vec::new()),
+        });
+        if config.point == SnapshotPoint::LogStart {
+            let weak = Arc::downgrade(&group);
+            let every = config.retention_check;
+            let task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(group) = weak.upgrade() else { break };
+                    if let Err(err) = group.apply_retention().await {
+                        tracing::warn!(group = %group.id, error = %err, "retention pass failed");
+                    }
+                }
+            });
+            group.push_task(task);
+        }
+        tracing::info!(group = %config.id, node = node_id, "raft group started");
+        Ok(group)
+    }
+
+    fn push_task(&self, task: tokio::task::JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(task);
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn log(&self) -> &Arc<PartitionLog> {
+        self.log.log()
+    }
+
+    pub fn state_machine(&self) -> &StateMachine<S> {
+        &self.state_machine
+    }
+
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.state_machine.progress()
+    }
+
+    pub fn handle(&self) -> GroupHandle {
+        GroupHandle {
+            raft: self.raft.clone(),
+            boundary: Arc::clone(&self.boundary),
+        }
+    }
+
+    /// Forms the group with `members` as voters. Every member may call this with the same
+    /// members: all write the same first entry, so only the first call on each node counts and
+    /// later ones are ignored.
+    pub async fn initialize(&self, members: &BTreeMap<NodeId, PeerNode>) -> Result<(), GroupError> {
+        match self.raft.initialize(members.clone()).await {
+            Ok(()) => {
+                tracing::info!(group = %self.id, members = ?members.keys().collect::<Vec<_>>(), "group initialized");
+                Ok(())
+            }
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(err) => Err(GroupError::Raft(err.to_string())),
+        }
+    }
+
+    /// Proposes one record batch and waits until it is committed and applied: with the default
+    /// durability, a majority of replicas have it on disk.
+    pub async fn write(&self, batch: bytes::Bytes) -> Result<Applied, GroupError> {
+        match self.raft.client_write(Payload(batch)).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(GroupError::NotLeader {
+                    leader: forward.leader_id,
+                    leader_addr: forward.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(err) => Err(GroupError::Raft(err.to_string())),
+        }
+    }
+
+    /// The current leader, if known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.node_id)
+    }
+
+    /// Voters and learners of the current membership.
+    pub fn members(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        (
+            membership.voter_ids().collect(),
+            membership.learner_ids().collect(),
+        )
+    }
+
+    /// One retention pass: if the log holds segments past retention, agree on the cut with
+    /// openraft (a snapshot at the entry before the first kept one), then purge up to it.
+    pub async fn apply_retention(&self) -> Result<(), GroupError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let Some(plan) = self.log.log().retention_plan(now)? else {
+            return Ok(());
+        };
+        let Some(point_index) = plan.first_index.checked_sub(1) else {
+            return Ok(());
+        };
+        let applied = self.progress().borrow().applied_index;
+        if applied.is_none_or(|applied| applied < point_index) {
+            // Retention never removes what is not yet committed and applied here.
+            return Ok(());
+        }
+        let Some(point) = self.log.log_id_at(point_index)? else {
+            return Ok(());
+        };
+        self.state_machine.set_purge_target(
+            point,
+            LogBoundary {
+                next_index: plan.first_index,
+                next_offset: plan.log_start_offset,
+            },
+        );
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| GroupError::Raft(e.to_string()))?;
+        let mut metrics = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if metrics.borrow().snapshot.is_some_and(|s| s >= point) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+                return Err(GroupError::Raft(format!(
+                    "snapshot at {point} not built within 10 s"
+                )));
+            }
+        }
+        self.raft
+            .trigger()
+            .purge_log(point.index)
+            .await
+            .map_err(|e| GroupError::Raft(e.to_string()))?;
+        tracing::info!(group = %self.id, purge_upto = point.index, log_start_offset = plan.log_start_offset, "retention agreed");
+        Ok(())
+    }
+
+    /// Stops the Raft node and background tasks; the files stay.
+    pub async fn shutdown(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+        if let Err(err) = self.raft.shutdown().await {
+            tracing::warn!(group = %self.id, error = %err, "raft shutdown");
+        }
+        tracing::info!(group = %self.id, "raft group stopped");
+    }
+}
+
+/// The groups running on this node, by id.
+#[derive(Debug, Default)]
+pub struct GroupRegistry {
+    groups: RwLock<HashMap<String, GroupHandle>>,
+}
+
+impl GroupRegistry {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn insert(&self, id: &str, handle: GroupHandle) {
+        self.groups
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_string(), handle);
+    }
+
+    pub fn remove(&self, id: &str) -> Option<GroupHandle> {
+        self.groups
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id)
+    }
+
+    pub fn get(&self, id: &str) -> Option<GroupHandle> {
+        self.groups
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.groups
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Removes a group's files (after the group was shut down and dropped).
+pub fn remove_group_files(dir: &Path) -> Result<(), GroupError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(GroupError::Io {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}

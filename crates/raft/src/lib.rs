@@ -1,0 +1,41 @@
+//! # weir-raft
+//!
+//! Replication for Weir: every partition is a Raft group (openraft 0.9) whose log *is* the
+//! partition's segment log — a Raft entry is a record batch stored once, with its term and index in
+//! the batch header. The controller's metadata group runs on the same machinery.
+//!
+//! - [`types`]: the openraft type configuration (`single-term-leader`: a log id is (term, index)).
+//! - [`entry`]: entries ⇄ stored batches (blank and membership entries are control batches).
+//! - [`LogStore`]: `RaftLogStorage` on [`weir_storage::PartitionLog`]; vote and purge point in a
+//!   small atomically written file.
+//! - [`StateMachine`]: applied log id, membership, high watermark and a [`GroupState`]; snapshots
+//!   carry metadata only.
+//! - [`PartitionState`]: producer state for idempotence.
+//! - [`Group`] / [`GroupRegistry`]: running groups, created and removed at run time.
+//! - [`PeerTransport`] / [`PeerService`]: one gRPC connection per peer shared by all groups, with
+//!   optional fault injection for tests.
+//!
+//! Known gaps: state machines are rebuilt by re-applying the log after the last snapshot on
+//! restart (fast — they hold metadata only — but proportional to the log); partition groups
+//! heartbeat independently (no coalescing across groups yet).
+
+pub mod entry;
+mod error;
+mod files;
+mod group;
+mod log_store;
+mod network;
+mod partition;
+mod service;
+mod state_machine;
+pub mod types;
+
+pub use error::GroupError;
+pub use files::FileError;
+pub use group::{Group, GroupConfig, GroupHandle, GroupRegistry, RaftTiming, remove_group_files};
+pub use log_store::{LogBoundary, LogStore};
+pub use network::{FaultPlan, LinkAction, LinkFaults, MAX_PEER_MESSAGE_BYTES, PeerError, PeerTransport};
+pub use partition::{PartitionState, ProducerEntry};
+pub use service::PeerService;
+pub use state_machine::{GroupState, Progress, SnapshotPoint, StateMachine};
+pub use types::{Applied, NodeId, PeerNode, Raft};

@@ -1,0 +1,77 @@
+//! [`PartitionState`]: the state machine data of a partition group — the producer state used for
+//! idempotence, rebuilt from the log (and carried in snapshots, never records).
+//!
+//! For every idempotent producer id it keeps the epoch, the last sequence and the offsets of its
+//! newest batch. Applying a batch merges by offset, so applying entries a snapshot already
+//! covers again changes nothing.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use weir_storage::codec::BatchHeader;
+
+use crate::state_machine::GroupState;
+
+/// What is known of one idempotent producer: its newest committed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerEntry {
+    pub epoch: i16,
+    /// Sequence of the first record of the newest batch.
+    pub base_sequence: i32,
+    /// Sequence of its last record.
+    pub last_sequence: i32,
+    /// Offsets of the newest batch.
+    pub base_offset: u64,
+    pub next_offset: u64,
+}
+
+/// The producer state of one partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    producers: BTreeMap<i64, ProducerEntry>,
+}
+
+impl PartitionState {
+    pub fn producer(&self, producer_id: i64) -> Option<ProducerEntry> {
+        self.producers.get(&producer_id).copied()
+    }
+
+    pub fn producer_count(&self) -> usize {
+        self.producers.len()
+    }
+}
+
+impl GroupState for PartitionState {
+    fn apply(&mut self, header: &BatchHeader, _batch: &Bytes) -> Bytes {
+        if header.producer_id >= 0 && header.record_count > 0 {
+            let entry = ProducerEntry {
+                epoch: header.producer_epoch,
+                base_sequence: header.base_sequence,
+                last_sequence: header
+                    .base_sequence
+                    .wrapping_add(i32::try_from(header.record_count).unwrap_or(i32::MAX) - 1),
+                base_offset: header.base_offset,
+                next_offset: header.next_offset(),
+            };
+            let slot = self.producers.entry(header.producer_id).or_insert(entry);
+            if entry.base_offset >= slot.base_offset {
+                *slot = entry;
+            }
+        }
+        Bytes::new()
+    }
+
+    fn encode(&self) -> Bytes {
+        postcard::to_stdvec(self).map(Bytes::from).unwrap_or_default()
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        if data.is_empty() {
+            *self = Self::default();
+            return Ok(());
+        }
+        *self = postcard::from_bytes(data).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}

@@ -1,0 +1,103 @@
+//! The server side of the peer transport: decodes requests, finds the group in the node's
+//! [`GroupRegistry`] and hands the request to its openraft node. A request for a group this node
+//! does not run (yet) is answered NOT_FOUND, which the sender treats as unreachable and retries.
+
+use std::sync::Arc;
+
+use openraft::Snapshot;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use tonic::{Request, Response, Status};
+use weir_proto::peer::peer_server::Peer;
+use weir_proto::peer::{AppendEntriesRequest as WireAppend, RaftReply, RaftRequest};
+use weir_storage::codec::ValidBatch;
+
+use crate::entry::batch_to_entry;
+use crate::group::{GroupHandle, GroupRegistry};
+use crate::log_store::LogBoundary;
+use crate::network::{AppendHeader, SnapshotRequest, decode, encode};
+use crate::types::{NodeId, SnapshotData, TypeConfig};
+
+/// The `weir.peer.v1.Peer` service of one node.
+#[derive(Debug, Clone)]
+pub struct PeerService {
+    registry: Arc<GroupRegistry>,
+}
+
+impl PeerService {
+    pub fn new(registry: Arc<GroupRegistry>) -> Self {
+        Self { registry }
+    }
+
+    fn group(&self, id: &str) -> Result<GroupHandle, Status> {
+        self.registry
+            .get(id)
+            .ok_or_else(|| Status::not_found(format!("group {id} is not running on this node")))
+    }
+}
+
+fn bad(err: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(err.to_string())
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftReply>, Status> {
+    let body = encode(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftReply { body }))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(
+        &self,
+        request: Request<WireAppend>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        let group = self.group(&request.group)?;
+        let (vote, prev_log_id, leader_commit): AppendHeader =
+            decode(&request.header).map_err(bad)?;
+        let entries = request
+            .entries
+            .into_iter()
+            .map(|bytes| {
+                let batch = ValidBatch::new(bytes).map_err(bad)?;
+                batch_to_entry(&batch).map_err(bad)
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote,
+            prev_log_id,
+            leader_commit,
+            entries,
+        };
+        reply(&group.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        let group = self.group(&request.group)?;
+        let rpc: VoteRequest<NodeId> = decode(&request.body).map_err(bad)?;
+        reply(&group.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        let group = self.group(&request.group)?;
+        let (vote, meta, data): SnapshotRequest = decode(&request.body).map_err(bad)?;
+        if let Some(last) = meta.last_log_id {
+            let boundary: crate::state_machine::SnapshotBoundary =
+                crate::state_machine::snapshot_boundary(&data).map_err(bad)?;
+            debug_assert_eq!(boundary.next_index, last.index + 1);
+            group.expect_boundary(LogBoundary {
+                next_index: boundary.next_index,
+                next_offset: boundary.next_offset,
+            });
+        }
+        let snapshot = Snapshot::<TypeConfig> {
+            meta,
+            snapshot: Box::new(SnapshotData(data)),
+        };
+        reply(&group.raft.install_full_snapshot(vote, snapshot).await)
+    }
+}
