@@ -3,3 +3,12 @@
 //! lives here.
 
 pub mod crash;
+pub mod raft_cluster;
+
+/// Logs to the test's output when `RUST_LOG` is set (`RUST_LOG=info cargo test ...`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}

@@ -48,12 +48,11 @@ pub fn entry_to_batch(entry: &Entry, timestamp: i64) -> Result<Bytes, postcard::
 pub fn batch_to_entry(batch: &ValidBatch) -> Result<Entry, EntryDecodeError> {
     let header = batch.header();
     let payload = if header.control {
-        let control: ControlEntry = postcard::from_bytes(&batch.payload()).map_err(|err| {
-            EntryDecodeError::BadControl {
+        let control: ControlEntry =
+            postcard::from_bytes(&batch.payload()).map_err(|err| EntryDecodeError::BadControl {
                 index: header.index,
                 reason: err.to_string(),
-            }
-        })?;
+            })?;
         match control {
             ControlEntry::Blank => openraft::EntryPayload::Blank,
             ControlEntry::Membership(m) => openraft::EntryPayload::Membership(m),

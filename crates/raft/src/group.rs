@@ -110,7 +110,9 @@ pub struct Group<S: GroupState> {
 
 impl<S: GroupState> std::fmt::Debug for Group<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Group").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Group")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -127,7 +129,10 @@ impl<S: GroupState> Group<S> {
             path: config.dir.clone(),
             source,
         })?;
-        let log = Arc::new(PartitionLog::open(config.dir.join("log"), config.log.clone())?);
+        let log = Arc::new(PartitionLog::open(
+            config.dir.join("log"),
+            config.log.clone(),
+        )?);
         let boundary: SharedBoundary = Arc::new(Mutex::new(None));
         let log_store = LogStore::open(log, &config.dir, Arc::clone(&boundary))?;
         let state_machine = StateMachine::open(
@@ -297,7 +302,10 @@ impl<S: GroupState> Group<S> {
             if metrics.borrow().snapshot.is_some_and(|s| s >= point) {
                 break;
             }
-            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
                 return Err(GroupError::Raft(format!(
                     "snapshot at {point} not built within 10 s"
                 )));

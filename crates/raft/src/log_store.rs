@@ -250,7 +250,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), RaftStorageError> {
         let vote = *vote;
         self.update_meta(|meta| meta.vote = Some(vote))
-            .map_err(|e| RaftStorageError::from_io_error(ErrorSubject::Vote, ErrorVerb::Write, std::io::Error::other(e.to_string())))
+            .map_err(|e| {
+                RaftStorageError::from_io_error(
+                    ErrorSubject::Vote,
+                    ErrorVerb::Write,
+                    std::io::Error::other(e.to_string()),
+                )
+            })
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, RaftStorageError> {
@@ -291,7 +297,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some(index) => self.log.on_durable(
                 index,
                 Box::new(move |result| {
-                    callback.log_io_completed(result.map_err(|e| std::io::Error::other(e.to_string())))
+                    callback
+                        .log_io_completed(result.map_err(|e| std::io::Error::other(e.to_string())))
                 }),
             ),
             None => callback.log_io_completed(Ok(())),
@@ -300,7 +307,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
-        tracing::info!(index = log_id.index, "truncating the raft log (conflicting suffix)");
+        tracing::info!(
+            index = log_id.index,
+            "truncating the raft log (conflicting suffix)"
+        );
         self.log
             .truncate_from_index(log_id.index)
             .map_err(write_error)

@@ -15,15 +15,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use openraft::Snapshot;
 use openraft::error::{
-    Fatal, NetworkError, RPCError, RaftError, RemoteError,
-    ReplicationClosed, StreamingError, Unreachable,
+    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::Snapshot;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
@@ -339,9 +339,12 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         };
         let reply = self
             .transport
-            .call(self.target, &self.addr, option.hard_ttl(), |mut c| async move {
-                c.append_entries(request).await
-            })
+            .call(
+                self.target,
+                &self.addr,
+                option.hard_ttl(),
+                |mut c| async move { c.append_entries(request).await },
+            )
             .await;
         self.remote(reply)
     }
@@ -358,9 +361,12 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         };
         let reply = self
             .transport
-            .call(self.target, &self.addr, option.hard_ttl(), |mut c| async move {
-                c.vote(request).await
-            })
+            .call(
+                self.target,
+                &self.addr,
+                option.hard_ttl(),
+                |mut c| async move { c.vote(request).await },
+            )
             .await;
         self.remote(reply)
     }
@@ -384,11 +390,12 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
             group: self.group.clone(),
             body,
         };
-        let send = self
-            .transport
-            .call(self.target, &self.addr, option.hard_ttl(), |mut c| async move {
-                c.install_snapshot(request).await
-            });
+        let send = self.transport.call(
+            self.target,
+            &self.addr,
+            option.hard_ttl(),
+            |mut c| async move { c.install_snapshot(request).await },
+        );
         let reply = tokio::select! {
             reply = send => reply,
             closed = cancel => return Err(StreamingError::Closed(closed)),

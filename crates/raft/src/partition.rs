@@ -63,7 +63,9 @@ impl GroupState for PartitionState {
     }
 
     fn encode(&self) -> Bytes {
-        postcard::to_stdvec(self).map(Bytes::from).unwrap_or_default()
+        postcard::to_stdvec(self)
+            .map(Bytes::from)
+            .unwrap_or_default()
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {

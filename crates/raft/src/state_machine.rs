@@ -160,19 +160,15 @@ impl<S: GroupState> StateMachine<S> {
             applied: None,
             membership: StoredMembership::default(),
             history: Vec::new(),
-            high_watermark: log
-                .log()
-                .bounds()
-                .map(|b| b.log_start_offset)
-                .unwrap_or(0),
+            high_watermark: log.log().bounds().map(|b| b.log_start_offset).unwrap_or(0),
             state: {
                 if let Some(snapshot) = &current {
-                    state
-                        .restore(&snapshot.body.state)
-                        .map_err(|reason| files::FileError::Decode {
+                    state.restore(&snapshot.body.state).map_err(|reason| {
+                        files::FileError::Decode {
                             path: snapshot_path.clone(),
                             reason,
-                        })?;
+                        }
+                    })?;
                 }
                 state
             },
