@@ -105,6 +105,7 @@ pub struct Group<S: GroupState> {
     log: LogStore,
     state_machine: StateMachine<S>,
     boundary: SharedBoundary,
+    transport: Arc<PeerTransport>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -142,7 +143,7 @@ impl<S: GroupState> Group<S> {
             &log_store,
             Arc::clone(&boundary),
         )?;
-        let network = GroupNetworkFactory::new(config.id.clone(), transport);
+        let network = GroupNetworkFactory::new(config.id.clone(), Arc::clone(&transport));
         let raft = Raft::new(
             node_id,
             Arc::new(raft_config(&config)?),
@@ -159,6 +160,7 @@ impl<S: GroupState> Group<S> {
             log: log_store,
             state_machine,
             boundary,
+            transport,
             tasks: Mutex::new(Vec::new()),
         });
         if config.point == SnapshotPoint::LogStart {
@@ -229,18 +231,60 @@ impl<S: GroupState> Group<S> {
         }
     }
 
-    /// Proposes one record batch and waits until it is committed and applied: with the default
-    /// durability, a majority of replicas have it on disk.
+    /// Proposes one record batch on this node and waits until it is committed and applied: with
+    /// the default durability, a majority of replicas have it on disk. Fails with
+    /// [`GroupError::NotLeader`] when this node does not lead the group.
     pub async fn write(&self, batch: bytes::Bytes) -> Result<Applied, GroupError> {
-        match self.raft.client_write(Payload(batch)).await {
-            Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(GroupError::NotLeader {
-                    leader: forward.leader_id,
-                    leader_addr: forward.leader_node.map(|n| n.addr),
-                })
+        write_local(&self.raft, batch)
+            .await
+            .map_err(GroupError::from)
+    }
+
+    /// Like [`Group::write`], but from any replica: a write on a follower is forwarded to the
+    /// leader over the peer transport, and a write during an election waits for the new leader.
+    /// Gives up after `within`.
+    pub async fn write_anywhere(
+        &self,
+        batch: bytes::Bytes,
+        within: Duration,
+    ) -> Result<Applied, GroupError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last_error = GroupError::NotLeader {
+            leader: None,
+            leader_addr: None,
+        };
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Err(last_error);
             }
-            Err(err) => Err(GroupError::Raft(err.to_string())),
+            let attempt = match write_local(&self.raft, batch.clone()).await {
+                Err(WriteRejected::NotLeader {
+                    leader: Some(leader),
+                    leader_addr: Some(addr),
+                }) if leader != self.node_id => {
+                    match self
+                        .transport
+                        .forward_write(&self.id, leader, &addr, batch.clone(), remaining)
+                        .await
+                    {
+                        Ok(result) => result.map_err(GroupError::from),
+                        Err(err) => Err(GroupError::Raft(format!(
+                            "forwarding to leader {leader} at {addr}: {err}"
+                        ))),
+                    }
+                }
+                other => other.map_err(GroupError::from),
+            };
+            match attempt {
+                Ok(applied) => return Ok(applied),
+                Err(err @ (GroupError::NotLeader { .. } | GroupError::Raft(_))) => {
+                    tracing::debug!(group = %self.id, error = %err, "write not accepted yet; retrying");
+                    last_error = err;
+                    tokio::time::sleep(Duration::from_millis(50).min(remaining)).await;
+                }
+                Err(err) => return Err(err),
+            }
         }
     }
 
@@ -334,6 +378,48 @@ impl<S: GroupState> Group<S> {
             tracing::warn!(group = %self.id, error = %err, "raft shutdown");
         }
         tracing::info!(group = %self.id, "raft group stopped");
+    }
+}
+
+/// Why a write was not accepted, as it travels between nodes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) enum WriteRejected {
+    NotLeader {
+        leader: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    Failed(String),
+}
+
+impl From<WriteRejected> for GroupError {
+    fn from(rejected: WriteRejected) -> Self {
+        match rejected {
+            WriteRejected::NotLeader {
+                leader,
+                leader_addr,
+            } => GroupError::NotLeader {
+                leader,
+                leader_addr,
+            },
+            WriteRejected::Failed(reason) => GroupError::Raft(reason),
+        }
+    }
+}
+
+/// Proposes `batch` to the group through this node's Raft handle.
+pub(crate) async fn write_local(
+    raft: &Raft,
+    batch: bytes::Bytes,
+) -> Result<Applied, WriteRejected> {
+    match raft.client_write(Payload(batch)).await {
+        Ok(response) => Ok(response.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            Err(WriteRejected::NotLeader {
+                leader: forward.leader_id,
+                leader_addr: forward.leader_node.map(|n| n.addr),
+            })
+        }
+        Err(err) => Err(WriteRejected::Failed(err.to_string())),
     }
 }
 

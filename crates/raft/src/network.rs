@@ -240,6 +240,32 @@ impl PeerTransport {
     }
 }
 
+impl PeerTransport {
+    /// Sends a write for `group` to the node at `addr` (which should lead it).
+    pub(crate) async fn forward_write(
+        &self,
+        group: &str,
+        to: NodeId,
+        addr: &str,
+        batch: Bytes,
+        timeout: Duration,
+    ) -> Result<Result<crate::types::Applied, crate::group::WriteRejected>, PeerError> {
+        let request = RaftRequest {
+            group: group.to_string(),
+            body: batch,
+        };
+        let bytes = self
+            .call(
+                to,
+                addr,
+                timeout,
+                |mut c| async move { c.write(request).await },
+            )
+            .await?;
+        decode(&bytes)
+    }
+}
+
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Bytes, PeerError> {
     postcard::to_stdvec(value)
         .map(Bytes::from)

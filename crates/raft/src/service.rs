@@ -78,6 +78,12 @@ impl Peer for PeerService {
         reply(&group.raft.vote(rpc).await)
     }
 
+    async fn write(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        let group = self.group(&request.group)?;
+        reply(&crate::group::write_local(&group.raft, request.body).await)
+    }
+
     async fn install_snapshot(
         &self,
         request: Request<RaftRequest>,

@@ -1,0 +1,252 @@
+//! [`Controller`]: this node's replica of the metadata Raft group (`__controller`). The initial
+//! voters are configured (1, 3 or 5 nodes); nodes that join later follow as learners. Every
+//! command goes through [`Controller::propose`], which forwards to the controller leader when this
+//! node does not lead, so any node can serve admin requests.
+//!
+//! On the leader, [`Controller::run_leader_duties`] drains decommissioning brokers by proposing
+//! reassignments.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use weir_raft::{
+    Group, GroupConfig, GroupError, GroupRegistry, NodeId, PeerNode, PeerTransport, RaftTiming,
+    SnapshotPoint,
+};
+use weir_storage::LogConfig;
+
+use crate::metadata::{
+    CommandReply, Metadata, MetadataCommand, MetadataError, MetadataState, TopicConfig,
+    TopicRecord, command_batch, validate_topic_name,
+};
+use crate::placement::{drain_moves, place_topic, rebalance_moves};
+
+/// The controller group's id on the wire and its directory name.
+pub const CONTROLLER_GROUP: &str = "__controller";
+
+/// How long a proposal may take (elections included) before it fails.
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why a controller operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Rejected(#[from] MetadataError),
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    #[error("reply does not decode: {0}")]
+    BadReply(String),
+}
+
+/// Settings of this node's controller replica.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub node_id: NodeId,
+    /// This node's `host:port`.
+    pub addr: String,
+    pub rack: Option<String>,
+    /// The node's data directory; the controller group lives in `DIR/__controller`.
+    pub data_dir: PathBuf,
+    /// The initial controller voters (empty for a node that joins an existing cluster).
+    pub voters: BTreeMap<NodeId, PeerNode>,
+    pub timing: RaftTiming,
+}
+
+/// This node's replica of the metadata group.
+#[derive(Debug)]
+pub struct Controller {
+    node_id: NodeId,
+    group: Arc<Group<MetadataState>>,
+    metadata: watch::Receiver<Arc<Metadata>>,
+}
+
+impl Controller {
+    /// Opens the controller group and, on an initial voter, forms it with the configured voters
+    /// (idempotent: a group that already has a log ignores this).
+    pub async fn start(
+        config: &ControllerConfig,
+        transport: Arc<PeerTransport>,
+        registry: &GroupRegistry,
+    ) -> Result<Arc<Self>, ControllerError> {
+        let (state, metadata) = MetadataState::new();
+        let group_config = GroupConfig {
+            id: CONTROLLER_GROUP.to_string(),
+            dir: config.data_dir.join(CONTROLLER_GROUP),
+            log: LogConfig {
+                segment_bytes: 16 << 20,
+                segment_ms: None,
+                retention_ms: None,
+                retention_bytes: None,
+                ..LogConfig::default()
+            },
+            point: SnapshotPoint::Applied,
+            timing: config.timing,
+            retention_check: Duration::from_secs(3600),
+        };
+        let group = Group::open(config.node_id, group_config, state, transport).await?;
+        registry.insert(CONTROLLER_GROUP, group.handle());
+        if config.voters.contains_key(&config.node_id) {
+            group.initialize(&config.voters).await?;
+        }
+        Ok(Arc::new(Self {
+            node_id: config.node_id,
+            group,
+            metadata,
+        }))
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn group(&self) -> &Arc<Group<MetadataState>> {
+        &self.group
+    }
+
+    /// The metadata as this replica has applied it.
+    pub fn metadata(&self) -> Arc<Metadata> {
+        Arc::clone(&self.metadata.borrow())
+    }
+
+    /// Watches the applied metadata.
+    pub fn watch(&self) -> watch::Receiver<Arc<Metadata>> {
+        self.metadata.clone()
+    }
+
+    /// The controller leader, as this node knows it.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.group.leader()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.group.is_leader()
+    }
+
+    /// Proposes a command (forwarded to the leader when needed) and returns its applied result.
+    pub async fn propose(&self, command: MetadataCommand) -> Result<u64, ControllerError> {
+        let batch =
+            command_batch(&command).map_err(|e| ControllerError::BadReply(e.to_string()))?;
+        let applied = self.group.write_anywhere(batch, PROPOSE_TIMEOUT).await?;
+        let reply: CommandReply = postcard::from_bytes(&applied.reply)
+            .map_err(|e| ControllerError::BadReply(e.to_string()))?;
+        Ok(reply?)
+    }
+
+    /// Creates a topic: places its replicas on the current metadata and proposes it. The
+    /// placement is checked again when the command applies.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        config: TopicConfig,
+    ) -> Result<TopicRecord, ControllerError> {
+        validate_topic_name(name)?;
+        let metadata = self.metadata();
+        if metadata.topics.contains_key(name) {
+            return Err(MetadataError::TopicExists(name.to_string()).into());
+        }
+        let assignment = place_topic(&metadata, partitions, replication_factor)?;
+        self.propose(MetadataCommand::CreateTopic {
+            name: name.to_string(),
+            replication_factor,
+            config,
+            assignment,
+        })
+        .await?;
+        self.wait_for(|m| m.topics.get(name).cloned()).await
+    }
+
+    /// Waits (briefly) until this replica's metadata satisfies `f`.
+    pub async fn wait_for<T>(
+        &self,
+        mut f: impl FnMut(&Metadata) -> Option<T>,
+    ) -> Result<T, ControllerError> {
+        let mut watch = self.metadata.clone();
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        loop {
+            if let Some(found) = f(&watch.borrow_and_update()) {
+                return Ok(found);
+            }
+            if tokio::time::timeout_at(deadline, watch.changed())
+                .await
+                .is_err()
+            {
+                return Err(GroupError::Raft("metadata did not catch up in time".into()).into());
+            }
+        }
+    }
+
+    /// Adds a node that joins later as a learner of the controller group (it follows the
+    /// metadata) and registers it as a broker.
+    pub async fn admit(
+        &self,
+        id: NodeId,
+        addr: &str,
+        rack: Option<String>,
+    ) -> Result<(), ControllerError> {
+        let (voters, learners) = self.group.members();
+        if !voters.contains(&id) && !learners.contains(&id) {
+            self.group
+                .raft()
+                .add_learner(id, PeerNode::new(addr), false)
+                .await
+                .map_err(|e| GroupError::Raft(e.to_string()))?;
+            tracing::info!(node = id, addr, "node admitted as controller learner");
+        }
+        self.propose(MetadataCommand::RegisterBroker {
+            id,
+            addr: addr.to_string(),
+            rack,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Proposes the moves that even out replicas across brokers; returns how many.
+    pub async fn rebalance(&self, limit: usize) -> Result<usize, ControllerError> {
+        let moves = rebalance_moves(&self.metadata(), limit);
+        let count = moves.len();
+        for (topic, partition, replicas) in moves {
+            self.propose(MetadataCommand::ReassignPartition {
+                topic,
+                partition,
+                replicas,
+            })
+            .await?;
+        }
+        Ok(count)
+    }
+
+    /// Runs forever: while this node leads the controller, moves replicas off draining brokers.
+    pub async fn run_leader_duties(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !self.is_leader() {
+                continue;
+            }
+            for (topic, partition, replicas) in drain_moves(&self.metadata()) {
+                tracing::info!(%topic, partition, ?replicas, "moving replicas off a draining broker");
+                if let Err(err) = self
+                    .propose(MetadataCommand::ReassignPartition {
+                        topic,
+                        partition,
+                        replicas,
+                    })
+                    .await
+                {
+                    tracing::warn!(error = %err, "drain move failed");
+                }
+            }
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        self.group.shutdown().await;
+    }
+}

@@ -1,0 +1,455 @@
+//! [`Partitions`]: the partition groups running on this node, and the reconciler that makes them
+//! match the metadata.
+//!
+//! Reconciling (on every metadata change, and every second for leader duties):
+//! - a partition whose replicas include this node gets a running group; the replicas it was
+//!   created with form it (`initialize`, only while the partition was never reassigned), a
+//!   replica added later starts empty and is brought in by a membership change;
+//! - a group whose topic was deleted, or that moved off this node once the move has settled
+//!   (the group's voters reached the new replica set), is stopped and its files removed;
+//! - on a partition's leader: when the wanted replicas differ from the group's voters, add the
+//!   new ones as learners, wait for them to catch up, then change the voters (joint consensus),
+//!   and report the move settled to the controller;
+//! - on a partition's preferred replica (first in the list) that is caught up but not leading:
+//!   campaign, so leadership returns to the balanced placement (at most once per 30 s).
+//!
+//! Invariant: nothing is removed from disk unless the applied metadata says so; at start-up the
+//! reconciler waits until the controller replica has applied its whole local log, so it never
+//! acts on a stale intermediate state.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use weir_raft::{
+    Group, GroupConfig, GroupRegistry, NodeId, PartitionState, PeerNode, PeerTransport, RaftTiming,
+    SnapshotPoint, remove_group_files,
+};
+use weir_storage::{Durability, LogConfig};
+
+use crate::controller::Controller;
+use crate::metadata::{Metadata, MetadataCommand, TopicConfig, TopicRecord};
+
+/// Directory under the data dir that holds partition groups.
+pub const PARTITIONS_DIR: &str = "partitions";
+
+/// One partition replica running here.
+#[derive(Debug)]
+pub struct PartitionReplica {
+    pub topic: String,
+    pub partition: u32,
+    pub topic_id: u64,
+    pub config: TopicConfig,
+    pub group: Arc<Group<PartitionState>>,
+}
+
+/// Node-wide settings for partition groups.
+#[derive(Debug, Clone)]
+pub struct PartitionSettings {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub timing: RaftTiming,
+    pub durability: Durability,
+    pub retention_check: Duration,
+}
+
+/// The partition groups on this node.
+#[derive(Debug)]
+pub struct Partitions {
+    settings: PartitionSettings,
+    transport: Arc<PeerTransport>,
+    registry: Arc<GroupRegistry>,
+    running: RwLock<HashMap<String, Arc<PartitionReplica>>>,
+    /// Partitions with a membership change in flight (led from here).
+    moving: Arc<Mutex<HashSet<String>>>,
+    last_campaign: Mutex<HashMap<String, Instant>>,
+}
+
+impl Partitions {
+    pub fn new(
+        settings: PartitionSettings,
+        transport: Arc<PeerTransport>,
+        registry: Arc<GroupRegistry>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            transport,
+            registry,
+            running: RwLock::new(HashMap::new()),
+            moving: Arc::new(Mutex::new(HashSet::new())),
+            last_campaign: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The replica of `topic`/`partition` running here, if any.
+    pub fn get(&self, topic: &str, partition: u32) -> Option<Arc<PartitionReplica>> {
+        self.running
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .find(|r| r.topic == topic && r.partition == partition)
+            .cloned()
+    }
+
+    /// Every replica running here.
+    pub fn all(&self) -> Vec<Arc<PartitionReplica>> {
+        self.running
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn log_config(&self, config: &TopicConfig) -> LogConfig {
+        LogConfig {
+            segment_bytes: config.segment_bytes,
+            segment_ms: None,
+            retention_bytes: config.retention_bytes,
+            retention_ms: config.retention_ms,
+            max_batch_bytes: config.max_message_bytes.saturating_add(1024),
+            durability: self.settings.durability,
+            ..LogConfig::default()
+        }
+    }
+
+    fn group_dir(&self, group_id: &str) -> PathBuf {
+        self.settings.data_dir.join(PARTITIONS_DIR).join(group_id)
+    }
+
+    /// Runs the reconciler until the process ends.
+    pub async fn run(self: Arc<Self>, controller: Arc<Controller>) {
+        // Act only on the complete local metadata (see the module docs).
+        let mut metrics = controller.group().raft().metrics();
+        loop {
+            let caught_up = {
+                let m = metrics.borrow_and_update();
+                m.current_leader.is_some() && m.last_applied.map(|l| l.index) >= m.last_log_index
+            };
+            if caught_up {
+                break;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+        let mut watch = controller.watch();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let metadata = controller.metadata();
+            self.reconcile(&metadata).await;
+            self.leader_duties(&metadata, &controller);
+            tokio::select! {
+                changed = watch.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {}
+            }
+        }
+    }
+
+    /// Starts and stops groups to match `metadata`.
+    pub async fn reconcile(&self, metadata: &Metadata) {
+        let me = self.settings.node_id;
+        let mut wanted: BTreeMap<String, (&TopicRecord, u32)> = BTreeMap::new();
+        for topic in metadata.topics.values() {
+            for (p, record) in topic.partitions.iter().enumerate() {
+                let p = p as u32;
+                let here = record.replicas.contains(&me);
+                let leaving = !here && record.settled_epoch < record.epoch;
+                if here || (leaving && self.is_running(&topic.group_id(p))) {
+                    wanted.insert(topic.group_id(p), (topic, p));
+                }
+            }
+        }
+        let running: Vec<String> = self
+            .running
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        for group_id in running {
+            if !wanted.contains_key(&group_id) {
+                self.stop(&group_id, true).await;
+            }
+        }
+        for (group_id, (topic, p)) in wanted {
+            if self.is_running(&group_id) {
+                continue;
+            }
+            if let Err(err) = self.start(metadata, topic, p).await {
+                tracing::warn!(group = %group_id, error = %err, "cannot start partition replica");
+            }
+        }
+    }
+
+    fn is_running(&self, group_id: &str) -> bool {
+        self.running
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(group_id)
+    }
+
+    async fn start(
+        &self,
+        metadata: &Metadata,
+        topic: &TopicRecord,
+        partition: u32,
+    ) -> Result<(), weir_raft::GroupError> {
+        let group_id = topic.group_id(partition);
+        let record = &topic.partitions[partition as usize];
+        let config = GroupConfig {
+            id: group_id.clone(),
+            dir: self.group_dir(&group_id),
+            log: self.log_config(&topic.config),
+            point: SnapshotPoint::LogStart,
+            timing: self.settings.timing,
+            retention_check: self.settings.retention_check,
+        };
+        let group = Group::open(
+            self.settings.node_id,
+            config,
+            PartitionState::default(),
+            Arc::clone(&self.transport),
+        )
+        .await?;
+        self.registry.insert(&group_id, group.handle());
+        if record.epoch == 0 && record.initial_replicas.contains(&self.settings.node_id) {
+            let members: Option<BTreeMap<NodeId, PeerNode>> = record
+                .initial_replicas
+                .iter()
+                .map(|id| {
+                    metadata
+                        .brokers
+                        .get(id)
+                        .map(|b| (*id, PeerNode::new(b.addr.clone())))
+                })
+                .collect();
+            if let Some(members) = members {
+                group.initialize(&members).await?;
+            }
+        }
+        tracing::info!(group = %group_id, "partition replica started");
+        self.running
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                group_id,
+                Arc::new(PartitionReplica {
+                    topic: topic.name.clone(),
+                    partition,
+                    topic_id: topic.id,
+                    config: topic.config.clone(),
+                    group,
+                }),
+            );
+        Ok(())
+    }
+
+    async fn stop(&self, group_id: &str, remove_files: bool) {
+        let replica = self
+            .running
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(group_id);
+        let Some(replica) = replica else { return };
+        self.registry.remove(group_id);
+        replica.group.shutdown().await;
+        let dir = self.group_dir(group_id);
+        drop(replica);
+        if remove_files {
+            // The group's log closes when its last handle drops; give in-flight requests a moment.
+            for _ in 0..50 {
+                match remove_group_files(&dir) {
+                    Ok(()) => break,
+                    Err(err) => {
+                        tracing::debug!(error = %err, "removing partition files; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            tracing::info!(group = %group_id, "partition replica removed");
+        }
+    }
+
+    /// Membership changes, settling and preferred-leader campaigns for groups on this node.
+    fn leader_duties(&self, metadata: &Metadata, controller: &Arc<Controller>) {
+        let me = self.settings.node_id;
+        for replica in self.all() {
+            let Some(topic) = metadata.topics.get(&replica.topic) else {
+                continue;
+            };
+            if topic.id != replica.topic_id {
+                continue;
+            }
+            let Some(record) = topic.partitions.get(replica.partition as usize) else {
+                continue;
+            };
+            let group_id = topic.group_id(replica.partition);
+            let wanted: BTreeSet<NodeId> = record.replicas.iter().copied().collect();
+            if replica.group.is_leader() {
+                let (voters, _) = replica.group.members();
+                if voters != wanted {
+                    self.spawn_move(
+                        &group_id,
+                        &replica,
+                        metadata,
+                        record.replicas.clone(),
+                        record.epoch,
+                        controller,
+                    );
+                } else if record.settled_epoch < record.epoch {
+                    self.spawn_settle(&replica, record.epoch, controller);
+                }
+            } else if record.replicas.first() == Some(&me) && record.settled_epoch == record.epoch {
+                self.maybe_campaign(&group_id, &replica);
+            }
+        }
+    }
+
+    fn spawn_move(
+        &self,
+        group_id: &str,
+        replica: &Arc<PartitionReplica>,
+        metadata: &Metadata,
+        replicas: Vec<NodeId>,
+        epoch: u32,
+        controller: &Arc<Controller>,
+    ) {
+        {
+            let mut moving = self
+                .moving
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !moving.insert(group_id.to_string()) {
+                return;
+            }
+        }
+        let nodes: BTreeMap<NodeId, PeerNode> = replicas
+            .iter()
+            .filter_map(|id| {
+                metadata
+                    .brokers
+                    .get(id)
+                    .map(|b| (*id, PeerNode::new(b.addr.clone())))
+            })
+            .collect();
+        let replica = Arc::clone(replica);
+        let controller = Arc::clone(controller);
+        let group_id = group_id.to_string();
+        let moving = Arc::clone(&self.moving);
+        tokio::spawn(async move {
+            let result = change_replicas(&replica, &nodes, &replicas).await;
+            match result {
+                Ok(()) => {
+                    tracing::info!(group = %group_id, ?replicas, "partition replicas changed");
+                    settle(&replica, epoch, &controller).await;
+                }
+                Err(err) => {
+                    tracing::warn!(group = %group_id, error = %err, "replica move failed; will retry")
+                }
+            }
+            moving
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&group_id);
+        });
+    }
+
+    fn spawn_settle(
+        &self,
+        replica: &Arc<PartitionReplica>,
+        epoch: u32,
+        controller: &Arc<Controller>,
+    ) {
+        let replica = Arc::clone(replica);
+        let controller = Arc::clone(controller);
+        tokio::spawn(async move { settle(&replica, epoch, &controller).await });
+    }
+
+    fn maybe_campaign(&self, group_id: &str, replica: &PartitionReplica) {
+        let metrics = replica.group.raft().metrics().borrow().clone();
+        let caught_up = metrics.current_leader.is_some()
+            && metrics.last_applied.map(|l| l.index) == metrics.last_log_index;
+        if !caught_up {
+            return;
+        }
+        let mut last = self
+            .last_campaign
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if last
+            .get(group_id)
+            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(30))
+        {
+            return;
+        }
+        last.insert(group_id.to_string(), now);
+        let raft = replica.group.raft().clone();
+        let group_id = group_id.to_string();
+        tokio::spawn(async move {
+            tracing::info!(group = %group_id, "preferred replica campaigns for leadership");
+            if let Err(err) = raft.trigger().elect().await {
+                tracing::warn!(group = %group_id, error = %err, "campaign failed");
+            }
+        });
+    }
+
+    /// Stops every group (files stay).
+    pub async fn shutdown(&self) {
+        let ids: Vec<String> = self
+            .running
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        for id in ids {
+            self.stop(&id, false).await;
+        }
+    }
+}
+
+/// Moves a group's voters to `replicas`: new replicas join as learners and catch up first, then
+/// one joint-consensus membership change swaps the voter set.
+async fn change_replicas(
+    replica: &PartitionReplica,
+    nodes: &BTreeMap<NodeId, PeerNode>,
+    replicas: &[NodeId],
+) -> Result<(), String> {
+    let raft = replica.group.raft();
+    let (voters, learners) = replica.group.members();
+    for id in replicas {
+        if voters.contains(id) || learners.contains(id) {
+            continue;
+        }
+        let node = nodes
+            .get(id)
+            .cloned()
+            .ok_or_else(|| format!("no address for broker {id}"))?;
+        tokio::time::timeout(Duration::from_secs(120), raft.add_learner(*id, node, true))
+            .await
+            .map_err(|_| format!("learner {id} did not catch up within 120 s"))?
+            .map_err(|e| e.to_string())?;
+        tracing::info!(group = %replica.group.id(), learner = id, "learner caught up");
+    }
+    let target: BTreeSet<NodeId> = replicas.iter().copied().collect();
+    raft.change_membership(target, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Tells the controller that the group's voters reached the replicas of `epoch`.
+async fn settle(replica: &PartitionReplica, epoch: u32, controller: &Controller) {
+    let command = MetadataCommand::ReassignmentDone {
+        topic: replica.topic.clone(),
+        partition: replica.partition,
+        epoch,
+    };
+    if let Err(err) = controller.propose(command).await {
+        tracing::warn!(group = %replica.group.id(), error = %err, "cannot record a settled move");
+    }
+}
