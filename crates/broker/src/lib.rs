@@ -1,1 +1,18 @@
+//! # weir-broker
+//!
+//! One Weir node: its configuration ([`NodeConfig`]), the public gRPC services (produce, fetch,
+//! metadata, admin), request routing (writes go through the partition's Raft group, requests for
+//! partitions hosted elsewhere are forwarded once), and the wiring of the controller replica,
+//! the partition reconciler and the peer transport ([`Node`]).
+//!
+//! Errors become gRPC statuses in one place (`status`); the codes are documented in
+//! `proto/weir/v1/weir.proto`.
 
+mod config;
+mod node;
+mod service;
+mod status;
+
+pub use config::{ConfigError, NodeConfig, RaftSettings, parse_peer};
+pub use node::{Node, NodeError};
+pub use status::LEADER_TRAILER;

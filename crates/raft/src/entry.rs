@@ -29,16 +29,25 @@ pub enum EntryDecodeError {
     Codec(#[from] weir_storage::codec::CodecError),
 }
 
+/// The timestamp of every control batch.
+///
+/// It must be a function of the entry alone: openraft's blank and membership entries carry no
+/// time, so a follower re-encodes them from the entry it received, and a timestamp taken there
+/// (each replica's own clock, as before) made the same entry a different batch — another CRC —
+/// on every replica. The storage ignores control batches' timestamps (time index, retention).
+const CONTROL_TIMESTAMP: i64 = 0;
+
 /// The bytes to append for `entry` (a control batch for blank and membership entries). The log
-/// stamps term and index; `timestamp` is only recorded in control batches.
-pub fn entry_to_batch(entry: &Entry, timestamp: i64) -> Result<Bytes, postcard::Error> {
+/// stamps term and index. Every replica stores the same bytes for the same entry.
+pub fn entry_to_batch(entry: &Entry) -> Result<Bytes, postcard::Error> {
     Ok(match &entry.payload {
         openraft::EntryPayload::Normal(Payload(bytes)) => bytes.clone(),
-        openraft::EntryPayload::Blank => {
-            encode_control_batch(timestamp, &postcard::to_stdvec(&ControlEntry::Blank)?)
-        }
+        openraft::EntryPayload::Blank => encode_control_batch(
+            CONTROL_TIMESTAMP,
+            &postcard::to_stdvec(&ControlEntry::Blank)?,
+        ),
         openraft::EntryPayload::Membership(membership) => encode_control_batch(
-            timestamp,
+            CONTROL_TIMESTAMP,
             &postcard::to_stdvec(&ControlEntry::Membership(membership.clone()))?,
         ),
     })
@@ -68,7 +77,7 @@ pub fn batch_to_entry(batch: &ValidBatch) -> Result<Entry, EntryDecodeError> {
 
 /// The stamped bytes of an entry for the wire: stored batches go as they are.
 pub fn wire_bytes(entry: &Entry) -> Result<Bytes, postcard::Error> {
-    let bytes = entry_to_batch(entry, 0)?;
+    let bytes = entry_to_batch(entry)?;
     match ValidBatch::new(bytes.clone()) {
         Ok(batch) => Ok(batch.restamped(weir_storage::codec::Stamp {
             base_offset: batch.header().base_offset,

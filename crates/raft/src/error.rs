@@ -26,4 +26,10 @@ pub enum GroupError {
     Config(String),
     #[error("raft: {0}")]
     Raft(String),
+    #[error("producer sequence: {0}")]
+    Sequence(String),
+    #[error(
+        "duplicate of an earlier batch of producer {producer_id} (sequence {sequence}); it was written before"
+    )]
+    Duplicate { producer_id: i64, sequence: i32 },
 }

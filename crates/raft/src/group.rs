@@ -106,6 +106,8 @@ pub struct Group<S: GroupState> {
     state_machine: StateMachine<S>,
     boundary: SharedBoundary,
     transport: Arc<PeerTransport>,
+    /// Serializes writes that must see every earlier entry applied first (deduplication).
+    pub(crate) ordered_writes: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -161,6 +163,7 @@ impl<S: GroupState> Group<S> {
             state_machine,
             boundary,
             transport,
+            ordered_writes: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(Vec::new()),
         });
         if config.point == SnapshotPoint::LogStart {
@@ -286,6 +289,40 @@ impl<S: GroupState> Group<S> {
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    /// Waits until this node has applied every entry in its log (as a leader: everything from
+    /// earlier terms is then committed and reflected in the state machine).
+    pub async fn wait_applied_all(&self, within: Duration) -> Result<(), GroupError> {
+        let mut metrics = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.last_applied.map(|l| l.index) >= m.last_log_index {
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                return Err(GroupError::Raft(format!(
+                    "log not applied within {within:?}"
+                )));
+            }
+        }
+    }
+
+    /// The address of `node` in the group's membership.
+    pub fn node_addr(&self, node: NodeId) -> Option<String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&node)
+            .map(|n| n.addr.clone())
     }
 
     /// The current leader, if known.

@@ -84,12 +84,6 @@ fn write_error(err: impl std::fmt::Display) -> RaftStorageError {
     )
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl LogStore {
     /// A store over `log`, keeping its Raft metadata in `dir/raft.meta`.
     pub(crate) fn open(
@@ -273,13 +267,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut last = None;
-        let timestamp = now_ms();
         for entry in entries {
             let index = entry.log_id.index;
             if last.is_none() {
                 self.align_for_append(index)?;
             }
-            let bytes = entry_to_batch(&entry, timestamp).map_err(write_error)?;
+            let bytes = entry_to_batch(&entry).map_err(write_error)?;
             let batch = ValidBatch::new(bytes).map_err(write_error)?;
             let appended = self
                 .log

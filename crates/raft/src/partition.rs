@@ -11,7 +11,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use weir_storage::codec::BatchHeader;
 
+use crate::error::GroupError;
+use crate::group::Group;
 use crate::state_machine::GroupState;
+use crate::types::Applied;
 
 /// What is known of one idempotent producer: its newest committed batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,5 +78,72 @@ impl GroupState for PartitionState {
         }
         *self = postcard::from_bytes(data).map_err(|e| e.to_string())?;
         Ok(())
+    }
+}
+
+impl Group<PartitionState> {
+    /// Writes a batch on the leader, dropping a retried duplicate of an idempotent producer's
+    /// newest batch (answering with the offsets it got the first time).
+    ///
+    /// Writes of idempotent batches are serialized per partition, and each first waits until the
+    /// leader has applied its whole log, so the producer state it checks includes every batch
+    /// that could still be committed — also one written under an earlier leader. Batches without
+    /// a producer id are written as they are.
+    pub async fn write_deduplicated(
+        &self,
+        batch: Bytes,
+        within: std::time::Duration,
+    ) -> Result<Applied, GroupError> {
+        let header = BatchHeader::parse(&batch)
+            .map_err(|e| GroupError::Storage(weir_storage::StorageError::InvalidBatch(e)))?;
+        if header.producer_id < 0 {
+            return self.write(batch).await;
+        }
+        let _ordered = self.ordered_writes.lock().await;
+        if !self.is_leader() {
+            return self.write(batch).await;
+        }
+        self.wait_applied_all(within).await?;
+        let known = self
+            .state_machine()
+            .with_state(|s| s.producer(header.producer_id));
+        if let Some(known) = known {
+            if header.producer_epoch < known.epoch {
+                return Err(GroupError::Sequence(format!(
+                    "producer {} epoch {} is fenced by epoch {}",
+                    header.producer_id, header.producer_epoch, known.epoch
+                )));
+            }
+            if header.producer_epoch == known.epoch {
+                if header.base_sequence == known.base_sequence {
+                    tracing::info!(
+                        producer_id = header.producer_id,
+                        sequence = header.base_sequence,
+                        base_offset = known.base_offset,
+                        "duplicate batch dropped"
+                    );
+                    return Ok(Applied {
+                        base_offset: known.base_offset,
+                        next_offset: known.next_offset,
+                        reply: Bytes::new(),
+                    });
+                }
+                if header.base_sequence < known.base_sequence {
+                    return Err(GroupError::Duplicate {
+                        producer_id: header.producer_id,
+                        sequence: header.base_sequence,
+                    });
+                }
+                if header.base_sequence != known.last_sequence.wrapping_add(1) {
+                    return Err(GroupError::Sequence(format!(
+                        "producer {} sent sequence {} but {} was expected",
+                        header.producer_id,
+                        header.base_sequence,
+                        known.last_sequence.wrapping_add(1)
+                    )));
+                }
+            }
+        }
+        self.write(batch).await
     }
 }

@@ -1,0 +1,261 @@
+//! [`Node`]: one running Weir node — the peer transport, the controller replica, the partition
+//! reconciler and the gRPC server (client API and peer traffic on one address) — and its orderly
+//! shutdown.
+//!
+//! Start-up: bind the address, start serving (peers can reach the controller group at once),
+//! open the controller group (forming it on first start of an initial voter), then register this
+//! node as a broker — through any controller voter, or by joining through `join` — retrying until
+//! the controller accepts it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use weir_controller::{
+    Controller, ControllerConfig, MetadataCommand, PartitionSettings, Partitions,
+};
+use weir_proto::peer::peer_server::PeerServer;
+use weir_proto::v1::admin_server::AdminServer;
+use weir_proto::v1::broker_server::BrokerServer;
+use weir_raft::{
+    GroupRegistry, LinkFaults, MAX_PEER_MESSAGE_BYTES, PeerNode, PeerService, PeerTransport,
+};
+
+use crate::config::{ConfigError, NodeConfig};
+use crate::service::Services;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create data directory {}: {source}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Controller(#[from] weir_controller::ControllerError),
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    controller: Arc<Controller>,
+    partitions: Arc<Partitions>,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    local_addr: std::net::SocketAddr,
+}
+
+impl Node {
+    /// Starts a node. `faults` injects link faults into peer traffic (tests only).
+    pub async fn start(
+        config: NodeConfig,
+        faults: Option<Arc<dyn LinkFaults>>,
+    ) -> Result<Self, NodeError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let span = tracing::info_span!("node", id = config.id);
+        let _enter = span.enter();
+        let listener = TcpListener::bind(&config.addr)
+            .await
+            .map_err(|source| NodeError::Bind {
+                addr: config.addr.clone(),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+            addr: config.addr.clone(),
+            source,
+        })?;
+        let transport = PeerTransport::new(config.id, faults);
+        let registry = GroupRegistry::new();
+
+        // Serve first: peers reach the controller group as soon as it opens.
+        let mut voters = config.voters()?;
+        if voters.is_empty() && config.join.is_none() {
+            voters.insert(config.id, PeerNode::new(config.advertised()));
+        }
+        let controller_config = ControllerConfig {
+            node_id: config.id,
+            addr: config.advertised().to_string(),
+            rack: config.rack.clone(),
+            data_dir: config.data_dir.clone(),
+            voters,
+            timing: config.timing(),
+        };
+        let peer_service = PeerServer::new(PeerService::new(Arc::clone(&registry)))
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let controller =
+            Controller::start(&controller_config, Arc::clone(&transport), &registry).await?;
+        let partitions = Partitions::new(
+            PartitionSettings {
+                node_id: config.id,
+                data_dir: config.data_dir.clone(),
+                timing: config.timing(),
+                durability: config.durability,
+                retention_check: config.retention_check(),
+            },
+            Arc::clone(&transport),
+            Arc::clone(&registry),
+        );
+        let services = Services {
+            controller: Arc::clone(&controller),
+            partitions: Arc::clone(&partitions),
+            transport: Arc::clone(&transport),
+        };
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(peer_service)
+                .add_service(
+                    BrokerServer::new(services.clone())
+                        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
+                )
+                .add_service(AdminServer::new(services))
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(err) = result {
+                tracing::error!(error = %err, "gRPC server failed");
+            }
+        });
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(
+            Arc::clone(&partitions).run(Arc::clone(&controller)),
+        ));
+        tasks.push(tokio::spawn(
+            Arc::clone(&controller).run_leader_duties(Duration::from_secs(2)),
+        ));
+        tasks.push(tokio::spawn(register(
+            config.clone(),
+            Arc::clone(&controller),
+            Arc::clone(&transport),
+        )));
+        tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), "node started");
+        drop(_enter);
+        Ok(Self {
+            config,
+            controller,
+            partitions,
+            stop_server: Some(stop_server),
+            server: Some(server),
+            tasks,
+            local_addr,
+        })
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.controller
+    }
+
+    pub fn partitions(&self) -> &Arc<Partitions> {
+        &self.partitions
+    }
+
+    /// Stops serving, stops every group (files stay; everything acknowledged is on disk).
+    pub async fn shutdown(mut self) {
+        tracing::info!(node = self.config.id, "node shutting down");
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            // In-flight requests get a moment; streams that never end do not hold us up.
+            if tokio::time::timeout(Duration::from_secs(3), server)
+                .await
+                .is_err()
+            {
+                tracing::warn!("gRPC server did not stop within 3 s");
+            }
+        }
+        self.partitions.shutdown().await;
+        self.controller.shutdown().await;
+        tracing::info!(node = self.config.id, "node stopped");
+    }
+}
+
+/// Registers this node as a broker (or joins the cluster), retrying until it is in the metadata
+/// with its current address.
+async fn register(config: NodeConfig, controller: Arc<Controller>, transport: Arc<PeerTransport>) {
+    let addr = config.advertised().to_string();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let registered = controller
+            .metadata()
+            .brokers
+            .get(&config.id)
+            .is_some_and(|b| b.addr == addr && b.rack == config.rack);
+        if registered {
+            tracing::info!(node = config.id, "registered as a broker");
+            return;
+        }
+        let result = match &config.join {
+            Some(join) => join_through(join, &config, &transport).await,
+            None => controller
+                .propose(MetadataCommand::RegisterBroker {
+                    id: config.id,
+                    addr: addr.clone(),
+                    rack: config.rack.clone(),
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(err) = result {
+            tracing::info!(node = config.id, error = %err, "registration not done yet; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        } else {
+            // Wait for the metadata to show it (the loop checks).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn join_through(
+    join: &str,
+    config: &NodeConfig,
+    transport: &PeerTransport,
+) -> Result<(), String> {
+    let channel = transport.channel(join).map_err(|e| e.to_string())?;
+    let mut client = weir_proto::v1::admin_client::AdminClient::new(channel);
+    client
+        .join_cluster(weir_proto::v1::JoinClusterRequest {
+            id: config.id,
+            address: config.advertised().to_string(),
+            rack: config.rack.clone().unwrap_or_default(),
+        })
+        .await
+        .map(|_| ())
+        .map_err(|status| status.message().to_string())
+}

@@ -1,0 +1,514 @@
+//! The public gRPC services (`weir.v1.Broker`, `weir.v1.Admin`) of one node. Any node answers any
+//! request: writes to a partition hosted here go through its Raft group (forwarded to the leader
+//! over the peer transport when this replica does not lead); requests for partitions not hosted
+//! here are forwarded once to a node that hosts them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tonic::{Request, Response, Status};
+use weir_controller::{Controller, Metadata, Partitions, TopicConfig, TopicRecord};
+use weir_proto::v1::admin_server::Admin;
+use weir_proto::v1::broker_client::BrokerClient;
+use weir_proto::v1::broker_server::Broker;
+use weir_proto::v1::{
+    Acks, BrokerInfo, CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest,
+    DeleteTopicResponse, FetchRequest, FetchResponse, FetchedRecord, Header, JoinClusterRequest,
+    JoinClusterResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, PartitionInfo, ProduceRequest, ProduceResponse, TopicInfo,
+};
+use weir_raft::PeerTransport;
+use weir_storage::codec::{BatchBuilder, Compression, ValidBatch};
+
+use crate::status::{from_controller, from_group, from_metadata, from_storage};
+
+/// Request metadata key marking a request another node forwarded (never forwarded again).
+const FORWARDED: &str = "weir-forwarded";
+/// How long a write may wait for replication (elections included).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times a request may be forwarded between nodes.
+const MAX_FORWARD_HOPS: u32 = 2;
+/// Default and largest fetch size.
+const DEFAULT_FETCH_BYTES: usize = 1 << 20;
+const MAX_FETCH_BYTES: usize = 64 << 20;
+
+/// Shared by the services of one node.
+#[derive(Debug, Clone)]
+pub(crate) struct Services {
+    pub(crate) controller: Arc<Controller>,
+    pub(crate) partitions: Arc<Partitions>,
+    pub(crate) transport: Arc<PeerTransport>,
+}
+
+fn forward_hops<T>(request: &Request<T>) -> u32 {
+    request
+        .metadata()
+        .get(FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn topic_info(metadata: &Metadata, topic: &TopicRecord, partitions: &Partitions) -> TopicInfo {
+    let _ = metadata;
+    TopicInfo {
+        name: topic.name.clone(),
+        replication_factor: topic.replication_factor,
+        partitions: topic
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(p, record)| {
+                let p = p as u32;
+                let leader = partitions
+                    .get(&topic.name, p)
+                    .filter(|r| r.topic_id == topic.id)
+                    .and_then(|r| r.group.leader())
+                    .unwrap_or(0);
+                PartitionInfo {
+                    partition: p,
+                    replicas: record.replicas.clone(),
+                    leader,
+                }
+            })
+            .collect(),
+    }
+}
+
+impl Services {
+    fn topic(&self, name: &str) -> Result<TopicRecord, Status> {
+        self.controller
+            .metadata()
+            .topics
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("unknown topic {name:?}")))
+    }
+
+    fn check_partition(topic: &TopicRecord, partition: u32) -> Result<(), Status> {
+        if partition as usize >= topic.partitions.len() {
+            return Err(Status::not_found(format!(
+                "topic {:?} has {} partitions; partition {partition} does not exist",
+                topic.name,
+                topic.partitions.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The address of some node hosting `partition` of `topic`.
+    fn replica_addr(&self, topic: &TopicRecord, partition: u32) -> Result<String, Status> {
+        let metadata = self.controller.metadata();
+        topic.partitions[partition as usize]
+            .replicas
+            .iter()
+            .find_map(|id| metadata.brokers.get(id).map(|b| b.addr.clone()))
+            .ok_or_else(|| Status::unavailable("no replica address known; retry shortly"))
+    }
+
+    /// Where to send a produce this node cannot serve: the leader if a local replica knows it,
+    /// else a node hosting the partition.
+    fn produce_target(
+        &self,
+        topic: &TopicRecord,
+        partition: u32,
+        hops: u32,
+    ) -> Result<BrokerClient<tonic::transport::Channel>, Status> {
+        let local = self
+            .partitions
+            .get(&topic.name, partition)
+            .filter(|r| r.topic_id == topic.id);
+        let addr = match local {
+            Some(replica) => {
+                let leader = replica.group.leader().ok_or_else(|| {
+                    Status::unavailable("the partition has no leader right now; retry shortly")
+                })?;
+                replica.group.node_addr(leader).ok_or_else(|| {
+                    Status::unavailable("the leader's address is not known yet; retry shortly")
+                })?
+            }
+            None => self.replica_addr(topic, partition)?,
+        };
+        self.broker_client(&addr, hops)
+    }
+
+    /// A client for a forwarded request to `addr`; refuses past [`MAX_FORWARD_HOPS`].
+    fn broker_client(
+        &self,
+        addr: &str,
+        hops: u32,
+    ) -> Result<BrokerClient<tonic::transport::Channel>, Status> {
+        if hops >= MAX_FORWARD_HOPS {
+            return Err(Status::unavailable(
+                "the partition's leader moved while the request was forwarded; retry",
+            ));
+        }
+        let channel = self
+            .transport
+            .channel(addr)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(BrokerClient::new(channel)
+            .max_decoding_message_size(weir_raft::MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(weir_raft::MAX_PEER_MESSAGE_BYTES))
+    }
+
+    fn forwarded<T>(request: T, hops: u32) -> Request<T> {
+        let mut request = Request::new(request);
+        request
+            .metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from(hops + 1));
+        request
+    }
+
+    /// The batch to append for a produce request: the client's batch (checked) or one built from
+    /// its records.
+    fn produce_batch(request: &ProduceRequest, limit: u32) -> Result<(Bytes, u32), Status> {
+        let bytes = if !request.batch.is_empty() {
+            if !request.records.is_empty() {
+                return Err(Status::invalid_argument(
+                    "give records or a batch, not both",
+                ));
+            }
+            let batch = ValidBatch::new(request.batch.clone())
+                .map_err(|e| Status::invalid_argument(format!("invalid batch: {e}")))?;
+            if batch.header().control || batch.header().record_count == 0 {
+                return Err(Status::invalid_argument(
+                    "a produced batch must hold records",
+                ));
+            }
+            request.batch.clone()
+        } else {
+            if request.records.is_empty() {
+                return Err(Status::invalid_argument(
+                    "empty produce request: no records",
+                ));
+            }
+            let now = now_ms();
+            let mut builder = BatchBuilder::new(Compression::None);
+            for record in &request.records {
+                let headers: Vec<(String, Option<Vec<u8>>)> = record
+                    .headers
+                    .iter()
+                    .map(|h| (h.key.clone(), h.value.as_ref().map(|v| v.to_vec())))
+                    .collect();
+                let headers: Vec<(&str, Option<&[u8]>)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_deref()))
+                    .collect();
+                let timestamp = if record.timestamp_ms == 0 {
+                    now
+                } else {
+                    record.timestamp_ms
+                };
+                builder.push(
+                    timestamp,
+                    record.key.as_deref(),
+                    record.value.as_deref(),
+                    &headers,
+                );
+            }
+            builder
+                .build()
+                .ok_or_else(|| Status::invalid_argument("empty produce request: no records"))?
+        };
+        if bytes.len() > limit as usize {
+            return Err(Status::invalid_argument(format!(
+                "batch of {} bytes exceeds the topic's max.message.bytes limit of {limit} bytes",
+                bytes.len()
+            )));
+        }
+        let count = weir_storage::codec::BatchHeader::parse(&bytes)
+            .map(|h| h.record_count)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok((bytes, count))
+    }
+}
+
+#[tonic::async_trait]
+impl Broker for Services {
+    async fn produce(
+        &self,
+        request: Request<ProduceRequest>,
+    ) -> Result<Response<ProduceResponse>, Status> {
+        let hops = forward_hops(&request);
+        let request = request.into_inner();
+        let span =
+            tracing::info_span!("produce", topic = %request.topic, partition = request.partition);
+        let _enter = span.enter();
+        if Acks::try_from(request.acks).is_err() {
+            return Err(Status::invalid_argument(format!(
+                "unknown acks value {}",
+                request.acks
+            )));
+        }
+        let topic = self.topic(&request.topic)?;
+        Self::check_partition(&topic, request.partition)?;
+        let (batch, record_count) = Self::produce_batch(&request, topic.config.max_message_bytes)?;
+        let replica = self
+            .partitions
+            .get(&topic.name, request.partition)
+            .filter(|r| r.topic_id == topic.id);
+        drop(_enter);
+        let leader_here = replica.as_ref().is_some_and(|r| r.group.is_leader());
+        let Some(replica) = replica.filter(|_| leader_here) else {
+            let mut client = self.produce_target(&topic, request.partition, hops)?;
+            return client.produce(Self::forwarded(request, hops)).await;
+        };
+        let applied = replica
+            .group
+            .write_deduplicated(batch, WRITE_TIMEOUT)
+            .await
+            .map_err(from_group)?;
+        tracing::debug!(base_offset = applied.base_offset, record_count, "produced");
+        Ok(Response::new(ProduceResponse {
+            partition: request.partition,
+            base_offset: applied.base_offset,
+            record_count,
+        }))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
+        let hops = forward_hops(&request);
+        let request = request.into_inner();
+        let topic = self.topic(&request.topic)?;
+        Self::check_partition(&topic, request.partition)?;
+        let Some(replica) = self
+            .partitions
+            .get(&topic.name, request.partition)
+            .filter(|r| r.topic_id == topic.id)
+        else {
+            let addr = self.replica_addr(&topic, request.partition)?;
+            let mut client = self.broker_client(&addr, hops)?;
+            return client.fetch(Self::forwarded(request, hops)).await;
+        };
+        let max_bytes = match request.max_bytes as usize {
+            0 => DEFAULT_FETCH_BYTES,
+            n => n.min(MAX_FETCH_BYTES),
+        };
+        let log = replica.group.log();
+        let high_watermark = replica.group.progress().borrow().high_watermark;
+        let bounds = log.bounds().map_err(from_storage)?;
+        let start = bounds.log_start_offset;
+        if request.offset < start || request.offset > high_watermark {
+            return Err(Status::out_of_range(format!(
+                "offset {} is outside [{start}, {high_watermark}] (log start, high watermark)",
+                request.offset
+            )));
+        }
+        let mut records = Vec::new();
+        let mut next_offset = request.offset;
+        if request.offset < high_watermark {
+            let read = log
+                .read_until(request.offset, max_bytes, high_watermark)
+                .map_err(from_storage)?;
+            for batch in &read.batches {
+                let header = batch.header();
+                let decoded = batch
+                    .records()
+                    .map_err(|e| Status::data_loss(e.to_string()))?;
+                for record in decoded {
+                    let offset = record.offset;
+                    if offset < request.offset {
+                        continue;
+                    }
+                    records.push(FetchedRecord {
+                        offset,
+                        timestamp_ms: record.timestamp,
+                        key: record.key,
+                        value: record.value,
+                        headers: record
+                            .headers
+                            .into_iter()
+                            .map(|h| Header {
+                                key: h.key,
+                                value: h.value,
+                            })
+                            .collect(),
+                    });
+                }
+                next_offset = next_offset.max(header.next_offset());
+            }
+        }
+        Ok(Response::new(FetchResponse {
+            records,
+            next_offset,
+            high_watermark,
+            log_start_offset: start,
+        }))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<ListOffsetsRequest>,
+    ) -> Result<Response<ListOffsetsResponse>, Status> {
+        let hops = forward_hops(&request);
+        let request = request.into_inner();
+        let topic = self.topic(&request.topic)?;
+        Self::check_partition(&topic, request.partition)?;
+        let Some(replica) = self
+            .partitions
+            .get(&topic.name, request.partition)
+            .filter(|r| r.topic_id == topic.id)
+        else {
+            let addr = self.replica_addr(&topic, request.partition)?;
+            let mut client = self.broker_client(&addr, hops)?;
+            return client.list_offsets(Self::forwarded(request, hops)).await;
+        };
+        let log = replica.group.log();
+        let high_watermark = replica.group.progress().borrow().high_watermark;
+        let log_start_offset = log.bounds().map_err(from_storage)?.log_start_offset;
+        let offset_for_timestamp = match request.timestamp_ms {
+            Some(ts) => Some(
+                log.offset_for_timestamp(ts)
+                    .map_err(from_storage)?
+                    .map_or(high_watermark, |o| o.min(high_watermark)),
+            ),
+            None => None,
+        };
+        Ok(Response::new(ListOffsetsResponse {
+            log_start_offset,
+            high_watermark,
+            offset_for_timestamp,
+        }))
+    }
+
+    async fn metadata(
+        &self,
+        request: Request<MetadataRequest>,
+    ) -> Result<Response<MetadataResponse>, Status> {
+        let request = request.into_inner();
+        let metadata = self.controller.metadata();
+        let mut topics = Vec::new();
+        if request.topics.is_empty() {
+            topics.extend(
+                metadata
+                    .topics
+                    .values()
+                    .map(|t| topic_info(&metadata, t, &self.partitions)),
+            );
+        } else {
+            for name in &request.topics {
+                let topic = metadata
+                    .topics
+                    .get(name)
+                    .ok_or_else(|| Status::not_found(format!("unknown topic {name:?}")))?;
+                topics.push(topic_info(&metadata, topic, &self.partitions));
+            }
+        }
+        Ok(Response::new(MetadataResponse {
+            brokers: metadata
+                .brokers
+                .values()
+                .map(|b| BrokerInfo {
+                    id: b.id,
+                    address: b.addr.clone(),
+                    rack: b.rack.clone().unwrap_or_default(),
+                    alive: true,
+                })
+                .collect(),
+            topics,
+            controller: self.controller.leader().unwrap_or(0),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for Services {
+    async fn create_topic(
+        &self,
+        request: Request<CreateTopicRequest>,
+    ) -> Result<Response<CreateTopicResponse>, Status> {
+        let request = request.into_inner();
+        tracing::info!(topic = %request.name, partitions = request.partitions, replication_factor = request.replication_factor, "create topic");
+        let topic = self
+            .controller
+            .create_topic(
+                &request.name,
+                request.partitions,
+                request.replication_factor,
+                TopicConfig::default(),
+            )
+            .await
+            .map_err(from_controller)?;
+        let metadata = self.controller.metadata();
+        Ok(Response::new(CreateTopicResponse {
+            topic: Some(topic_info(&metadata, &topic, &self.partitions)),
+        }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<DeleteTopicRequest>,
+    ) -> Result<Response<DeleteTopicResponse>, Status> {
+        let request = request.into_inner();
+        tracing::info!(topic = %request.name, "delete topic");
+        if !self
+            .controller
+            .metadata()
+            .topics
+            .contains_key(&request.name)
+        {
+            return Err(from_metadata(weir_controller::MetadataError::UnknownTopic(
+                request.name,
+            )));
+        }
+        self.controller
+            .propose(weir_controller::MetadataCommand::DeleteTopic { name: request.name })
+            .await
+            .map_err(from_controller)?;
+        Ok(Response::new(DeleteTopicResponse {}))
+    }
+
+    async fn join_cluster(
+        &self,
+        request: Request<JoinClusterRequest>,
+    ) -> Result<Response<JoinClusterResponse>, Status> {
+        let hops = forward_hops(&request);
+        let request = request.into_inner();
+        if request.id == 0 {
+            return Err(Status::invalid_argument("node id 0 is reserved"));
+        }
+        tracing::info!(node = request.id, addr = %request.address, "join request");
+        if !self.controller.is_leader() {
+            let leader = self.controller.leader();
+            let addr = leader.and_then(|id| {
+                self.controller
+                    .group()
+                    .raft()
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+            });
+            let (Some(addr), true) = (addr, hops < MAX_FORWARD_HOPS) else {
+                return Err(Status::unavailable(
+                    "no controller leader known; retry shortly",
+                ));
+            };
+            let channel = self
+                .transport
+                .channel(&addr)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let mut client = weir_proto::v1::admin_client::AdminClient::new(channel);
+            return client.join_cluster(Self::forwarded(request, hops)).await;
+        }
+        let rack = (!request.rack.is_empty()).then(|| request.rack.clone());
+        self.controller
+            .admit(request.id, &request.address, rack)
+            .await
+            .map_err(from_controller)?;
+        Ok(Response::new(JoinClusterResponse {}))
+    }
+}

@@ -1,0 +1,158 @@
+//! `weir local --nodes N`: a development cluster on loopback — N `weir server` child processes
+//! with their own data directories (`DIR/node-I`) and logs (`DIR/node-I.log`), ports
+//! `BASE`..`BASE+N-1`, all initial controller voters when N is 1, 3 or 5 (otherwise the first
+//! three are voters and the rest join). Ctrl-C (or SIGTERM) stops them cleanly; running it again
+//! on the same directory restarts the cluster on its data.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::server::stop_signal;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct LocalArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u32,
+    /// Where the nodes keep their data and logs.
+    #[arg(long, default_value = "weir-local")]
+    data_dir: PathBuf,
+    /// Port of node 1; node I listens on BASE+I-1.
+    #[arg(long, default_value_t = 9092)]
+    base_port: u16,
+    /// Durability passed to every node (always, never, interval:MS).
+    #[arg(long, default_value = "always")]
+    durability: String,
+}
+
+struct Running {
+    id: u32,
+    child: Child,
+}
+
+fn stop(children: &mut [Running]) {
+    for running in children.iter() {
+        if let Some(pid) = running.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
+}
+
+pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
+    if args.nodes == 0 || args.nodes > 9 {
+        bail!("--nodes {} must be between 1 and 9", args.nodes);
+    }
+    if u32::from(args.base_port) + args.nodes > 65_535 {
+        bail!(
+            "--base-port {} leaves no room for {} nodes",
+            args.base_port,
+            args.nodes
+        );
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let exe = std::env::current_exe().context("finding the weir binary")?;
+    let addr = |id: u32| format!("127.0.0.1:{}", u32::from(args.base_port) + id - 1);
+    let voters: u32 = if [1, 3, 5].contains(&args.nodes) {
+        args.nodes
+    } else {
+        args.nodes.min(3)
+    };
+    let peers: Vec<String> = (1..=voters)
+        .map(|id| format!("{id}@{}", addr(id)))
+        .collect();
+    let mut children = Vec::new();
+    for id in 1..=args.nodes {
+        let dir = args.data_dir.join(format!("node-{id}"));
+        let log_path = args.data_dir.join(format!("node-{id}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let mut command = Command::new(&exe);
+        command
+            .arg("server")
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--addr")
+            .arg(addr(id))
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--durability")
+            .arg(&args.durability)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        if id <= voters {
+            command.arg("--peers").arg(peers.join(","));
+        } else {
+            command.arg("--join").arg(addr(1));
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting node {id}"))?;
+        children.push(Running { id, child });
+    }
+    println!("weir local: {} nodes running", args.nodes);
+    for id in 1..=args.nodes {
+        println!(
+            "  node {id}  {}  data {}  log {}",
+            addr(id),
+            args.data_dir.join(format!("node-{id}")).display(),
+            args.data_dir.join(format!("node-{id}.log")).display()
+        );
+    }
+    let brokers: Vec<String> = (1..=args.nodes).map(addr).collect();
+    println!("try:");
+    println!("  export WEIR_BROKERS={}", brokers.join(","));
+    println!(
+        "  weir topic create demo --partitions 3 --replication-factor {}",
+        args.nodes.min(3)
+    );
+    println!("  seq 1 10 | weir produce demo");
+    println!("  weir consume demo --from earliest");
+    println!("Ctrl-C stops the cluster; run the same command again to restart it on its data.");
+
+    let exited = async {
+        loop {
+            for running in children.iter_mut() {
+                if let Ok(Some(status)) = running.child.try_wait() {
+                    return (running.id, status);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let outcome = tokio::select! {
+        signal = stop_signal() => { signal?; None }
+        (id, status) = exited => Some((id, status)),
+    };
+    if let Some((id, status)) = outcome {
+        eprintln!(
+            "node {id} exited ({status}); see {}; stopping the others",
+            args.data_dir.join(format!("node-{id}.log")).display()
+        );
+    }
+    println!("stopping {} nodes", children.len());
+    stop(&mut children);
+    for running in children.iter_mut() {
+        match tokio::time::timeout(Duration::from_secs(15), running.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("node {} did not stop within 15 s; killing it", running.id);
+                let _ = running.child.kill().await;
+            }
+        }
+    }
+    if outcome.is_some() {
+        bail!("a node exited unexpectedly");
+    }
+    println!("stopped");
+    Ok(())
+}
