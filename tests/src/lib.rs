@@ -3,6 +3,7 @@
 //! lives here.
 
 pub mod crash;
+pub mod process_cluster;
 pub mod raft_cluster;
 
 /// Logs to the test's output when `RUST_LOG` is set (`RUST_LOG=info cargo test ...`).

@@ -5,11 +5,17 @@
 //!
 //! Every record written through [`RaftCluster::write`] carries a unique value, so a test can check
 //! afterwards that each acknowledged value is present exactly once, in order.
+//!
+//! Writers that run while the test crashes nodes use a [`GroupClient`] (cloneable, `'static`,
+//! it follows the running replicas of one group) and, through [`spawn_writer`], a fresh value for
+//! every attempt: a failed write may still have been committed, so retrying the same value could
+//! make a legitimate duplicate and hide a real one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -39,6 +45,9 @@ pub fn record_batch(value: &str) -> Bytes {
     builder.build().unwrap_or_default()
 }
 
+/// The running replicas of every group, by group and node: shared with [`GroupClient`]s.
+type LiveGroups = Arc<RwLock<BTreeMap<String, BTreeMap<NodeId, Arc<Group<PartitionState>>>>>>;
+
 struct RunningNode {
     registry: Arc<GroupRegistry>,
     transport: Arc<PeerTransport>,
@@ -55,6 +64,7 @@ pub struct RaftCluster {
     nodes: BTreeMap<NodeId, Option<RunningNode>>,
     /// Groups created, with their log configuration, to reopen after a restart.
     group_configs: BTreeMap<String, LogConfig>,
+    live: LiveGroups,
     pub timing: RaftTiming,
 }
 
@@ -75,6 +85,7 @@ impl RaftCluster {
             addrs: BTreeMap::new(),
             nodes: BTreeMap::new(),
             group_configs: BTreeMap::new(),
+            live: LiveGroups::default(),
             timing: test_timing(),
         };
         for id in 1..=n {
@@ -164,6 +175,10 @@ impl RaftCluster {
         running
             .groups
             .insert(group.to_string(), Arc::clone(&opened));
+        write_lock(&self.live)
+            .entry(group.to_string())
+            .or_default()
+            .insert(node, Arc::clone(&opened));
         Ok(opened)
     }
 
@@ -202,51 +217,31 @@ impl RaftCluster {
         self.nodes.get(&node).is_some_and(Option::is_some)
     }
 
-    /// Waits until a running node leads `group` (as that node sees it) and returns it.
-    pub async fn leader(&self, group: &str, within: Duration) -> anyhow::Result<NodeId> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            for (&id, node) in &self.nodes {
-                if let Some(g) = node.as_ref().and_then(|n| n.groups.get(group))
-                    && g.is_leader()
-                {
-                    return Ok(id);
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!("no leader for {group} within {within:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    /// A client for `group` that follows its running replicas (crashes and restarts included).
+    pub fn client(&self, group: &str) -> GroupClient {
+        GroupClient {
+            group: group.to_string(),
+            live: Arc::clone(&self.live),
         }
     }
 
+    /// Waits until a running node leads `group` and returns it. While an old leader is cut off
+    /// it may still believe it leads; the leader of the highest term wins.
+    pub async fn leader(&self, group: &str, within: Duration) -> anyhow::Result<NodeId> {
+        self.client(group).wait_leader(within).await
+    }
+
     /// Writes one batch through the current leader, retrying across leader changes until
-    /// `within` runs out.
+    /// `within` runs out. Only unambiguous failures are retried (NOT_LEADER: the entry was
+    /// never appended, or was truncated as a conflicting suffix); any other failure is returned,
+    /// because the entry may still commit.
     pub async fn write(
         &self,
         group: &str,
         batch: Bytes,
         within: Duration,
     ) -> anyhow::Result<Applied> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if remaining.is_zero() {
-                bail!("write to {group} not acknowledged within {within:?}");
-            }
-            let leader = self.leader(group, remaining).await?;
-            let Some(g) = self.group(leader, group) else {
-                continue;
-            };
-            match tokio::time::timeout(remaining, g.write(batch.clone())).await {
-                Ok(Ok(applied)) => return Ok(applied),
-                Ok(Err(GroupError::NotLeader { .. })) | Ok(Err(GroupError::Raft(_))) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Ok(Err(err)) => return Err(err.into()),
-                Err(_) => bail!("write to {group} not acknowledged within {within:?}"),
-            }
-        }
+        self.client(group).write(batch, within).await
     }
 
     /// Stops `node` abruptly: its groups stop and its server closes; files stay as they are.
@@ -254,6 +249,10 @@ impl RaftCluster {
         let Some(Some(mut running)) = self.nodes.insert(node, None) else {
             bail!("node {node} is not running");
         };
+        // Clients stop seeing the node's replicas before they stop.
+        for members in write_lock(&self.live).values_mut() {
+            members.remove(&node);
+        }
         if let Some(stop) = running.stop.take() {
             let _ = stop.send(());
         }
@@ -386,6 +385,127 @@ impl RaftCluster {
         Ok(())
     }
 
+    /// The nodes running a replica of `group`.
+    pub fn running_replicas(&self, group: &str) -> Vec<NodeId> {
+        read_lock(&self.live)
+            .get(group)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Index of the last entry of `group` applied on `node`.
+    pub fn applied_index(&self, node: NodeId, group: &str) -> Option<u64> {
+        self.group(node, group)?.progress().borrow().applied_index
+    }
+
+    /// A replica's view of its log: where it starts and ends, and how far it applied.
+    pub fn replica_state(&self, node: NodeId, group: &str) -> anyhow::Result<ReplicaState> {
+        let g = self.group(node, group).context("group not running there")?;
+        let bounds = g.log().bounds()?;
+        let progress = *g.progress().borrow();
+        Ok(ReplicaState {
+            log_start_offset: bounds.log_start_offset,
+            next_offset: bounds.next_offset,
+            first_index: bounds.first_index,
+            next_index: bounds.next_index,
+            applied_index: progress.applied_index,
+            high_watermark: progress.high_watermark,
+        })
+    }
+
+    /// Every stored entry of `group` on `node` (index, term, base offset, CRC), from its first.
+    pub fn all_entries(
+        &self,
+        node: NodeId,
+        group: &str,
+    ) -> anyhow::Result<Vec<(u64, u64, u64, u32)>> {
+        let state = self.replica_state(node, group)?;
+        match state.first_index {
+            Some(first) => self.entries(node, group, first, state.next_index),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Waits until the replicas of `group` agree: the current leader has applied its whole log,
+    /// and every running member of the group (voters and learners of the leader's membership)
+    /// has applied the same last entry and stores exactly the same entries (index, term, base
+    /// offset, CRC), starting at the same entry and offset. Returns the leader and the last
+    /// index.
+    pub async fn converge(&self, group: &str, within: Duration) -> anyhow::Result<Converged> {
+        let deadline = tokio::time::Instant::now() + within;
+        let client = self.client(group);
+        let mut last_problem;
+        loop {
+            match self.agreement(&client, group) {
+                Ok(converged) => return Ok(converged),
+                Err(problem) => last_problem = problem,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("replicas of {group} did not converge within {within:?}: {last_problem:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn agreement(&self, client: &GroupClient, group: &str) -> anyhow::Result<Converged> {
+        let (leader, g) = client.current_leader().context("no leader")?;
+        let (last_log_index, voters, learners) = {
+            let metrics = g.raft().metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            (
+                metrics.last_log_index,
+                membership.voter_ids().collect::<Vec<_>>(),
+                membership.learner_ids().collect::<Vec<_>>(),
+            )
+        };
+        let last = last_log_index.context("leader has an empty log")?;
+        let leader_state = self.replica_state(leader, group)?;
+        if leader_state.applied_index != Some(last) {
+            bail!(
+                "leader {leader} applied {:?} of {last}",
+                leader_state.applied_index
+            );
+        }
+        let leader_entries = self.all_entries(leader, group)?;
+        let mut nodes = Vec::new();
+        for node in voters.into_iter().chain(learners) {
+            if self.group(node, group).is_none() {
+                continue;
+            }
+            nodes.push(node);
+            if node == leader {
+                continue;
+            }
+            let state = self.replica_state(node, group)?;
+            if state != leader_state {
+                bail!("node {node} is at {state:?}, leader {leader} at {leader_state:?}");
+            }
+            let entries = self.all_entries(node, group)?;
+            if entries != leader_entries {
+                let differ = entries
+                    .iter()
+                    .zip(&leader_entries)
+                    .find(|(a, b)| a != b)
+                    .map(|(a, b)| format!("{a:?} (there) against {b:?} (leader)"));
+                bail!(
+                    "node {node} stores other entries than leader {leader}: {} (index, term, \
+                     base offset, CRC)",
+                    differ.unwrap_or_else(|| format!(
+                        "{} entries against {}",
+                        entries.len(),
+                        leader_entries.len()
+                    ))
+                );
+            }
+        }
+        Ok(Converged {
+            leader,
+            last_index: last,
+            nodes,
+        })
+    }
+
     /// Shuts every node down.
     pub async fn shutdown(mut self) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
@@ -404,4 +524,170 @@ pub fn values_of(batch: &ValidBatch) -> anyhow::Result<Vec<String>> {
         .into_iter()
         .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or(b"")).into_owned())
         .collect())
+}
+
+/// What [`RaftCluster::converge`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Converged {
+    pub leader: NodeId,
+    /// The index of the last entry, applied everywhere.
+    pub last_index: u64,
+    /// The running members compared (the leader included).
+    pub nodes: Vec<NodeId>,
+}
+
+/// One replica's log bounds and progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaState {
+    pub log_start_offset: u64,
+    pub next_offset: u64,
+    pub first_index: Option<u64>,
+    pub next_index: u64,
+    pub applied_index: Option<u64>,
+    pub high_watermark: u64,
+}
+
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Writes to one group through whichever running replica leads it. Cheap to clone; usable from
+/// spawned tasks while the test crashes and restarts nodes.
+#[derive(Clone)]
+pub struct GroupClient {
+    group: String,
+    live: LiveGroups,
+}
+
+impl std::fmt::Debug for GroupClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupClient")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupClient {
+    /// The running replica that leads the group in the highest term, if any.
+    pub fn current_leader(&self) -> Option<(NodeId, Arc<Group<PartitionState>>)> {
+        let live = read_lock(&self.live);
+        let members = live.get(&self.group)?;
+        members
+            .iter()
+            .filter_map(|(&id, g)| {
+                let metrics = g.raft().metrics();
+                let metrics = metrics.borrow();
+                (metrics.state.is_leader() && metrics.current_leader == Some(id))
+                    .then_some((metrics.current_term, id))
+            })
+            .max()
+            .and_then(|(_, id)| members.get(&id).map(|g| (id, Arc::clone(g))))
+    }
+
+    /// Waits until a running replica leads the group.
+    pub async fn wait_leader(&self, within: Duration) -> anyhow::Result<NodeId> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some((id, _)) = self.current_leader() {
+                return Ok(id);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("no leader for {} within {within:?}", self.group);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// One attempt: waits for a leader, proposes `batch` there and waits for it to commit, all
+    /// within `within`. An error does not mean the batch was not committed.
+    pub async fn write_once(&self, batch: Bytes, within: Duration) -> anyhow::Result<Applied> {
+        let deadline = tokio::time::Instant::now() + within;
+        let (id, g) = loop {
+            if let Some(found) = self.current_leader() {
+                break found;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("no leader for {} within {within:?}", self.group);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        match tokio::time::timeout_at(deadline, g.write(batch)).await {
+            Ok(Ok(applied)) => Ok(applied),
+            Ok(Err(err)) => Err(anyhow::Error::new(err).context(format!("write on node {id}"))),
+            Err(_) => bail!("write on node {id} not acknowledged within {within:?}"),
+        }
+    }
+
+    /// Writes `batch`, retrying only unambiguous failures (see [`RaftCluster::write`]).
+    pub async fn write(&self, batch: Bytes, within: Duration) -> anyhow::Result<Applied> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                bail!("write to {} not acknowledged within {within:?}", self.group);
+            }
+            match self.write_once(batch.clone(), remaining).await {
+                Ok(applied) => return Ok(applied),
+                Err(err)
+                    if matches!(
+                        err.downcast_ref::<GroupError>(),
+                        Some(GroupError::NotLeader { .. })
+                    ) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+/// What a [`spawn_writer`] task did.
+#[derive(Debug, Clone, Default)]
+pub struct WriterReport {
+    /// Acknowledged values with what the write returned, in acknowledgement order.
+    pub acked: Vec<(String, Applied)>,
+    /// Values whose write failed or timed out: they may or may not be in the log.
+    pub unacked: Vec<String>,
+}
+
+/// Starts a task that writes one-record batches `{prefix}-{n}` (n = 0, 1, ...) one after the
+/// other until `stop` is set, with a fresh value for every attempt (never a retry of the same
+/// value). Every acknowledgement increments `acks`.
+pub fn spawn_writer(
+    client: GroupClient,
+    prefix: String,
+    stop: Arc<AtomicBool>,
+    acks: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<WriterReport> {
+    tokio::spawn(async move {
+        let mut report = WriterReport::default();
+        let mut n = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            let value = format!("{prefix}-{n}");
+            n += 1;
+            match client
+                .write_once(record_batch(&value), Duration::from_secs(3))
+                .await
+            {
+                Ok(applied) => {
+                    report.acked.push((value, applied));
+                    acks.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(err) => {
+                    tracing::debug!(%value, error = %format!("{err:#}"), "write not acknowledged");
+                    report.unacked.push(value);
+                    // Back off a little: no leader yet, or it is being replaced.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        report
+    })
 }

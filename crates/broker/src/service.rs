@@ -33,6 +33,13 @@ const MAX_FORWARD_HOPS: u32 = 2;
 const DEFAULT_FETCH_BYTES: usize = 1 << 20;
 const MAX_FETCH_BYTES: usize = 64 << 20;
 
+/// Where a topic's record was found.
+enum Found {
+    Here(TopicRecord),
+    /// Not known here: ask the controller leader at this address.
+    AskController(String),
+}
+
 /// Shared by the services of one node.
 #[derive(Debug, Clone)]
 pub(crate) struct Services {
@@ -83,13 +90,36 @@ fn topic_info(metadata: &Metadata, topic: &TopicRecord, partitions: &Partitions)
 }
 
 impl Services {
-    fn topic(&self, name: &str) -> Result<TopicRecord, Status> {
-        self.controller
-            .metadata()
-            .topics
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("unknown topic {name:?}")))
+    /// Finds a topic. A node that has not loaded its metadata since it started answers
+    /// UNAVAILABLE; a topic this node does not know is looked up on the controller leader (a
+    /// linearizable read there, or the request is forwarded to it), so NOT_FOUND is never an
+    /// artifact of a lagging replica.
+    async fn topic(&self, name: &str, hops: u32) -> Result<Found, Status> {
+        if !self.controller.ready() {
+            return Err(Status::unavailable(
+                "this node is still loading the cluster metadata; retry shortly",
+            ));
+        }
+        if let Some(topic) = self.controller.metadata().topics.get(name) {
+            return Ok(Found::Here(topic.clone()));
+        }
+        if self.controller.is_leader() {
+            let latest = self
+                .controller
+                .latest_metadata()
+                .await
+                .map_err(from_controller)?;
+            return match latest.topics.get(name) {
+                Some(topic) => Ok(Found::Here(topic.clone())),
+                None => Err(Status::not_found(format!("unknown topic {name:?}"))),
+            };
+        }
+        match self.controller.leader_addr() {
+            Some(addr) if hops < MAX_FORWARD_HOPS => Ok(Found::AskController(addr)),
+            _ => Err(Status::unavailable(
+                "topic not known here and no controller leader to ask; retry shortly",
+            )),
+        }
     }
 
     fn check_partition(topic: &TopicRecord, partition: u32) -> Result<(), Status> {
@@ -248,7 +278,14 @@ impl Broker for Services {
                 request.acks
             )));
         }
-        let topic = self.topic(&request.topic)?;
+        let topic = match self.topic(&request.topic, hops).await? {
+            Found::Here(topic) => topic,
+            Found::AskController(addr) => {
+                drop(_enter);
+                let mut client = self.broker_client(&addr, hops)?;
+                return client.produce(Self::forwarded(request, hops)).await;
+            }
+        };
         Self::check_partition(&topic, request.partition)?;
         let (batch, record_count) = Self::produce_batch(&request, topic.config.max_message_bytes)?;
         let replica = self
@@ -280,7 +317,13 @@ impl Broker for Services {
     ) -> Result<Response<FetchResponse>, Status> {
         let hops = forward_hops(&request);
         let request = request.into_inner();
-        let topic = self.topic(&request.topic)?;
+        let topic = match self.topic(&request.topic, hops).await? {
+            Found::Here(topic) => topic,
+            Found::AskController(addr) => {
+                let mut client = self.broker_client(&addr, hops)?;
+                return client.fetch(Self::forwarded(request, hops)).await;
+            }
+        };
         Self::check_partition(&topic, request.partition)?;
         let Some(replica) = self
             .partitions
@@ -353,7 +396,13 @@ impl Broker for Services {
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let hops = forward_hops(&request);
         let request = request.into_inner();
-        let topic = self.topic(&request.topic)?;
+        let topic = match self.topic(&request.topic, hops).await? {
+            Found::Here(topic) => topic,
+            Found::AskController(addr) => {
+                let mut client = self.broker_client(&addr, hops)?;
+                return client.list_offsets(Self::forwarded(request, hops)).await;
+            }
+        };
         Self::check_partition(&topic, request.partition)?;
         let Some(replica) = self
             .partitions
@@ -386,7 +435,14 @@ impl Broker for Services {
         &self,
         request: Request<MetadataRequest>,
     ) -> Result<Response<MetadataResponse>, Status> {
+        let hops = forward_hops(&request);
         let request = request.into_inner();
+        for name in &request.topics {
+            if let Found::AskController(addr) = self.topic(name, hops).await? {
+                let mut client = self.broker_client(&addr, hops)?;
+                return client.metadata(Self::forwarded(request, hops)).await;
+            }
+        }
         let metadata = self.controller.metadata();
         let mut topics = Vec::new();
         if request.topics.is_empty() {

@@ -61,6 +61,7 @@ pub struct Controller {
     node_id: NodeId,
     group: Arc<Group<MetadataState>>,
     metadata: watch::Receiver<Arc<Metadata>>,
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl Controller {
@@ -95,6 +96,7 @@ impl Controller {
             node_id: config.node_id,
             group,
             metadata,
+            ready: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -123,6 +125,46 @@ impl Controller {
 
     pub fn is_leader(&self) -> bool {
         self.group.is_leader()
+    }
+
+    /// True once this replica has applied its whole local log with a leader known (latched): its
+    /// metadata is no older than what it had before a restart.
+    pub fn ready(&self) -> bool {
+        if self.ready.load(std::sync::atomic::Ordering::Acquire) {
+            return true;
+        }
+        let metrics = self.group.raft().metrics();
+        let m = metrics.borrow();
+        let caught_up =
+            m.current_leader.is_some() && m.last_applied.map(|l| l.index) >= m.last_log_index;
+        if caught_up {
+            self.ready.store(true, std::sync::atomic::Ordering::Release);
+        }
+        caught_up
+    }
+
+    /// On the controller leader: the metadata with every committed command applied (a
+    /// linearizable read). Elsewhere: [`GroupError::NotLeader`].
+    pub async fn latest_metadata(&self) -> Result<Arc<Metadata>, ControllerError> {
+        self.group
+            .raft()
+            .ensure_linearizable()
+            .await
+            .map_err(|e| match e {
+                openraft::error::RaftError::APIError(
+                    openraft::error::CheckIsLeaderError::ForwardToLeader(f),
+                ) => GroupError::NotLeader {
+                    leader: f.leader_id,
+                    leader_addr: f.leader_node.map(|n| n.addr),
+                },
+                other => GroupError::Raft(other.to_string()),
+            })?;
+        Ok(self.metadata())
+    }
+
+    /// The address of the controller leader, if known.
+    pub fn leader_addr(&self) -> Option<String> {
+        self.leader().and_then(|id| self.group.node_addr(id))
     }
 
     /// Proposes a command (forwarded to the leader when needed) and returns its applied result.

@@ -33,7 +33,15 @@ pub(crate) fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), F
         path: path.to_path_buf(),
         reason: err.to_string(),
     })?;
-    let tmp = path.with_extension("tmp");
+    // The temporary file is named after the whole target name (`raft.meta.tmp`,
+    // `raft.snapshot.tmp`). It used to be `with_extension("tmp")`, which gave `raft.meta` and
+    // `raft.snapshot` the same `raft.tmp`: when openraft's core (vote, purge point) and its state
+    // machine worker (snapshot) wrote at the same moment — as on a snapshot install, which purges
+    // the log while the snapshot is stored — one rename failed (a fatal storage error that
+    // stopped the group) or put one file's content under the other's name.
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
     let mut file = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
     file.write_all(&bytes)
         .and_then(|()| file.sync_all())
@@ -58,5 +66,35 @@ pub(crate) fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, FileEr
             }),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(io("read", path)(err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vote/purge file and the snapshot file of a group are written from different tasks
+    /// (openraft's core and its state machine worker), possibly at the same moment.
+    #[test]
+    fn concurrent_writes_of_sibling_files_do_not_interfere() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = dir.path().join("raft.meta");
+        let snapshot = dir.path().join("raft.snapshot");
+        let writer = |path: PathBuf, tag: u8| {
+            std::thread::spawn(move || {
+                for i in 0..300u32 {
+                    write_atomic(&path, &(tag, i)).expect("atomic write");
+                }
+            })
+        };
+        let a = writer(meta.clone(), 1);
+        let b = writer(snapshot.clone(), 2);
+        a.join().expect("meta writer");
+        b.join().expect("snapshot writer");
+        assert_eq!(read::<(u8, u32)>(&meta).expect("meta"), Some((1, 299)));
+        assert_eq!(
+            read::<(u8, u32)>(&snapshot).expect("snapshot"),
+            Some((2, 299))
+        );
     }
 }

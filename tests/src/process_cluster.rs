@@ -1,0 +1,249 @@
+//! A cluster of real `weir server` processes on loopback, for multi-process fault tests: start,
+//! SIGKILL and restart nodes on their data directories, and inspect each node's partition logs
+//! on disk after the cluster stopped.
+//!
+//! The `weir` binary is built (if needed) with the same cargo and profile that built the test.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use weir_storage::{LogConfig, PartitionLog};
+
+/// Path of the `weir` binary, built first if it is missing or stale.
+pub fn weir_binary() -> anyhow::Result<PathBuf> {
+    let test_exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> → target/<profile>
+    let profile_dir = test_exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary is not in target/<profile>/deps")?
+        .to_path_buf();
+    let target_dir = profile_dir.parent().context("no target dir")?.to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "weir",
+            "--bin",
+            "weir",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().context("running cargo build -p weir")?;
+    if !status.success() {
+        bail!("cargo build -p weir failed");
+    }
+    let binary = profile_dir.join("weir");
+    if !binary.exists() {
+        bail!("{} was not built", binary.display());
+    }
+    Ok(binary)
+}
+
+/// Ports that were free a moment ago on 127.0.0.1.
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// N `weir server` processes.
+#[derive(Debug)]
+pub struct ProcessCluster {
+    binary: PathBuf,
+    root: tempfile::TempDir,
+    ports: BTreeMap<u64, u16>,
+    children: BTreeMap<u64, Child>,
+    /// Extra flags for every node.
+    pub extra_args: Vec<String>,
+}
+
+impl ProcessCluster {
+    /// Starts `n` nodes, all initial controller voters.
+    pub fn start(n: u64) -> anyhow::Result<Self> {
+        let binary = weir_binary()?;
+        let ports = free_ports(n as usize)?;
+        let mut cluster = Self {
+            binary,
+            root: tempfile::tempdir()?,
+            ports: (1..=n).zip(ports).collect(),
+            children: BTreeMap::new(),
+            extra_args: Vec::new(),
+        };
+        for id in 1..=n {
+            cluster.spawn(id)?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.ports[&id])
+    }
+
+    pub fn brokers(&self) -> Vec<String> {
+        self.ports.keys().map(|id| self.addr(*id)).collect()
+    }
+
+    pub fn node_ids(&self) -> Vec<u64> {
+        self.ports.keys().copied().collect()
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.root.path().join(format!("node-{id}"))
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.root.path().join(format!("node-{id}.log"))
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let peers: Vec<String> = self
+            .ports
+            .keys()
+            .map(|peer| format!("{peer}@{}", self.addr(*peer)))
+            .collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))?;
+        let child = Command::new(&self.binary)
+            .arg("server")
+            .args(["--id", &id.to_string()])
+            .args(["--addr", &self.addr(id)])
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .args(["--peers", &peers.join(",")])
+            .args(&self.extra_args)
+            .env(
+                "RUST_LOG",
+                std::env::var("WEIR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting node {id}"))?;
+        self.children.insert(id, child);
+        Ok(())
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.children.contains_key(&id)
+    }
+
+    /// SIGKILLs node `id` and reaps it.
+    pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        let mut child = self.children.remove(&id).context("node not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Restarts node `id` on its data directory and port.
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        if self.children.contains_key(&id) {
+            bail!("node {id} is running");
+        }
+        self.spawn(id)
+    }
+
+    /// Sends SIGTERM to every node and waits for them (killing any that hang).
+    pub fn stop_all(&mut self) -> anyhow::Result<()> {
+        for child in self.children.values() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        for (id, child) in self.children.iter_mut() {
+            loop {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    child.kill()?;
+                    child.wait()?;
+                    bail!("node {id} did not stop on SIGTERM within 20 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.children.clear();
+        Ok(())
+    }
+
+    /// The directory of `topic`'s partition `partition` on node `id`, if the node has it.
+    pub fn partition_dir(&self, id: u64, topic: &str, partition: u32) -> Option<PathBuf> {
+        let prefix = format!("{topic}-{partition}-");
+        std::fs::read_dir(self.data_dir(id).join("partitions"))
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+    }
+
+    /// (entry index, term, base offset, CRC) of every stored batch of a partition on node `id`
+    /// (the node must be stopped: this opens its log).
+    pub fn stored_entries(
+        &self,
+        id: u64,
+        topic: &str,
+        partition: u32,
+    ) -> anyhow::Result<Vec<(u64, u64, u64, u32)>> {
+        let dir = self
+            .partition_dir(id, topic, partition)
+            .context("partition not on this node")?;
+        let log = PartitionLog::open(dir.join("log"), LogConfig::default())?;
+        let bounds = log.bounds()?;
+        let mut out = Vec::new();
+        let mut from = bounds.first_index.unwrap_or(bounds.next_index);
+        while from < bounds.next_index {
+            let read = log.read_entries(from, bounds.next_index, 1 << 20)?;
+            if read.batches.is_empty() {
+                break;
+            }
+            for batch in &read.batches {
+                let h = batch.header();
+                out.push((h.index, h.term, h.base_offset, h.crc));
+                from = h.index + 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Multi-process fault test: three `weir server` processes on loopback, a topic with replication
+//! factor 3, records produced with acks=all in batches while nodes — the partition leaders among
+//! them — are SIGKILLed and restarted several times. Afterwards every acknowledged record must be
+//! readable exactly once at one offset, in order; no record at all may appear twice; and the
+//! committed prefix of each partition's log must be identical on all replicas (entry index, term,
+//! base offset and CRC of every batch).
+//!
+//! `WEIR_KILL_ROUNDS` raises the number of kill rounds for a longer soak (default 6).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use tokio::sync::Mutex;
+use weir_client::{Client, Producer};
+use weir_tests::process_cluster::ProcessCluster;
+
+const TOPIC: &str = "orders";
+const PARTITIONS: u32 = 2;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The leader of `partition` as some live node reports it.
+async fn leader_of(client: &Client, partition: u32) -> anyhow::Result<u64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metadata = client.metadata(&[TOPIC.to_string()]).await?;
+        let leader = metadata
+            .topics
+            .first()
+            .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+            .map_or(0, |p| p.leader);
+        if leader != 0 {
+            return Ok(leader);
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no leader for partition {partition}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_records_survive_sigkill_of_leaders() -> anyhow::Result<()> {
+    weir_tests::init_tracing();
+    let rounds: u32 = std::env::var("WEIR_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let mut cluster = ProcessCluster::start(3)?;
+    let mut client = Client::new(&cluster.brokers())?;
+    client.retry_for = Duration::from_secs(60);
+    let client = Arc::new(client);
+    client.create_topic(TOPIC, PARTITIONS, 3).await?;
+
+    // Producers: one per partition, batches of 20 unique values, acks=all.
+    let acked: Arc<Mutex<BTreeMap<u32, Vec<String>>>> = Arc::default();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for partition in 0..PARTITIONS {
+        let client = Arc::clone(&client);
+        let acked = Arc::clone(&acked);
+        let stopping = Arc::clone(&stopping);
+        producers.push(tokio::spawn(async move {
+            let mut producer = Producer::new();
+            let mut batch_no = 0u64;
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let values: Vec<String> = (0..20)
+                    .map(|i| format!("p{partition}-b{batch_no}-r{i}"))
+                    .collect();
+                let now = now_ms();
+                let batch = producer
+                    .batch(partition, values.iter().map(|v| (now, None, v.as_bytes())))
+                    .context("batch")?;
+                client.produce_batch(TOPIC, partition, batch).await?;
+                acked
+                    .lock()
+                    .await
+                    .entry(partition)
+                    .or_default()
+                    .extend(values);
+                batch_no += 1;
+            }
+            anyhow::Ok(batch_no)
+        }));
+    }
+
+    // Chaos: kill the leader of a partition (alternating), let the cluster run without it, bring
+    // it back; every third round also kill a second node briefly after the first is back.
+    for round in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let partition = round % PARTITIONS;
+        let leader = leader_of(&client, partition).await?;
+        tracing::info!(round, partition, leader, "killing the leader");
+        cluster.kill(leader)?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        cluster.restart(leader)?;
+        if round % 3 == 2 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let other = cluster
+                .node_ids()
+                .into_iter()
+                .find(|id| *id != leader)
+                .context("another node")?;
+            tracing::info!(round, other, "killing a second node");
+            cluster.kill(other)?;
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            cluster.restart(other)?;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.notify_waiters();
+    let mut batches = 0;
+    for producer in producers {
+        batches += producer.await??;
+    }
+    let acked = acked.lock().await.clone();
+    let total_acked: usize = acked.values().map(Vec::len).sum();
+    ensure!(
+        batches > 10,
+        "too few batches acknowledged ({batches}) for a meaningful test"
+    );
+
+    // Replay every partition from the earliest offset.
+    let mut seen_anywhere = HashSet::new();
+    let mut last_offsets = BTreeMap::new();
+    for partition in 0..PARTITIONS {
+        let offsets = client.list_offsets(TOPIC, partition, None).await?;
+        let mut values = Vec::new();
+        let mut offset = offsets.log_start_offset;
+        while offset < offsets.high_watermark {
+            let fetched = client.fetch(TOPIC, partition, offset, 1 << 20).await?;
+            for record in &fetched.records {
+                ensure!(
+                    record.offset == offset,
+                    "offsets not dense: {} after {offset}",
+                    record.offset
+                );
+                let value = String::from_utf8(record.value.clone().unwrap_or_default().to_vec())?;
+                ensure!(
+                    seen_anywhere.insert(value.clone()),
+                    "record {value} appears twice"
+                );
+                values.push(value);
+                offset += 1;
+            }
+            ensure!(
+                !fetched.records.is_empty(),
+                "fetch made no progress at {offset}"
+            );
+        }
+        last_offsets.insert(partition, offsets.high_watermark);
+        // Acknowledged values appear in acknowledgement order; unacknowledged ones (a batch whose
+        // answer was lost and that the producer then gave up on) may sit between them.
+        let wanted = acked.get(&partition).cloned().unwrap_or_default();
+        let acked_set: HashSet<&String> = wanted.iter().collect();
+        let read_acked: Vec<&String> = values.iter().filter(|v| acked_set.contains(v)).collect();
+        ensure!(
+            read_acked.len() == wanted.len(),
+            "partition {partition}: {} of {} acknowledged records read back",
+            read_acked.len(),
+            wanted.len()
+        );
+        ensure!(
+            read_acked.iter().zip(&wanted).all(|(a, b)| *a == b),
+            "partition {partition}: acknowledged records out of order"
+        );
+    }
+
+    // The CLI replays the same records.
+    let cli = std::process::Command::new(cluster.binary())
+        .args([
+            "consume",
+            TOPIC,
+            "--from",
+            "earliest",
+            "--partition",
+            "0",
+            "--count",
+        ])
+        .arg(last_offsets[&0].to_string())
+        .args(["--brokers", &cluster.brokers().join(",")])
+        .output()?;
+    ensure!(
+        cli.status.success(),
+        "weir consume failed: {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let cli_values: Vec<&str> = std::str::from_utf8(&cli.stdout)?.lines().collect();
+    let wanted0: Vec<&str> = acked
+        .get(&0)
+        .map(|v| v.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    let cli_acked: Vec<&str> = cli_values
+        .iter()
+        .copied()
+        .filter(|v| wanted0.contains(v))
+        .collect();
+    ensure!(
+        cli_acked == wanted0,
+        "weir consume does not replay partition 0's acknowledged records"
+    );
+
+    // Every replica holds the same committed prefix.
+    cluster.stop_all()?;
+    for partition in 0..PARTITIONS {
+        let hw = last_offsets[&partition];
+        let mut prefixes = Vec::new();
+        for id in cluster.node_ids() {
+            let entries = cluster.stored_entries(id, TOPIC, partition)?;
+            // Committed entries: those holding records below the high watermark, plus the
+            // control entries between them.
+            let committed: Vec<_> = entries
+                .iter()
+                .take_while(|(_, _, base, _)| *base < hw)
+                .copied()
+                .collect();
+            prefixes.push((id, committed));
+        }
+        let (first_id, first) = &prefixes[0];
+        ensure!(
+            !first.is_empty(),
+            "partition {partition} has no committed entries"
+        );
+        // Each kill of this partition's leader forced an election: the faults really happened.
+        let last_term = first.iter().map(|(_, term, _, _)| *term).max().unwrap_or(0);
+        let leader_kills = u64::from(rounds.div_ceil(PARTITIONS));
+        ensure!(
+            last_term > leader_kills,
+            "partition {partition}: last term {last_term} after {leader_kills} leader kills"
+        );
+        for (id, prefix) in &prefixes[1..] {
+            ensure!(
+                prefix == first,
+                "partition {partition}: committed log of node {id} differs from node {first_id}"
+            );
+        }
+    }
+    eprintln!(
+        "kill test: {rounds} rounds, {batches} batches, {total_acked} records acknowledged, all read back exactly once"
+    );
+    Ok(())
+}
