@@ -70,6 +70,8 @@ pub struct ProcessCluster {
     root: tempfile::TempDir,
     ports: BTreeMap<u64, u16>,
     children: BTreeMap<u64, Child>,
+    /// The initial controller voters; nodes added later join through node 1.
+    voters: Vec<u64>,
     /// Extra flags for every node.
     pub extra_args: Vec<String>,
 }
@@ -84,6 +86,7 @@ impl ProcessCluster {
             root: tempfile::tempdir()?,
             ports: (1..=n).zip(ports).collect(),
             children: BTreeMap::new(),
+            voters: (1..=n).collect(),
             extra_args: Vec::new(),
         };
         for id in 1..=n {
@@ -116,12 +119,27 @@ impl ProcessCluster {
         &self.binary
     }
 
+    /// Starts a new node `id` that joins the running cluster through node 1.
+    pub fn add_node(&mut self, id: u64) -> anyhow::Result<()> {
+        if self.ports.contains_key(&id) {
+            bail!("node {id} exists");
+        }
+        let port = free_ports(1)?[0];
+        self.ports.insert(id, port);
+        self.spawn(id)
+    }
+
     fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let peers: Vec<String> = self
-            .ports
-            .keys()
+            .voters
+            .iter()
             .map(|peer| format!("{peer}@{}", self.addr(*peer)))
             .collect();
+        let role: Vec<String> = if self.voters.contains(&id) {
+            vec!["--peers".into(), peers.join(",")]
+        } else {
+            vec!["--join".into(), self.addr(1)]
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -132,7 +150,7 @@ impl ProcessCluster {
             .args(["--addr", &self.addr(id)])
             .arg("--data-dir")
             .arg(self.data_dir(id))
-            .args(["--peers", &peers.join(",")])
+            .args(&role)
             .args(&self.extra_args)
             .env(
                 "RUST_LOG",

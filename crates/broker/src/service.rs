@@ -13,10 +13,12 @@ use weir_proto::v1::admin_server::Admin;
 use weir_proto::v1::broker_client::BrokerClient;
 use weir_proto::v1::broker_server::Broker;
 use weir_proto::v1::{
-    Acks, BrokerInfo, CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest,
-    DeleteTopicResponse, FetchRequest, FetchResponse, FetchedRecord, Header, JoinClusterRequest,
-    JoinClusterResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, PartitionInfo, ProduceRequest, ProduceResponse, TopicInfo,
+    Acks, BrokerInfo, CreateTopicRequest, CreateTopicResponse, DecommissionBrokerRequest,
+    DecommissionBrokerResponse, DeleteTopicRequest, DeleteTopicResponse, FetchRequest,
+    FetchResponse, FetchedRecord, Header, JoinClusterRequest, JoinClusterResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, PartitionInfo,
+    ProduceRequest, ProduceResponse, ReassignPartitionRequest, ReassignPartitionResponse,
+    RebalanceRequest, RebalanceResponse, TopicInfo,
 };
 use weir_raft::PeerTransport;
 use weir_storage::codec::{BatchBuilder, Compression, ValidBatch};
@@ -83,6 +85,7 @@ fn topic_info(metadata: &Metadata, topic: &TopicRecord, partitions: &Partitions)
                     partition: p,
                     replicas: record.replicas.clone(),
                     leader,
+                    reassigning: record.settled_epoch < record.epoch,
                 }
             })
             .collect(),
@@ -187,6 +190,30 @@ impl Services {
         Ok(BrokerClient::new(channel)
             .max_decoding_message_size(weir_raft::MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(weir_raft::MAX_PEER_MESSAGE_BYTES))
+    }
+
+    /// `None` when this node leads the controller; otherwise a client for the leader, to which
+    /// admin requests that must run there are forwarded.
+    fn controller_leader(
+        &self,
+        hops: u32,
+    ) -> Result<Option<weir_proto::v1::admin_client::AdminClient<tonic::transport::Channel>>, Status>
+    {
+        if self.controller.is_leader() {
+            return Ok(None);
+        }
+        let addr = self
+            .controller
+            .leader_addr()
+            .filter(|_| hops < MAX_FORWARD_HOPS)
+            .ok_or_else(|| Status::unavailable("no controller leader known; retry shortly"))?;
+        let channel = self
+            .transport
+            .channel(&addr)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Some(weir_proto::v1::admin_client::AdminClient::new(
+            channel,
+        )))
     }
 
     fn forwarded<T>(request: T, hops: u32) -> Request<T> {
@@ -469,7 +496,8 @@ impl Broker for Services {
                     id: b.id,
                     address: b.addr.clone(),
                     rack: b.rack.clone().unwrap_or_default(),
-                    alive: true,
+                    alive: self.controller.is_alive(b.id),
+                    decommissioning: b.decommissioning,
                 })
                 .collect(),
             topics,
@@ -484,7 +512,11 @@ impl Admin for Services {
         &self,
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
+        let hops = forward_hops(&request);
         let request = request.into_inner();
+        if let Some(mut leader) = self.controller_leader(hops)? {
+            return leader.create_topic(Self::forwarded(request, hops)).await;
+        }
         tracing::info!(topic = %request.name, partitions = request.partitions, replication_factor = request.replication_factor, "create topic");
         let topic = self
             .controller
@@ -535,30 +567,8 @@ impl Admin for Services {
             return Err(Status::invalid_argument("node id 0 is reserved"));
         }
         tracing::info!(node = request.id, addr = %request.address, "join request");
-        if !self.controller.is_leader() {
-            let leader = self.controller.leader();
-            let addr = leader.and_then(|id| {
-                self.controller
-                    .group()
-                    .raft()
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .get_node(&id)
-                    .map(|n| n.addr.clone())
-            });
-            let (Some(addr), true) = (addr, hops < MAX_FORWARD_HOPS) else {
-                return Err(Status::unavailable(
-                    "no controller leader known; retry shortly",
-                ));
-            };
-            let channel = self
-                .transport
-                .channel(&addr)
-                .map_err(|e| Status::internal(e.to_string()))?;
-            let mut client = weir_proto::v1::admin_client::AdminClient::new(channel);
-            return client.join_cluster(Self::forwarded(request, hops)).await;
+        if let Some(mut leader) = self.controller_leader(hops)? {
+            return leader.join_cluster(Self::forwarded(request, hops)).await;
         }
         let rack = (!request.rack.is_empty()).then(|| request.rack.clone());
         self.controller
@@ -566,5 +576,59 @@ impl Admin for Services {
             .await
             .map_err(from_controller)?;
         Ok(Response::new(JoinClusterResponse {}))
+    }
+
+    async fn reassign_partition(
+        &self,
+        request: Request<ReassignPartitionRequest>,
+    ) -> Result<Response<ReassignPartitionResponse>, Status> {
+        let request = request.into_inner();
+        tracing::info!(topic = %request.topic, partition = request.partition, replicas = ?request.replicas, "reassign partition");
+        self.controller
+            .propose(weir_controller::MetadataCommand::ReassignPartition {
+                topic: request.topic,
+                partition: request.partition,
+                replicas: request.replicas,
+            })
+            .await
+            .map_err(from_controller)?;
+        Ok(Response::new(ReassignPartitionResponse {}))
+    }
+
+    async fn rebalance(
+        &self,
+        request: Request<RebalanceRequest>,
+    ) -> Result<Response<RebalanceResponse>, Status> {
+        let hops = forward_hops(&request);
+        let request = request.into_inner();
+        if let Some(mut leader) = self.controller_leader(hops)? {
+            return leader.rebalance(Self::forwarded(request, hops)).await;
+        }
+        let limit = match request.max_moves {
+            0 => 100,
+            n => n as usize,
+        };
+        let moves = self
+            .controller
+            .rebalance(limit)
+            .await
+            .map_err(from_controller)?;
+        tracing::info!(moves, "rebalance proposed");
+        Ok(Response::new(RebalanceResponse {
+            moves: u32::try_from(moves).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn decommission_broker(
+        &self,
+        request: Request<DecommissionBrokerRequest>,
+    ) -> Result<Response<DecommissionBrokerResponse>, Status> {
+        let request = request.into_inner();
+        tracing::info!(broker = request.id, "decommission broker");
+        self.controller
+            .decommission(request.id)
+            .await
+            .map_err(from_controller)?;
+        Ok(Response::new(DecommissionBrokerResponse {}))
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success; 1 the operation failed (the message says why); 2 bad command line.
 
+mod cluster;
 mod consume;
 mod local;
 mod produce;
@@ -49,6 +50,13 @@ enum Command {
     Topic {
         #[command(subcommand)]
         command: TopicCommand,
+        #[command(flatten)]
+        brokers: Brokers,
+    },
+    /// Inspect and change the cluster: status, rebalance, remove-node, reassign.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
         #[command(flatten)]
         brokers: Brokers,
     },
@@ -154,6 +162,10 @@ fn main() -> ExitCode {
             Command::Topic { command, brokers } => {
                 init_logging("warn");
                 topic(command, brokers).await
+            }
+            Command::Cluster { command, brokers } => {
+                init_logging("warn");
+                cluster::run(command, brokers).await
             }
             Command::Produce(args) => {
                 init_logging("warn");

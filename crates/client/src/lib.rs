@@ -17,8 +17,9 @@ use tonic::{Code, Status};
 use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::broker_client::BrokerClient;
 use weir_proto::v1::{
-    Acks, CreateTopicRequest, DeleteTopicRequest, FetchRequest, ListOffsetsRequest,
-    MetadataRequest, ProduceRequest,
+    Acks, CreateTopicRequest, DecommissionBrokerRequest, DeleteTopicRequest, FetchRequest,
+    ListOffsetsRequest, MetadataRequest, ProduceRequest, ReassignPartitionRequest,
+    RebalanceRequest,
 };
 pub use weir_proto::v1::{
     FetchResponse, FetchedRecord, ListOffsetsResponse, MetadataResponse, ProduceResponse, TopicInfo,
@@ -214,6 +215,51 @@ impl Client {
                     .await
                     .map(|_| ())
             }
+        })
+        .await
+    }
+
+    /// Moves a partition to `replicas` (preferred leader first).
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: &[u64],
+    ) -> Result<(), ClientError> {
+        self.with_retries("reassign partition", |channel| {
+            let request = ReassignPartitionRequest {
+                topic: topic.to_string(),
+                partition,
+                replicas: replicas.to_vec(),
+            };
+            async move {
+                AdminClient::new(channel)
+                    .reassign_partition(request)
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await
+    }
+
+    /// Evens out replicas across brokers; returns how many partitions move.
+    pub async fn rebalance(&self, max_moves: u32) -> Result<u32, ClientError> {
+        self.with_retries("rebalance", |channel| async move {
+            AdminClient::new(channel)
+                .rebalance(RebalanceRequest { max_moves })
+                .await
+                .map(|r| r.into_inner().moves)
+        })
+        .await
+    }
+
+    /// Drains broker `id`: all its replicas move to other brokers.
+    pub async fn decommission_broker(&self, id: u64) -> Result<(), ClientError> {
+        self.with_retries("decommission broker", |channel| async move {
+            AdminClient::new(channel)
+                .decommission_broker(DecommissionBrokerRequest { id })
+                .await
+                .map(|_| ())
         })
         .await
     }

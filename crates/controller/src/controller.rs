@@ -27,6 +27,9 @@ use crate::placement::{drain_moves, place_topic, rebalance_moves};
 /// The controller group's id on the wire and its directory name.
 pub const CONTROLLER_GROUP: &str = "__controller";
 
+/// A broker that answered within this window counts as alive.
+pub const LIVENESS_WINDOW: Duration = Duration::from_secs(5);
+
 /// How long a proposal may take (elections included) before it fails.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -62,6 +65,7 @@ pub struct Controller {
     group: Arc<Group<MetadataState>>,
     metadata: watch::Receiver<Arc<Metadata>>,
     ready: std::sync::atomic::AtomicBool,
+    transport: Arc<PeerTransport>,
 }
 
 impl Controller {
@@ -87,7 +91,8 @@ impl Controller {
             timing: config.timing,
             retention_check: Duration::from_secs(3600),
         };
-        let group = Group::open(config.node_id, group_config, state, transport).await?;
+        let group =
+            Group::open(config.node_id, group_config, state, Arc::clone(&transport)).await?;
         registry.insert(CONTROLLER_GROUP, group.handle());
         if config.voters.contains_key(&config.node_id) {
             group.initialize(&config.voters).await?;
@@ -97,6 +102,7 @@ impl Controller {
             group,
             metadata,
             ready: std::sync::atomic::AtomicBool::new(false),
+            transport,
         }))
     }
 
@@ -162,6 +168,26 @@ impl Controller {
         Ok(self.metadata())
     }
 
+    /// Whether broker `id` answered this node recently (this node itself always counts). On the
+    /// controller leader, which heartbeats every controller member, this covers every broker.
+    pub fn is_alive(&self, id: NodeId) -> bool {
+        id == self.node_id
+            || self
+                .transport
+                .last_heard(id)
+                .is_some_and(|ago| ago < LIVENESS_WINDOW)
+    }
+
+    /// The brokers that count as alive (see [`Controller::is_alive`]).
+    pub fn alive_brokers(&self) -> std::collections::BTreeSet<NodeId> {
+        self.metadata()
+            .brokers
+            .keys()
+            .copied()
+            .filter(|id| self.is_alive(*id))
+            .collect()
+    }
+
     /// The address of the controller leader, if known.
     pub fn leader_addr(&self) -> Option<String> {
         self.leader().and_then(|id| self.group.node_addr(id))
@@ -191,7 +217,9 @@ impl Controller {
         if metadata.topics.contains_key(name) {
             return Err(MetadataError::TopicExists(name.to_string()).into());
         }
-        let assignment = place_topic(&metadata, partitions, replication_factor)?;
+        // On the leader, place only on brokers that answer; elsewhere the view is partial.
+        let alive = self.is_leader().then(|| self.alive_brokers());
+        let assignment = place_topic(&metadata, partitions, replication_factor, alive.as_ref())?;
         self.propose(MetadataCommand::CreateTopic {
             name: name.to_string(),
             replication_factor,
@@ -245,6 +273,14 @@ impl Controller {
             rack,
         })
         .await?;
+        Ok(())
+    }
+
+    /// Marks broker `id` as draining: its replicas move elsewhere (see
+    /// [`Controller::run_leader_duties`]).
+    pub async fn decommission(&self, id: NodeId) -> Result<(), ControllerError> {
+        self.propose(MetadataCommand::SetDecommissioning { id, on: true })
+            .await?;
         Ok(())
     }
 

@@ -18,7 +18,8 @@ mod partitions;
 pub mod placement;
 
 pub use controller::{
-    CONTROLLER_GROUP, Controller, ControllerConfig, ControllerError, PROPOSE_TIMEOUT,
+    CONTROLLER_GROUP, Controller, ControllerConfig, ControllerError, LIVENESS_WINDOW,
+    PROPOSE_TIMEOUT,
 };
 pub use metadata::{
     BrokerRecord, Metadata, MetadataCommand, MetadataError, PartitionRecord, TopicConfig,

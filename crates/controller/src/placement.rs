@@ -20,10 +20,15 @@ struct Load {
 }
 
 fn loads(metadata: &Metadata) -> BTreeMap<NodeId, Load> {
+    loads_among(metadata, None)
+}
+
+/// Load of every broker that can take replicas: not draining and, when `alive` is given, in it.
+fn loads_among(metadata: &Metadata, alive: Option<&BTreeSet<NodeId>>) -> BTreeMap<NodeId, Load> {
     let mut loads: BTreeMap<NodeId, Load> = metadata
         .brokers
         .values()
-        .filter(|b| !b.decommissioning)
+        .filter(|b| !b.decommissioning && alive.is_none_or(|a| a.contains(&b.id)))
         .map(|b| (b.id, Load::default()))
         .collect();
     for topic in metadata.topics.values() {
@@ -73,11 +78,13 @@ fn pick(
         .map(|(id, _)| *id)
 }
 
-/// Replica lists for a new topic of `partitions` partitions with `replication_factor` replicas.
+/// Replica lists for a new topic of `partitions` partitions with `replication_factor` replicas,
+/// on brokers in `alive` (all brokers when `None`).
 pub fn place_topic(
     metadata: &Metadata,
     partitions: u32,
     replication_factor: u32,
+    alive: Option<&BTreeSet<NodeId>>,
 ) -> Result<Vec<Vec<NodeId>>, MetadataError> {
     if partitions == 0 || partitions > MAX_PARTITIONS {
         return Err(MetadataError::Invalid(format!(
@@ -89,7 +96,7 @@ pub fn place_topic(
             "replication factor {replication_factor} must be in [1, {MAX_REPLICATION_FACTOR}]"
         )));
     }
-    let mut loads = loads(metadata);
+    let mut loads = loads_among(metadata, alive);
     let available = u32::try_from(loads.len()).unwrap_or(u32::MAX);
     if available < replication_factor {
         return Err(MetadataError::NotEnoughBrokers {
@@ -241,7 +248,7 @@ mod tests {
     }
 
     fn create(m: &mut Metadata, name: &str, partitions: u32, rf: u32) {
-        let assignment = place_topic(m, partitions, rf).expect("placed");
+        let assignment = place_topic(m, partitions, rf, None).expect("placed");
         m.apply(MetadataCommand::CreateTopic {
             name: name.into(),
             replication_factor: rf,
@@ -281,7 +288,22 @@ mod tests {
     fn too_few_brokers_is_an_error() {
         let m = cluster(&[None, None]);
         assert_eq!(
-            place_topic(&m, 1, 3),
+            place_topic(&m, 1, 3, None),
+            Err(MetadataError::NotEnoughBrokers {
+                wanted: 3,
+                available: 2
+            })
+        );
+    }
+
+    #[test]
+    fn only_live_brokers_get_new_replicas() {
+        let m = cluster(&[None, None, None, None]);
+        let alive = BTreeSet::from([1, 2, 4]);
+        let assignment = place_topic(&m, 4, 3, Some(&alive)).expect("placed");
+        assert!(assignment.iter().flatten().all(|id| *id != 3));
+        assert_eq!(
+            place_topic(&m, 1, 3, Some(&BTreeSet::from([1, 2]))),
             Err(MetadataError::NotEnoughBrokers {
                 wanted: 3,
                 available: 2

@@ -19,6 +19,8 @@
 //! restart (fast — they hold metadata only — but proportional to the log); partition groups
 //! heartbeat independently (no coalescing across groups yet).
 
+#[cfg(test)]
+mod conformance;
 pub mod entry;
 mod error;
 mod files;

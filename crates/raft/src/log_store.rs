@@ -144,8 +144,13 @@ impl LogStore {
         end: u64,
         max_bytes: usize,
     ) -> Result<Vec<Entry>, RaftStorageError> {
+        // Entries up to the purge point are gone for openraft, even while the segment log still
+        // holds them: `truncate_prefix` removes only whole segments (and control batches take no
+        // offsets), so without this a read returned purged entries, disagreeing with
+        // `get_log_state` (found by openraft's storage conformance suite).
+        let first_readable = self.last_purged().map_or(0, |purged| purged.index + 1);
         let mut entries = Vec::new();
-        let mut from = start;
+        let mut from = start.max(first_readable);
         let mut bytes = 0usize;
         while from < end && bytes < max_bytes {
             let read = self

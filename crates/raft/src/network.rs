@@ -152,6 +152,8 @@ pub enum PeerError {
 pub struct PeerTransport {
     node_id: NodeId,
     channels: Mutex<HashMap<String, Channel>>,
+    /// When each peer last answered an RPC: the node's view of which peers are alive.
+    last_reply: Mutex<HashMap<NodeId, std::time::Instant>>,
     faults: Option<Arc<dyn LinkFaults>>,
 }
 
@@ -160,12 +162,22 @@ impl PeerTransport {
         Arc::new(Self {
             node_id,
             channels: Mutex::new(HashMap::new()),
+            last_reply: Mutex::new(HashMap::new()),
             faults,
         })
     }
 
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// How long ago `node` last answered one of this node's RPCs (`None`: never).
+    pub fn last_heard(&self, node: NodeId) -> Option<Duration> {
+        self.last_reply
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&node)
+            .map(std::time::Instant::elapsed)
     }
 
     /// The shared channel to `addr` (connects lazily; reconnects on its own).
@@ -236,6 +248,10 @@ impl PeerTransport {
             })?;
         // A reply on a link cut meanwhile is lost too.
         self.apply_faults(to).await?;
+        self.last_reply
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(to, std::time::Instant::now());
         Ok(reply.into_inner().body)
     }
 }

@@ -1,0 +1,193 @@
+//! Multi-process membership test: while a producer writes with acks=all, a fourth node joins,
+//! `weir cluster rebalance` moves replicas onto it (learner → caught up → voter → old replica
+//! removed), then `weir cluster remove-node 1` drains node 1 and it is stopped. Every acknowledged
+//! record must be readable exactly once, in order, and the replicas of every partition must hold
+//! the same committed log.
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use tokio::sync::Mutex;
+use weir_client::{Client, Producer};
+use weir_tests::process_cluster::ProcessCluster;
+
+const TOPIC: &str = "moves";
+const PARTITIONS: u32 = 4;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn weir(cluster: &ProcessCluster, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(cluster.binary())
+        .args(args)
+        .args(["--brokers", &cluster.brokers().join(",")])
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "weir {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_move_onto_a_new_node_and_off_a_drained_one_under_load() -> anyhow::Result<()> {
+    weir_tests::init_tracing();
+    let mut cluster = ProcessCluster::start(3)?;
+    let mut client = Client::new(&cluster.brokers())?;
+    client.retry_for = Duration::from_secs(60);
+    let client = Arc::new(client);
+    client.create_topic(TOPIC, PARTITIONS, 3).await?;
+
+    let acked: Arc<Mutex<BTreeMap<u32, Vec<String>>>> = Arc::default();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for partition in 0..PARTITIONS {
+        let client = Arc::clone(&client);
+        let acked = Arc::clone(&acked);
+        let stopping = Arc::clone(&stopping);
+        producers.push(tokio::spawn(async move {
+            let mut producer = Producer::new();
+            let mut n = 0u64;
+            while !stopping.load(Ordering::Relaxed) {
+                let values: Vec<String> =
+                    (0..10).map(|i| format!("p{partition}-{n}-{i}")).collect();
+                let now = now_ms();
+                let batch = producer
+                    .batch(partition, values.iter().map(|v| (now, None, v.as_bytes())))
+                    .context("batch")?;
+                client.produce_batch(TOPIC, partition, batch).await?;
+                acked
+                    .lock()
+                    .await
+                    .entry(partition)
+                    .or_default()
+                    .extend(values);
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Node 4 joins; rebalance moves replicas onto it.
+    cluster.add_node(4)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let metadata = client.metadata(&[]).await?;
+        if metadata.brokers.iter().any(|b| b.id == 4) {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "node 4 never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rebalance = weir(&cluster, &["cluster", "rebalance", "--wait"])?;
+    ensure!(rebalance.contains("rebalanced"), "{rebalance}");
+    let metadata = client.metadata(&[]).await?;
+    let on_4 = metadata.topics[0]
+        .partitions
+        .iter()
+        .filter(|p| p.replicas.contains(&4))
+        .count();
+    ensure!(
+        on_4 == 3,
+        "node 4 holds {on_4} replicas after the rebalance, expected 3"
+    );
+
+    // Node 1 drains and stops.
+    let drain = weir(&cluster, &["cluster", "remove-node", "1", "--wait"])?;
+    ensure!(drain.contains("holds no replicas"), "{drain}");
+    let metadata = client.metadata(&[]).await?;
+    ensure!(
+        metadata.topics[0]
+            .partitions
+            .iter()
+            .all(|p| !p.replicas.contains(&1)),
+        "node 1 still holds replicas"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stopping.store(true, Ordering::Relaxed);
+    let mut batches = 0;
+    for producer in producers {
+        batches += producer.await??;
+    }
+    let acked = acked.lock().await.clone();
+    ensure!(batches > 20, "only {batches} batches acknowledged");
+
+    // Everything acknowledged is there exactly once, in order, read through nodes 2-4.
+    let mut reader = Client::new(&cluster.brokers()[1..])?;
+    reader.retry_for = Duration::from_secs(30);
+    let mut seen = HashSet::new();
+    let mut high_watermarks = BTreeMap::new();
+    for partition in 0..PARTITIONS {
+        let offsets = reader.list_offsets(TOPIC, partition, None).await?;
+        let mut values = Vec::new();
+        let mut offset = offsets.log_start_offset;
+        while offset < offsets.high_watermark {
+            let fetched = reader.fetch(TOPIC, partition, offset, 1 << 20).await?;
+            ensure!(!fetched.records.is_empty(), "no progress at {offset}");
+            for record in fetched.records {
+                ensure!(record.offset == offset, "offset gap at {offset}");
+                let value = String::from_utf8(record.value.unwrap_or_default().to_vec())?;
+                ensure!(seen.insert(value.clone()), "{value} appears twice");
+                values.push(value);
+                offset += 1;
+            }
+        }
+        let wanted = acked.get(&partition).cloned().unwrap_or_default();
+        let wanted_set: HashSet<&String> = wanted.iter().collect();
+        let got: Vec<&String> = values.iter().filter(|v| wanted_set.contains(v)).collect();
+        ensure!(
+            got.len() == wanted.len(),
+            "partition {partition}: {} of {} acknowledged records",
+            got.len(),
+            wanted.len()
+        );
+        ensure!(
+            got.iter().zip(&wanted).all(|(a, b)| *a == b),
+            "partition {partition}: out of order"
+        );
+        high_watermarks.insert(partition, offsets.high_watermark);
+    }
+
+    // The current replicas of each partition hold the same committed log.
+    let metadata = reader.metadata(&[]).await?;
+    cluster.stop_all()?;
+    for info in &metadata.topics[0].partitions {
+        let hw = high_watermarks[&info.partition];
+        let mut logs = Vec::new();
+        for id in &info.replicas {
+            let entries = cluster.stored_entries(*id, TOPIC, info.partition)?;
+            let committed: Vec<_> = entries
+                .into_iter()
+                .filter(|(_, _, base, _)| *base < hw)
+                .collect();
+            logs.push((*id, committed));
+        }
+        for (id, log) in &logs[1..] {
+            ensure!(
+                *log == logs[0].1,
+                "partition {}: node {id}'s log differs from node {}'s",
+                info.partition,
+                logs[0].0
+            );
+        }
+        ensure!(
+            cluster.partition_dir(1, TOPIC, info.partition).is_none(),
+            "node 1 still has files of partition {}",
+            info.partition
+        );
+    }
+    eprintln!("moves test: {batches} batches acknowledged through a join, a rebalance and a drain");
+    Ok(())
+}
