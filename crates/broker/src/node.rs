@@ -61,7 +61,7 @@ pub struct Node {
 impl Node {
     /// Starts a node. `faults` injects link faults into peer traffic (tests only).
     pub async fn start(
-        config: NodeConfig,
+        mut config: NodeConfig,
         faults: Option<Arc<dyn LinkFaults>>,
     ) -> Result<Self, NodeError> {
         config.validate()?;
@@ -81,6 +81,10 @@ impl Node {
             addr: config.addr.clone(),
             source,
         })?;
+        if config.advertised_addr.is_none() && config.addr.ends_with(":0") {
+            // An ephemeral port (tests): tell others the port actually bound.
+            config.advertised_addr = Some(local_addr.to_string());
+        }
         let transport = PeerTransport::new(config.id, faults);
         let registry = GroupRegistry::new();
 
