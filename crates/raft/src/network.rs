@@ -123,7 +123,7 @@ impl LinkFaults for FaultPlan {
             x ^= x >> 7;
             x ^= x << 17;
             state.rng = x;
-            if x % state.drop_one_in == 0 {
+            if x.is_multiple_of(state.drop_one_in) {
                 return LinkAction::Drop;
             }
         }
