@@ -142,18 +142,15 @@ impl Node {
                 tracing::error!(error = %err, "gRPC server failed");
             }
         });
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(
-            Arc::clone(&partitions).run(Arc::clone(&controller)),
-        ));
-        tasks.push(tokio::spawn(
-            Arc::clone(&controller).run_leader_duties(Duration::from_secs(2)),
-        ));
-        tasks.push(tokio::spawn(register(
-            config.clone(),
-            Arc::clone(&controller),
-            Arc::clone(&transport),
-        )));
+        let tasks = vec![
+            tokio::spawn(Arc::clone(&partitions).run(Arc::clone(&controller))),
+            tokio::spawn(Arc::clone(&controller).run_leader_duties(Duration::from_secs(2))),
+            tokio::spawn(register(
+                config.clone(),
+                Arc::clone(&controller),
+                Arc::clone(&transport),
+            )),
+        ];
         tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), "node started");
         drop(_enter);
         Ok(Self {
