@@ -45,7 +45,9 @@ async fn demo(brokers: &[String], replication_factor: u32) -> anyhow::Result<()>
         .any(|t| t.name == topic);
     if !exists {
         client.create_topic(topic, 1, replication_factor).await?;
-        println!("demo: created topic {topic} (1 partition, replication factor {replication_factor})");
+        println!(
+            "demo: created topic {topic} (1 partition, replication factor {replication_factor})"
+        );
     }
     let mut producer = weir_client::Producer::new();
     let now = std::time::SystemTime::now()
@@ -61,7 +63,9 @@ async fn demo(brokers: &[String], replication_factor: u32) -> anyhow::Result<()>
         produced.base_offset,
         produced.base_offset + 9
     );
-    let fetched = client.fetch(topic, 0, produced.base_offset, 1 << 20).await?;
+    let fetched = client
+        .fetch(topic, 0, produced.base_offset, 1 << 20)
+        .await?;
     for record in fetched.records.iter().take(10) {
         println!(
             "demo: offset {:>4}  {}",
