@@ -4,14 +4,16 @@
 //! Reconciling (on every metadata change, and every second for leader duties):
 //! - a partition whose replicas include this node gets a running group; the replicas it was
 //!   created with form it (`initialize`, only while the partition was never reassigned), a
-//!   replica added later starts empty and is brought in by a membership change;
+//!   replica added later starts empty and is brought in by a membership change (the preferred
+//!   leader forms the group at once and so starts as its leader; the others only if it has not
+//!   done so within a few election timeouts);
 //! - a group whose topic was deleted, or that moved off this node once the move has settled
 //!   (the group's voters reached the new replica set), is stopped and its files removed;
 //! - on a partition's leader: when the wanted replicas differ from the group's voters, add the
 //!   new ones as learners, wait for them to catch up, then change the voters (joint consensus),
 //!   and report the move settled to the controller;
 //! - on a partition's preferred replica (first in the list) that is caught up but not leading:
-//!   campaign, so leadership returns to the balanced placement (at most once per 30 s).
+//!   campaign, so leadership returns to the balanced placement (at most once per 5 s).
 //!
 //! Invariant: nothing is removed from disk unless the applied metadata says so; at start-up the
 //! reconciler waits until the controller replica has applied its whole local log, so it never
@@ -30,6 +32,9 @@ use weir_storage::{Durability, LogConfig};
 
 use crate::controller::Controller;
 use crate::metadata::{Metadata, MetadataCommand, TopicConfig, TopicRecord};
+
+/// Least time between two leadership campaigns of one partition replica.
+const CAMPAIGN_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Directory under the data dir that holds partition groups.
 pub const PARTITIONS_DIR: &str = "partitions";
@@ -227,7 +232,24 @@ impl Partitions {
                 })
                 .collect();
             if let Some(members) = members {
-                group.initialize(&members).await?;
+                if record.initial_replicas.first() == Some(&self.settings.node_id) {
+                    // The preferred leader forms the group and so starts as its leader.
+                    group.initialize(&members).await?;
+                } else {
+                    // The others form it only if the preferred leader has not done so soon (it
+                    // may be down): the same first entry on every replica, so this is safe.
+                    let weak = Arc::downgrade(&group);
+                    let wait = Duration::from_millis(3 * self.settings.timing.election_max_ms);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        let Some(group) = weak.upgrade() else { return };
+                        if matches!(group.raft().is_initialized().await, Ok(false))
+                            && let Err(err) = group.initialize(&members).await
+                        {
+                            tracing::warn!(group = %group.id(), error = %err, "cannot form the group");
+                        }
+                    });
+                }
             }
         }
         tracing::info!(group = %group_id, "partition replica started");
@@ -382,7 +404,7 @@ impl Partitions {
         let now = Instant::now();
         if last
             .get(group_id)
-            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(30))
+            .is_some_and(|at| now.duration_since(*at) < CAMPAIGN_BACKOFF)
         {
             return;
         }

@@ -1,0 +1,152 @@
+//! Multi-process admin behaviour: deleting a topic removes its data from every node and the name
+//! can be used again from scratch; after a node restarts, leadership of the partitions it is the
+//! preferred replica of returns to it (leader balancing).
+
+use std::time::Duration;
+
+use anyhow::ensure;
+use weir_client::{Client, Producer};
+use weir_tests::process_cluster::ProcessCluster;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+async fn produce(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    values: &[&str],
+) -> anyhow::Result<u64> {
+    let mut producer = Producer::new();
+    let now = now_ms();
+    let batch = producer
+        .batch(partition, values.iter().map(|v| (now, None, v.as_bytes())))
+        .ok_or_else(|| anyhow::anyhow!("empty batch"))?;
+    Ok(client
+        .produce_batch(topic, partition, batch)
+        .await?
+        .base_offset)
+}
+
+/// Leader of every partition of `topic` (0 when unknown), as the cluster reports it.
+async fn leaders(client: &Client, topic: &str) -> anyhow::Result<Vec<(Vec<u64>, u64)>> {
+    let metadata = client.metadata(&[topic.to_string()]).await?;
+    Ok(metadata.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.replicas.clone(), p.leader))
+        .collect())
+}
+
+async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let started = tokio::time::Instant::now();
+    let deadline = started + within;
+    loop {
+        if check().await? {
+            eprintln!("{what}: after {:?}", started.elapsed());
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_topic_and_leader_balancing() -> anyhow::Result<()> {
+    weir_tests::init_tracing();
+    let mut cluster = ProcessCluster::start(3)?;
+    let mut client = Client::new(&cluster.brokers())?;
+    client.retry_for = Duration::from_secs(60);
+
+    // Delete removes the data everywhere; the name starts over.
+    client.create_topic("gone", 2, 3).await?;
+    produce(&client, "gone", 0, &["old-1", "old-2", "old-3"]).await?;
+    wait_until(
+        "partition files on all nodes",
+        Duration::from_secs(20),
+        || async {
+            Ok(cluster
+                .node_ids()
+                .iter()
+                .all(|id| cluster.partition_dir(*id, "gone", 0).is_some()))
+        },
+    )
+    .await?;
+    client.delete_topic("gone").await?;
+    let missing = client.metadata(&["gone".to_string()]).await;
+    ensure!(
+        missing.as_ref().err().and_then(|e| e.code()) == Some(tonic::Code::NotFound),
+        "deleted topic still in metadata: {missing:?}"
+    );
+    wait_until(
+        "partition files removed",
+        Duration::from_secs(20),
+        || async {
+            Ok(cluster
+                .node_ids()
+                .iter()
+                .all(|id| (0..2).all(|p| cluster.partition_dir(*id, "gone", p).is_none())))
+        },
+    )
+    .await?;
+    client.create_topic("gone", 1, 3).await?;
+    let base = produce(&client, "gone", 0, &["new-1"]).await?;
+    ensure!(base == 0, "the re-created topic starts at offset {base}");
+    let fetched = client.fetch("gone", 0, 0, 1 << 20).await?;
+    let values: Vec<_> = fetched
+        .records
+        .iter()
+        .filter_map(|r| r.value.clone())
+        .collect();
+    ensure!(
+        values == vec![bytes::Bytes::from_static(b"new-1")],
+        "{values:?}"
+    );
+
+    // Leader balancing: three partitions, one preferred leader per node.
+    client.create_topic("balanced", 3, 3).await?;
+    wait_until("preferred leaders", Duration::from_secs(40), || async {
+        Ok(leaders(&client, "balanced")
+            .await?
+            .iter()
+            .all(|(r, l)| *l == r[0]))
+    })
+    .await?;
+    let victim = leaders(&client, "balanced").await?[0].1;
+    cluster.kill(victim)?;
+    wait_until(
+        "a new leader for partition 0",
+        Duration::from_secs(30),
+        || async {
+            let l = leaders(&client, "balanced").await?[0].1;
+            Ok(l != 0 && l != victim)
+        },
+    )
+    .await?;
+    produce(&client, "balanced", 0, &["while-away"]).await?;
+    cluster.restart(victim)?;
+    wait_until(
+        "leadership back on the preferred replica",
+        Duration::from_secs(45),
+        || async { Ok(leaders(&client, "balanced").await?[0].1 == victim) },
+    )
+    .await?;
+    let fetched = client.fetch("balanced", 0, 0, 1 << 20).await?;
+    ensure!(
+        fetched.records.len() == 1,
+        "partition 0 holds {} records",
+        fetched.records.len()
+    );
+    cluster.stop_all()?;
+    Ok(())
+}
