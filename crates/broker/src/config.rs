@@ -189,12 +189,10 @@ impl NodeConfig {
         if self.id == 0 {
             return Err(invalid("id", "node ids start at 1"));
         }
-        self.addr.parse::<SocketAddr>().map_err(|_| {
-            invalid(
-                "addr",
-                format!("{:?} is not IP:PORT to listen on", self.addr),
-            )
-        })?;
+        if self.addr.parse::<SocketAddr>().is_err() {
+            // A host name is resolved when binding.
+            check_host_port("addr", &self.addr)?;
+        }
         if let Some(advertised) = &self.advertised_addr {
             check_host_port("advertised_addr", advertised)?;
         }
