@@ -195,6 +195,18 @@ impl NodeConfig {
         }
         if let Some(advertised) = &self.advertised_addr {
             check_host_port("advertised_addr", advertised)?;
+        } else if self
+            .addr
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.ip().is_unspecified())
+        {
+            return Err(invalid(
+                "advertised_addr",
+                format!(
+                    "{} listens on every interface; set the address other nodes and clients use",
+                    self.addr
+                ),
+            ));
         }
         let voters = self.voters()?;
         if let Some(join) = &self.join {
@@ -280,6 +292,7 @@ mod tests {
         let cases = [
             ("id = 0", "id"),
             ("addr = \"nowhere\"", "addr"),
+            ("addr = \"0.0.0.0:9092\"", "advertised_addr"),
             (
                 "peers = [\"1@127.0.0.1:9092\", \"2@127.0.0.1:9093\"]",
                 "peers",
