@@ -648,6 +648,10 @@ impl GroupClient {
     }
 }
 
+/// How long a [`spawn_writer`] attempt waits for its acknowledgement. An attempt stuck on a
+/// leader that was cut off gives up after this and tries the next value on the current leader.
+pub const WRITE_ATTEMPT: Duration = Duration::from_millis(1500);
+
 /// What a [`spawn_writer`] task did.
 #[derive(Debug, Clone, Default)]
 pub struct WriterReport {
@@ -672,10 +676,7 @@ pub fn spawn_writer(
         while !stop.load(Ordering::SeqCst) {
             let value = format!("{prefix}-{n}");
             n += 1;
-            match client
-                .write_once(record_batch(&value), Duration::from_secs(3))
-                .await
-            {
+            match client.write_once(record_batch(&value), WRITE_ATTEMPT).await {
                 Ok(applied) => {
                     report.acked.push((value, applied));
                     acks.fetch_add(1, Ordering::SeqCst);
