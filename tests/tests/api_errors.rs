@@ -50,11 +50,26 @@ fn expect(got: Option<(Code, String)>, code: Code, mentions: &str) {
     );
 }
 
+/// `GET /metrics` over a plain HTTP/1.1 connection.
+async fn scrape(addr: Option<std::net::SocketAddr>) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = addr.ok_or_else(|| anyhow::anyhow!("metrics are not enabled"))?;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    anyhow::ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
+    Ok(response)
+}
+
 async fn start() -> anyhow::Result<(Node, tempfile::TempDir, String)> {
     let dir = tempfile::tempdir()?;
     let config = NodeConfig {
         addr: "127.0.0.1:0".into(),
         data_dir: dir.path().to_path_buf(),
+        metrics_addr: Some("127.0.0.1:0".into()),
         ..NodeConfig::default()
     };
     let node = Node::start(config, None).await?;
@@ -279,6 +294,19 @@ async fn every_error_path_has_its_status_and_loses_nothing() -> anyhow::Result<(
         .collect();
     assert_eq!(values, before);
     assert_eq!(fetched.high_watermark, 5);
+
+    // The metrics endpoint shows the partition and the requests, errors by code.
+    let metrics = scrape(node.metrics_addr()).await?;
+    for line in [
+        "weir_partition_high_watermark{topic=\"events\",partition=\"0\"} 5",
+        "weir_partition_is_leader{topic=\"events\",partition=\"0\"} 1",
+        "weir_produce_requests_total{result=\"ok\"} 1",
+        "weir_produce_requests_total{result=\"NotFound\"} 2",
+        "weir_produced_records_total 5",
+        "weir_controller_is_leader 1",
+    ] {
+        assert!(metrics.contains(line), "metrics lack {line:?}:\n{metrics}");
+    }
     node.shutdown().await;
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! peers = ["1@10.0.0.1:9092", "2@10.0.0.2:9092", "3@10.0.0.3:9092"]   # initial controller voters
 //! # join = "10.0.0.1:9092"         # instead of peers: join a running cluster
 //! # rack = "eu-1a"
+//! # metrics_addr = "127.0.0.1:9100"   # Prometheus text on GET /metrics
 //! durability = "always"            # or { interval = { ms = 100 } }, "never"
 //! [raft]
 //! heartbeat_ms = 150
@@ -91,6 +92,8 @@ pub struct NodeConfig {
     pub raft: RaftSettings,
     /// How often partitions check retention, in ms.
     pub retention_check_ms: u64,
+    /// `host:port` for Prometheus metrics (`GET /metrics`); none by default.
+    pub metrics_addr: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -106,6 +109,7 @@ impl Default for NodeConfig {
             durability: Durability::Always,
             raft: RaftSettings::default(),
             retention_check_ms: 30_000,
+            metrics_addr: None,
         }
     }
 }
@@ -249,6 +253,9 @@ impl NodeConfig {
                 "raft",
                 "need 0 < heartbeat_ms < election_min_ms < election_max_ms",
             ));
+        }
+        if let Some(metrics) = &self.metrics_addr {
+            check_host_port("metrics_addr", metrics)?;
         }
         if self.retention_check_ms == 0 {
             return Err(invalid("retention_check_ms", "must be positive"));

@@ -5,10 +5,13 @@
 //! partitions hosted elsewhere are forwarded once), and the wiring of the controller replica,
 //! the partition reconciler and the peer transport ([`Node`]).
 //!
+//! Prometheus metrics are served on `metrics_addr` (`GET /metrics`).
+//!
 //! Errors become gRPC statuses in one place (`status`); the codes are documented in
 //! `proto/weir/v1/weir.proto`.
 
 mod config;
+mod metrics;
 mod node;
 mod service;
 mod status;

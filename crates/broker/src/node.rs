@@ -23,6 +23,7 @@ use weir_raft::{
 };
 
 use crate::config::{ConfigError, NodeConfig};
+use crate::metrics::BrokerMetrics;
 use crate::service::Services;
 
 /// Why a node could not start.
@@ -56,6 +57,8 @@ pub struct Node {
     server: Option<tokio::task::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     local_addr: std::net::SocketAddr,
+    metrics_addr: Option<std::net::SocketAddr>,
+    stop_metrics: Option<oneshot::Sender<()>>,
 }
 
 impl Node {
@@ -117,10 +120,33 @@ impl Node {
             Arc::clone(&transport),
             Arc::clone(&registry),
         );
+        let metrics = Arc::new(BrokerMetrics::default());
         let services = Services {
             controller: Arc::clone(&controller),
             partitions: Arc::clone(&partitions),
             transport: Arc::clone(&transport),
+            metrics: Arc::clone(&metrics),
+        };
+        let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
+        let metrics_addr = match &config.metrics_addr {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Bind {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+                let bound = listener.local_addr().ok();
+                tokio::spawn(crate::metrics::serve(
+                    listener,
+                    metrics,
+                    Arc::clone(&controller),
+                    Arc::clone(&partitions),
+                    metrics_stopped,
+                ));
+                bound
+            }
+            None => None,
         };
         let (stop_server, stopped) = oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -161,6 +187,8 @@ impl Node {
             server: Some(server),
             tasks,
             local_addr,
+            metrics_addr,
+            stop_metrics: Some(stop_metrics),
         })
     }
 
@@ -171,6 +199,11 @@ impl Node {
     /// The address the server listens on.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.local_addr
+    }
+
+    /// The address the metrics endpoint listens on, if enabled.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn controller(&self) -> &Arc<Controller> {
@@ -188,6 +221,9 @@ impl Node {
             task.abort();
         }
         if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        if let Some(stop) = self.stop_metrics.take() {
             let _ = stop.send(());
         }
         if let Some(server) = self.server.take() {

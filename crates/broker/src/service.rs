@@ -48,6 +48,7 @@ pub(crate) struct Services {
     pub(crate) controller: Arc<Controller>,
     pub(crate) partitions: Arc<Partitions>,
     pub(crate) transport: Arc<PeerTransport>,
+    pub(crate) metrics: Arc<crate::metrics::BrokerMetrics>,
 }
 
 fn forward_hops<T>(request: &Request<T>) -> u32 {
@@ -288,9 +289,8 @@ impl Services {
     }
 }
 
-#[tonic::async_trait]
-impl Broker for Services {
-    async fn produce(
+impl Services {
+    async fn produce_inner(
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
@@ -323,14 +323,20 @@ impl Broker for Services {
         let leader_here = replica.as_ref().is_some_and(|r| r.group.is_leader());
         let Some(replica) = replica.filter(|_| leader_here) else {
             let mut client = self.produce_target(&topic, request.partition, hops)?;
+            self.metrics.forwarded_requests.inc();
             return client.produce(Self::forwarded(request, hops)).await;
         };
+        let batch_len = batch.len();
         let applied = replica
             .group
             .write_deduplicated(batch, WRITE_TIMEOUT)
             .await
             .map_err(from_group)?;
         tracing::debug!(base_offset = applied.base_offset, record_count, "produced");
+        self.metrics
+            .produced_records
+            .inc_by(u64::from(record_count));
+        self.metrics.produced_bytes.inc_by(batch_len as u64);
         Ok(Response::new(ProduceResponse {
             partition: request.partition,
             base_offset: applied.base_offset,
@@ -338,12 +344,19 @@ impl Broker for Services {
         }))
     }
 
-    async fn fetch(
+    async fn fetch_inner(
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
         let hops = forward_hops(&request);
         let request = request.into_inner();
+        let span = tracing::debug_span!(
+            "fetch",
+            topic = %request.topic,
+            partition = request.partition,
+            offset = request.offset
+        );
+        let _enter = span.enter();
         let topic = match self.topic(&request.topic, hops).await? {
             Found::Here(topic) => topic,
             Found::AskController(addr) => {
@@ -415,6 +428,32 @@ impl Broker for Services {
             high_watermark,
             log_start_offset: start,
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl Broker for Services {
+    async fn produce(
+        &self,
+        request: Request<ProduceRequest>,
+    ) -> Result<Response<ProduceResponse>, Status> {
+        let result = self.produce_inner(request).await;
+        crate::metrics::BrokerMetrics::count(&self.metrics.produce_requests, &result);
+        result
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
+        let result = self.fetch_inner(request).await;
+        crate::metrics::BrokerMetrics::count(&self.metrics.fetch_requests, &result);
+        if let Ok(response) = &result {
+            self.metrics
+                .fetched_records
+                .inc_by(response.get_ref().records.len() as u64);
+        }
+        result
     }
 
     async fn list_offsets(

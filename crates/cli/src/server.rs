@@ -33,6 +33,9 @@ pub(crate) struct ServerArgs {
     /// Rack (or zone) of this node, for rack-aware placement.
     #[arg(long, env = "WEIR_RACK")]
     rack: Option<String>,
+    /// Serve Prometheus metrics on this HOST:PORT (GET /metrics).
+    #[arg(long, env = "WEIR_METRICS_ADDR")]
+    metrics_addr: Option<String>,
     /// When appends reach the disk: always (fsync before acknowledging; the default), never, or
     /// interval:MS.
     #[arg(long, env = "WEIR_DURABILITY", value_parser = parse_durability)]
@@ -79,6 +82,9 @@ impl ServerArgs {
         }
         if let Some(rack) = self.rack {
             config.rack = Some(rack);
+        }
+        if let Some(metrics) = self.metrics_addr {
+            config.metrics_addr = Some(metrics);
         }
         if let Some(durability) = self.durability {
             config.durability = durability;

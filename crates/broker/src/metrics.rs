@@ -1,0 +1,231 @@
+//! Prometheus metrics of a node, served as text on `GET /metrics` at `metrics_addr`.
+//!
+//! Counters of the request paths live in [`BrokerMetrics`] and are bumped by the services; the
+//! state an operator graphs per partition (high watermark, log end and start offsets, size, term,
+//! leadership, storage activity) is read from the running groups at scrape time, so it is never
+//! stale and costs nothing between scrapes.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use weir_controller::{Controller, Partitions};
+
+/// Labels of a request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    /// `ok` or the gRPC code name.
+    pub(crate) result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: String,
+    partition: u32,
+}
+
+/// Request counters of one node.
+#[derive(Debug, Default)]
+pub(crate) struct BrokerMetrics {
+    pub(crate) produce_requests: Family<RequestLabels, Counter>,
+    pub(crate) produced_records: Counter,
+    pub(crate) produced_bytes: Counter,
+    pub(crate) fetch_requests: Family<RequestLabels, Counter>,
+    pub(crate) fetched_records: Counter,
+    pub(crate) forwarded_requests: Counter,
+}
+
+impl BrokerMetrics {
+    /// Counts one request of `family` with its outcome.
+    pub(crate) fn count<T>(
+        family: &Family<RequestLabels, Counter>,
+        result: &Result<T, tonic::Status>,
+    ) {
+        let result = match result {
+            Ok(_) => "ok".to_string(),
+            Err(status) => format!("{:?}", status.code()),
+        };
+        family.get_or_create(&RequestLabels { result }).inc();
+    }
+}
+
+fn register_requests(registry: &mut Registry, metrics: &BrokerMetrics) {
+    registry.register(
+        "weir_produce_requests",
+        "Produce requests answered, by result",
+        metrics.produce_requests.clone(),
+    );
+    registry.register(
+        "weir_produced_records",
+        "Records appended through this node",
+        metrics.produced_records.clone(),
+    );
+    registry.register(
+        "weir_produced_bytes",
+        "Batch bytes appended through this node",
+        metrics.produced_bytes.clone(),
+    );
+    registry.register(
+        "weir_fetch_requests",
+        "Fetch requests answered, by result",
+        metrics.fetch_requests.clone(),
+    );
+    registry.register(
+        "weir_fetched_records",
+        "Records returned by fetches",
+        metrics.fetched_records.clone(),
+    );
+    registry.register(
+        "weir_forwarded_requests",
+        "Client requests forwarded to another node",
+        metrics.forwarded_requests.clone(),
+    );
+}
+
+fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<PartitionLabels, Gauge> {
+    let family = Family::<PartitionLabels, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn as_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The text exposition of every metric of the node, read now.
+pub(crate) fn render(
+    metrics: &BrokerMetrics,
+    controller: &Controller,
+    partitions: &Partitions,
+) -> String {
+    let mut registry = Registry::default();
+    register_requests(&mut registry, metrics);
+    let high_watermark = gauge_family(
+        &mut registry,
+        "weir_partition_high_watermark",
+        "Offset after the last committed record",
+    );
+    let log_end = gauge_family(
+        &mut registry,
+        "weir_partition_log_end_offset",
+        "Offset the next record will take on this replica",
+    );
+    let log_start = gauge_family(
+        &mut registry,
+        "weir_partition_log_start_offset",
+        "Oldest offset still stored on this replica",
+    );
+    let size = gauge_family(
+        &mut registry,
+        "weir_partition_size_bytes",
+        "Bytes of segments",
+    );
+    let leader = gauge_family(
+        &mut registry,
+        "weir_partition_is_leader",
+        "1 when this node leads the partition",
+    );
+    let term = gauge_family(
+        &mut registry,
+        "weir_partition_raft_term",
+        "Current Raft term",
+    );
+    let appended = gauge_family(
+        &mut registry,
+        "weir_partition_appended_bytes",
+        "Bytes appended to this replica's log since it opened",
+    );
+    let syncs = gauge_family(
+        &mut registry,
+        "weir_partition_syncs",
+        "fdatasync calls of this replica's log since it opened (group commit)",
+    );
+    for replica in partitions.all() {
+        let labels = PartitionLabels {
+            topic: replica.topic.clone(),
+            partition: replica.partition,
+        };
+        let group = &replica.group;
+        high_watermark
+            .get_or_create(&labels)
+            .set(as_i64(group.progress().borrow().high_watermark));
+        if let Ok(bounds) = group.log().bounds() {
+            log_end
+                .get_or_create(&labels)
+                .set(as_i64(bounds.next_offset));
+            log_start
+                .get_or_create(&labels)
+                .set(as_i64(bounds.log_start_offset));
+            size.get_or_create(&labels).set(as_i64(bounds.size_bytes));
+        }
+        leader
+            .get_or_create(&labels)
+            .set(i64::from(group.is_leader()));
+        term.get_or_create(&labels)
+            .set(as_i64(group.raft().metrics().borrow().current_term));
+        let log_metrics = group.log().metrics();
+        appended
+            .get_or_create(&labels)
+            .set(as_i64(log_metrics.appended_bytes));
+        syncs.get_or_create(&labels).set(as_i64(log_metrics.syncs));
+    }
+    let controller_leader = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    controller_leader.set(i64::from(controller.is_leader()));
+    registry.register(
+        "weir_controller_is_leader",
+        "1 when this node leads the controller group",
+        controller_leader,
+    );
+    let brokers = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    brokers.set(i64::try_from(controller.metadata().brokers.len()).unwrap_or(i64::MAX));
+    registry.register("weir_brokers", "Brokers in the cluster metadata", brokers);
+    let alive = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    alive.set(i64::try_from(controller.alive_brokers().len()).unwrap_or(i64::MAX));
+    registry.register(
+        "weir_brokers_alive",
+        "Brokers this node heard from recently",
+        alive,
+    );
+    let mut text = String::new();
+    if let Err(err) = encode(&mut text, &registry) {
+        tracing::warn!(error = %err, "encoding metrics");
+    }
+    text
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` fires.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<BrokerMetrics>,
+    controller: Arc<Controller>,
+    partitions: Arc<Partitions>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let text = render(&metrics, &controller, &partitions);
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    text,
+                )
+            }
+        }),
+    );
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = stop.await;
+        })
+        .await;
+    if let Err(err) = result {
+        tracing::error!(error = %err, "metrics server failed");
+    }
+}
