@@ -5,6 +5,7 @@
 pub mod crash;
 pub mod process_cluster;
 pub mod raft_cluster;
+pub mod workload;
 
 /// Logs to the test's output when `RUST_LOG` is set (`RUST_LOG=info cargo test ...`).
 pub fn init_tracing() {

@@ -9,23 +9,16 @@
 //! `cargo test --release -p weir-tests --test cluster_kill -- --ignored`; `WEIR_KILL_ROUNDS`
 //! overrides either.
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use tokio::sync::Mutex;
-use weir_client::{Client, Producer};
+use weir_client::Client;
 use weir_tests::process_cluster::ProcessCluster;
+use weir_tests::workload::{Workload, verify_exactly_once};
 
 const TOPIC: &str = "orders";
 const PARTITIONS: u32 = 2;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// The leader of `partition` as some live node reports it.
 async fn leader_of(client: &Client, partition: u32) -> anyhow::Result<u64> {
@@ -72,47 +65,31 @@ async fn kill_test(default_rounds: u32) -> anyhow::Result<()> {
     client.create_topic(TOPIC, PARTITIONS, 3).await?;
 
     // Producers: one per partition, batches of 20 unique values, acks=all.
-    let acked: Arc<Mutex<BTreeMap<u32, Vec<String>>>> = Arc::default();
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut producers = Vec::new();
-    for partition in 0..PARTITIONS {
-        let client = Arc::clone(&client);
-        let acked = Arc::clone(&acked);
-        let stopping = Arc::clone(&stopping);
-        producers.push(tokio::spawn(async move {
-            let mut producer = Producer::new();
-            let mut batch_no = 0u64;
-            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                let values: Vec<String> = (0..20)
-                    .map(|i| format!("p{partition}-b{batch_no}-r{i}"))
-                    .collect();
-                let now = now_ms();
-                let batch = producer
-                    .batch(partition, values.iter().map(|v| (now, None, v.as_bytes())))
-                    .context("batch")?;
-                client.produce_batch(TOPIC, partition, batch).await?;
-                acked
-                    .lock()
-                    .await
-                    .entry(partition)
-                    .or_default()
-                    .extend(values);
-                batch_no += 1;
-            }
-            anyhow::Ok(batch_no)
-        }));
-    }
+    let workload = Workload::start(Arc::clone(&client), TOPIC, PARTITIONS, 20);
 
-    // Chaos: kill the leader of a partition (alternating), let the cluster run without it, bring
-    // it back; every third round also kill a second node briefly after the first is back.
+    // Chaos: kill the leader of a partition (alternating), wait until another node leads it,
+    // bring it back; every third round also kill a second node briefly after the first is back.
     for round in 0..rounds {
         tokio::time::sleep(Duration::from_millis(700)).await;
         let partition = round % PARTITIONS;
         let leader = leader_of(&client, partition).await?;
         tracing::info!(round, partition, leader, "killing the leader");
         cluster.kill(leader)?;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Keep it down until the others elected a new leader (a leader restarted before anyone
+        // replaced it simply resumes its term).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let now_leader = leader_of(&client, partition).await?;
+            if now_leader != leader {
+                break;
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "no failover after killing {leader}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
         cluster.restart(leader)?;
         if round % 3 == 2 {
             tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -128,64 +105,15 @@ async fn kill_test(default_rounds: u32) -> anyhow::Result<()> {
         }
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
-    stop.notify_waiters();
-    let mut batches = 0;
-    for producer in producers {
-        batches += producer.await??;
-    }
-    let acked = acked.lock().await.clone();
+    let (batches, acked) = workload.stop().await?;
     let total_acked: usize = acked.values().map(Vec::len).sum();
     ensure!(
         batches > 10,
         "too few batches acknowledged ({batches}) for a meaningful test"
     );
 
-    // Replay every partition from the earliest offset.
-    let mut seen_anywhere = HashSet::new();
-    let mut last_offsets = BTreeMap::new();
-    for partition in 0..PARTITIONS {
-        let offsets = client.list_offsets(TOPIC, partition, None).await?;
-        let mut values = Vec::new();
-        let mut offset = offsets.log_start_offset;
-        while offset < offsets.high_watermark {
-            let fetched = client.fetch(TOPIC, partition, offset, 1 << 20).await?;
-            for record in &fetched.records {
-                ensure!(
-                    record.offset == offset,
-                    "offsets not dense: {} after {offset}",
-                    record.offset
-                );
-                let value = String::from_utf8(record.value.clone().unwrap_or_default().to_vec())?;
-                ensure!(
-                    seen_anywhere.insert(value.clone()),
-                    "record {value} appears twice"
-                );
-                values.push(value);
-                offset += 1;
-            }
-            ensure!(
-                !fetched.records.is_empty(),
-                "fetch made no progress at {offset}"
-            );
-        }
-        last_offsets.insert(partition, offsets.high_watermark);
-        // Acknowledged values appear in acknowledgement order; unacknowledged ones (a batch whose
-        // answer was lost and that the producer then gave up on) may sit between them.
-        let wanted = acked.get(&partition).cloned().unwrap_or_default();
-        let acked_set: HashSet<&String> = wanted.iter().collect();
-        let read_acked: Vec<&String> = values.iter().filter(|v| acked_set.contains(v)).collect();
-        ensure!(
-            read_acked.len() == wanted.len(),
-            "partition {partition}: {} of {} acknowledged records read back",
-            read_acked.len(),
-            wanted.len()
-        );
-        ensure!(
-            read_acked.iter().zip(&wanted).all(|(a, b)| *a == b),
-            "partition {partition}: acknowledged records out of order"
-        );
-    }
+    // Replay every partition from the earliest offset: everything acknowledged, once, in order.
+    let last_offsets = verify_exactly_once(&client, TOPIC, &acked).await?;
 
     // The CLI replays the same records.
     let cli = std::process::Command::new(cluster.binary())

@@ -4,25 +4,17 @@
 //! record must be readable exactly once, in order, and the replicas of every partition must hold
 //! the same committed log.
 
-use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
-use tokio::sync::Mutex;
-use weir_client::{Client, Producer};
+use anyhow::ensure;
+use weir_client::Client;
 use weir_tests::process_cluster::ProcessCluster;
+use weir_tests::workload::{Workload, verify_exactly_once};
 
 const TOPIC: &str = "moves";
 const PARTITIONS: u32 = 4;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 fn weir(cluster: &ProcessCluster, args: &[&str]) -> anyhow::Result<String> {
     let output = Command::new(cluster.binary())
@@ -46,35 +38,7 @@ async fn replicas_move_onto_a_new_node_and_off_a_drained_one_under_load() -> any
     let client = Arc::new(client);
     client.create_topic(TOPIC, PARTITIONS, 3).await?;
 
-    let acked: Arc<Mutex<BTreeMap<u32, Vec<String>>>> = Arc::default();
-    let stopping = Arc::new(AtomicBool::new(false));
-    let mut producers = Vec::new();
-    for partition in 0..PARTITIONS {
-        let client = Arc::clone(&client);
-        let acked = Arc::clone(&acked);
-        let stopping = Arc::clone(&stopping);
-        producers.push(tokio::spawn(async move {
-            let mut producer = Producer::new();
-            let mut n = 0u64;
-            while !stopping.load(Ordering::Relaxed) {
-                let values: Vec<String> =
-                    (0..10).map(|i| format!("p{partition}-{n}-{i}")).collect();
-                let now = now_ms();
-                let batch = producer
-                    .batch(partition, values.iter().map(|v| (now, None, v.as_bytes())))
-                    .context("batch")?;
-                client.produce_batch(TOPIC, partition, batch).await?;
-                acked
-                    .lock()
-                    .await
-                    .entry(partition)
-                    .or_default()
-                    .extend(values);
-                n += 1;
-            }
-            anyhow::Ok(n)
-        }));
-    }
+    let workload = Workload::start(Arc::clone(&client), TOPIC, PARTITIONS, 10);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Node 4 joins; rebalance moves replicas onto it.
@@ -116,49 +80,13 @@ async fn replicas_move_onto_a_new_node_and_off_a_drained_one_under_load() -> any
         "node 1 still holds replicas"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stopping.store(true, Ordering::Relaxed);
-    let mut batches = 0;
-    for producer in producers {
-        batches += producer.await??;
-    }
-    let acked = acked.lock().await.clone();
+    let (batches, acked) = workload.stop().await?;
     ensure!(batches > 20, "only {batches} batches acknowledged");
 
     // Everything acknowledged is there exactly once, in order, read through nodes 2-4.
     let mut reader = Client::new(&cluster.brokers()[1..])?;
     reader.retry_for = Duration::from_secs(30);
-    let mut seen = HashSet::new();
-    let mut high_watermarks = BTreeMap::new();
-    for partition in 0..PARTITIONS {
-        let offsets = reader.list_offsets(TOPIC, partition, None).await?;
-        let mut values = Vec::new();
-        let mut offset = offsets.log_start_offset;
-        while offset < offsets.high_watermark {
-            let fetched = reader.fetch(TOPIC, partition, offset, 1 << 20).await?;
-            ensure!(!fetched.records.is_empty(), "no progress at {offset}");
-            for record in fetched.records {
-                ensure!(record.offset == offset, "offset gap at {offset}");
-                let value = String::from_utf8(record.value.unwrap_or_default().to_vec())?;
-                ensure!(seen.insert(value.clone()), "{value} appears twice");
-                values.push(value);
-                offset += 1;
-            }
-        }
-        let wanted = acked.get(&partition).cloned().unwrap_or_default();
-        let wanted_set: HashSet<&String> = wanted.iter().collect();
-        let got: Vec<&String> = values.iter().filter(|v| wanted_set.contains(v)).collect();
-        ensure!(
-            got.len() == wanted.len(),
-            "partition {partition}: {} of {} acknowledged records",
-            got.len(),
-            wanted.len()
-        );
-        ensure!(
-            got.iter().zip(&wanted).all(|(a, b)| *a == b),
-            "partition {partition}: out of order"
-        );
-        high_watermarks.insert(partition, offsets.high_watermark);
-    }
+    let high_watermarks = verify_exactly_once(&reader, TOPIC, &acked).await?;
 
     // The current replicas of each partition hold the same committed log.
     let metadata = reader.metadata(&[]).await?;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 use weir_controller::{
     Controller, ControllerConfig, MetadataCommand, PartitionSettings, Partitions,
 };
@@ -64,6 +65,14 @@ pub struct Node {
 impl Node {
     /// Starts a node. `faults` injects link faults into peer traffic (tests only).
     pub async fn start(
+        config: NodeConfig,
+        faults: Option<Arc<dyn LinkFaults>>,
+    ) -> Result<Self, NodeError> {
+        let span = tracing::info_span!("node", id = config.id);
+        Self::start_in_span(config, faults).instrument(span).await
+    }
+
+    async fn start_in_span(
         mut config: NodeConfig,
         faults: Option<Arc<dyn LinkFaults>>,
     ) -> Result<Self, NodeError> {
@@ -72,8 +81,6 @@ impl Node {
             path: config.data_dir.clone(),
             source,
         })?;
-        let span = tracing::info_span!("node", id = config.id);
-        let _enter = span.enter();
         let listener = TcpListener::bind(&config.addr)
             .await
             .map_err(|source| NodeError::Bind {
@@ -178,7 +185,6 @@ impl Node {
             )),
         ];
         tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), "node started");
-        drop(_enter);
         Ok(Self {
             config,
             controller,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use weir_controller::{Controller, Metadata, Partitions, TopicConfig, TopicRecord};
 use weir_proto::v1::admin_server::Admin;
 use weir_proto::v1::broker_client::BrokerClient;
@@ -40,6 +41,12 @@ enum Found {
     Here(TopicRecord),
     /// Not known here: ask the controller leader at this address.
     AskController(String),
+}
+
+/// Where a partition request is served.
+enum Route {
+    Local(Arc<weir_controller::PartitionReplica>),
+    Forward(BrokerClient<tonic::transport::Channel>),
 }
 
 /// Shared by the services of one node.
@@ -135,6 +142,30 @@ impl Services {
             )));
         }
         Ok(())
+    }
+
+    /// Where a read of `topic`/`partition` is served: the replica on this node (any replica
+    /// serves committed records), or another node — the controller leader when the topic is not
+    /// known here, else a node hosting the partition — to forward the request to.
+    async fn read_route(&self, topic: &str, partition: u32, hops: u32) -> Result<Route, Status> {
+        let topic = match self.topic(topic, hops).await? {
+            Found::Here(topic) => topic,
+            Found::AskController(addr) => {
+                return Ok(Route::Forward(self.broker_client(&addr, hops)?));
+            }
+        };
+        Self::check_partition(&topic, partition)?;
+        match self
+            .partitions
+            .get(&topic.name, partition)
+            .filter(|r| r.topic_id == topic.id)
+        {
+            Some(replica) => Ok(Route::Local(replica)),
+            None => {
+                let addr = self.replica_addr(&topic, partition)?;
+                Ok(Route::Forward(self.broker_client(&addr, hops)?))
+            }
+        }
     }
 
     /// The address of some node hosting `partition` of `topic`.
@@ -296,9 +327,6 @@ impl Services {
     ) -> Result<Response<ProduceResponse>, Status> {
         let hops = forward_hops(&request);
         let request = request.into_inner();
-        let span =
-            tracing::info_span!("produce", topic = %request.topic, partition = request.partition);
-        let _enter = span.enter();
         if Acks::try_from(request.acks).is_err() {
             return Err(Status::invalid_argument(format!(
                 "unknown acks value {}",
@@ -308,7 +336,6 @@ impl Services {
         let topic = match self.topic(&request.topic, hops).await? {
             Found::Here(topic) => topic,
             Found::AskController(addr) => {
-                drop(_enter);
                 let mut client = self.broker_client(&addr, hops)?;
                 return client.produce(Self::forwarded(request, hops)).await;
             }
@@ -319,7 +346,6 @@ impl Services {
             .partitions
             .get(&topic.name, request.partition)
             .filter(|r| r.topic_id == topic.id);
-        drop(_enter);
         let leader_here = replica.as_ref().is_some_and(|r| r.group.is_leader());
         let Some(replica) = replica.filter(|_| leader_here) else {
             let mut client = self.produce_target(&topic, request.partition, hops)?;
@@ -350,29 +376,14 @@ impl Services {
     ) -> Result<Response<FetchResponse>, Status> {
         let hops = forward_hops(&request);
         let request = request.into_inner();
-        let span = tracing::debug_span!(
-            "fetch",
-            topic = %request.topic,
-            partition = request.partition,
-            offset = request.offset
-        );
-        let _enter = span.enter();
-        let topic = match self.topic(&request.topic, hops).await? {
-            Found::Here(topic) => topic,
-            Found::AskController(addr) => {
-                let mut client = self.broker_client(&addr, hops)?;
+        let replica = match self
+            .read_route(&request.topic, request.partition, hops)
+            .await?
+        {
+            Route::Local(replica) => replica,
+            Route::Forward(mut client) => {
                 return client.fetch(Self::forwarded(request, hops)).await;
             }
-        };
-        Self::check_partition(&topic, request.partition)?;
-        let Some(replica) = self
-            .partitions
-            .get(&topic.name, request.partition)
-            .filter(|r| r.topic_id == topic.id)
-        else {
-            let addr = self.replica_addr(&topic, request.partition)?;
-            let mut client = self.broker_client(&addr, hops)?;
-            return client.fetch(Self::forwarded(request, hops)).await;
         };
         let max_bytes = match request.max_bytes as usize {
             0 => DEFAULT_FETCH_BYTES,
@@ -437,7 +448,12 @@ impl Broker for Services {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
-        let result = self.produce_inner(request).await;
+        let span = tracing::info_span!(
+            "produce",
+            topic = %request.get_ref().topic,
+            partition = request.get_ref().partition
+        );
+        let result = self.produce_inner(request).instrument(span).await;
         crate::metrics::BrokerMetrics::count(&self.metrics.produce_requests, &result);
         result
     }
@@ -446,7 +462,13 @@ impl Broker for Services {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
-        let result = self.fetch_inner(request).await;
+        let span = tracing::debug_span!(
+            "fetch",
+            topic = %request.get_ref().topic,
+            partition = request.get_ref().partition,
+            offset = request.get_ref().offset
+        );
+        let result = self.fetch_inner(request).instrument(span).await;
         crate::metrics::BrokerMetrics::count(&self.metrics.fetch_requests, &result);
         if let Ok(response) = &result {
             self.metrics
@@ -462,22 +484,14 @@ impl Broker for Services {
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let hops = forward_hops(&request);
         let request = request.into_inner();
-        let topic = match self.topic(&request.topic, hops).await? {
-            Found::Here(topic) => topic,
-            Found::AskController(addr) => {
-                let mut client = self.broker_client(&addr, hops)?;
+        let replica = match self
+            .read_route(&request.topic, request.partition, hops)
+            .await?
+        {
+            Route::Local(replica) => replica,
+            Route::Forward(mut client) => {
                 return client.list_offsets(Self::forwarded(request, hops)).await;
             }
-        };
-        Self::check_partition(&topic, request.partition)?;
-        let Some(replica) = self
-            .partitions
-            .get(&topic.name, request.partition)
-            .filter(|r| r.topic_id == topic.id)
-        else {
-            let addr = self.replica_addr(&topic, request.partition)?;
-            let mut client = self.broker_client(&addr, hops)?;
-            return client.list_offsets(Self::forwarded(request, hops)).await;
         };
         let log = replica.group.log();
         let high_watermark = replica.group.progress().borrow().high_watermark;

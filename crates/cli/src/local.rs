@@ -1,8 +1,9 @@
 //! `weir local --nodes N`: a development cluster on loopback — N `weir server` child processes
 //! with their own data directories (`DIR/node-I`) and logs (`DIR/node-I.log`), ports
 //! `BASE`..`BASE+N-1`, all initial controller voters when N is 1, 3 or 5 (otherwise the first
-//! three are voters and the rest join). Ctrl-C (or SIGTERM) stops them cleanly; running it again
-//! on the same directory restarts the cluster on its data.
+//! three are voters and the rest join). A node that dies is restarted on its data. Ctrl-C (or
+//! SIGTERM) stops them cleanly; running it again on the same directory restarts the cluster on
+//! its data.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -90,6 +91,8 @@ async fn demo(brokers: &[String], replication_factor: u32) -> anyhow::Result<()>
 struct Running {
     id: u32,
     child: Child,
+    /// When it was restarted after exiting.
+    restarts: Vec<std::time::Instant>,
 }
 
 fn stop(children: &mut [Running]) {
@@ -123,8 +126,7 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let peers: Vec<String> = (1..=voters)
         .map(|id| format!("{id}@{}", addr(id)))
         .collect();
-    let mut children = Vec::new();
-    for id in 1..=args.nodes {
+    let spawn = |id: u32| -> anyhow::Result<Child> {
         let dir = args.data_dir.join(format!("node-{id}"));
         let log_path = args.data_dir.join(format!("node-{id}.log"));
         let log = std::fs::OpenOptions::new()
@@ -151,10 +153,17 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
         } else {
             command.arg("--join").arg(addr(1));
         }
-        let child = command
+        command
             .spawn()
-            .with_context(|| format!("starting node {id}"))?;
-        children.push(Running { id, child });
+            .with_context(|| format!("starting node {id}"))
+    };
+    let mut children = Vec::new();
+    for id in 1..=args.nodes {
+        children.push(Running {
+            id,
+            child: spawn(id)?,
+            restarts: Vec::new(),
+        });
     }
     println!("weir local: {} nodes running", args.nodes);
     for id in 1..=args.nodes {
@@ -181,25 +190,46 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
         eprintln!("demo failed: {err:#}");
     }
 
-    let exited = async {
+    // A node that dies (a crash, or `kill -9` to try failover) is restarted on its data after a
+    // second; one that keeps dying (5 times in a minute) stops the cluster.
+    let supervise = async {
         loop {
-            for running in children.iter_mut() {
-                if let Ok(Some(status)) = running.child.try_wait() {
-                    return (running.id, status);
-                }
-            }
             tokio::time::sleep(Duration::from_millis(200)).await;
+            for running in children.iter_mut() {
+                let Ok(Some(status)) = running.child.try_wait() else {
+                    continue;
+                };
+                let log = args.data_dir.join(format!("node-{}.log", running.id));
+                running
+                    .restarts
+                    .retain(|at| at.elapsed() < Duration::from_secs(60));
+                if running.restarts.len() >= 5 {
+                    return Err::<(), _>(anyhow::anyhow!(
+                        "node {} keeps exiting ({status}); see {}",
+                        running.id,
+                        log.display()
+                    ));
+                }
+                eprintln!(
+                    "node {} exited ({status}); restarting it in 1 s (log: {})",
+                    running.id,
+                    log.display()
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                running.child = match spawn(running.id) {
+                    Ok(child) => child,
+                    Err(err) => return Err(err),
+                };
+                running.restarts.push(std::time::Instant::now());
+            }
         }
     };
     let outcome = tokio::select! {
         signal = stop_signal() => { signal?; None }
-        (id, status) = exited => Some((id, status)),
+        failed = supervise => Some(failed),
     };
-    if let Some((id, status)) = outcome {
-        eprintln!(
-            "node {id} exited ({status}); see {}; stopping the others",
-            args.data_dir.join(format!("node-{id}.log")).display()
-        );
+    if let Some(Err(err)) = &outcome {
+        eprintln!("{err:#}; stopping the others");
     }
     println!("stopping {} nodes", children.len());
     stop(&mut children);

@@ -93,10 +93,11 @@ async fn topic(command: TopicCommand, brokers: Brokers) -> anyhow::Result<()> {
             let topic = client
                 .create_topic(&name, partitions, replication_factor)
                 .await?;
+            let count = topic.partitions.len();
             println!(
-                "created topic {} with {} partitions, replication factor {}",
+                "created topic {} with {count} partition{}, replication factor {}",
                 topic.name,
-                topic.partitions.len(),
+                if count == 1 { "" } else { "s" },
                 topic.replication_factor
             );
         }

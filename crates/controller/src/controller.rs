@@ -193,14 +193,18 @@ impl Controller {
         self.leader().and_then(|id| self.group.node_addr(id))
     }
 
-    /// Proposes a command (forwarded to the leader when needed) and returns its applied result.
+    /// Proposes a command (forwarded to the leader when needed) and returns its applied result
+    /// once this node's replica has applied it too, so that what this node answers next reflects
+    /// the change (read-your-writes through the same node).
     pub async fn propose(&self, command: MetadataCommand) -> Result<u64, ControllerError> {
         let batch =
             command_batch(&command).map_err(|e| ControllerError::BadReply(e.to_string()))?;
         let applied = self.group.write_anywhere(batch, PROPOSE_TIMEOUT).await?;
-        let reply: CommandReply = postcard::from_bytes(&applied.reply)
+        let (version, result): CommandReply = postcard::from_bytes(&applied.reply)
             .map_err(|e| ControllerError::BadReply(e.to_string()))?;
-        Ok(reply?)
+        self.wait_for(|m| (m.version >= version).then_some(()))
+            .await?;
+        Ok(result?)
     }
 
     /// Creates a topic: places its replicas on the current metadata and proposes it. The

@@ -366,12 +366,13 @@ pub fn command_batch(command: &MetadataCommand) -> Result<Bytes, postcard::Error
     builder.build().ok_or(postcard::Error::SerializeBufferFull)
 }
 
-/// The reply to a command as it travels back to the proposer.
-pub type CommandReply = Result<u64, MetadataError>;
+/// The reply to a command as it travels back to the proposer: the metadata version after it
+/// applied, and its result.
+pub type CommandReply = (u64, Result<u64, MetadataError>);
 
 impl GroupState for MetadataState {
     fn apply(&mut self, header: &BatchHeader, batch: &Bytes) -> Bytes {
-        let reply: CommandReply = (|| {
+        let result: Result<u64, MetadataError> = (|| {
             let records = decode_records(header, batch.slice(weir_storage::codec::HEADER_LEN..))
                 .map_err(|e| MetadataError::Invalid(format!("undecodable command batch: {e}")))?;
             let value = records
@@ -383,10 +384,11 @@ impl GroupState for MetadataState {
             tracing::info!(?command, "applying metadata command");
             self.metadata.apply(command)
         })();
-        if let Err(err) = &reply {
+        if let Err(err) = &result {
             tracing::info!(error = %err, "metadata command rejected");
         }
         self.publish();
+        let reply: CommandReply = (self.metadata.version, result);
         postcard::to_stdvec(&reply)
             .map(Bytes::from)
             .unwrap_or_default()
@@ -492,7 +494,7 @@ mod tests {
             .expect("valid");
         let reply = state.apply(batch.header(), batch.bytes());
         let reply: CommandReply = postcard::from_bytes(&reply).expect("reply decodes");
-        assert_eq!(reply, Ok(4));
+        assert_eq!(reply, (1, Ok(4)));
         assert_eq!(watch.borrow().brokers[&4].rack.as_deref(), Some("r1"));
     }
 }
