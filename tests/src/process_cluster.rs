@@ -185,7 +185,8 @@ impl ProcessCluster {
         self.spawn(id)
     }
 
-    /// Sends SIGTERM to every node and waits for them (killing any that hang).
+    /// Sends SIGTERM to every node and waits for them to stop cleanly (exit 0); kills any that
+    /// hang.
     pub fn stop_all(&mut self) -> anyhow::Result<()> {
         for child in self.children.values() {
             if let Ok(pid) = i32::try_from(child.id()) {
@@ -198,7 +199,10 @@ impl ProcessCluster {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         for (id, child) in self.children.iter_mut() {
             loop {
-                if child.try_wait()?.is_some() {
+                if let Some(status) = child.try_wait()? {
+                    if !status.success() {
+                        bail!("node {id} exited with {status} on SIGTERM (expected a clean stop)");
+                    }
                     break;
                 }
                 if std::time::Instant::now() > deadline {
