@@ -190,17 +190,27 @@ impl Services {
             .partitions
             .get(&topic.name, partition)
             .filter(|r| r.topic_id == topic.id);
-        let addr = match local {
-            Some(replica) => {
-                let leader = replica.group.leader().ok_or_else(|| {
-                    Status::unavailable("the partition has no leader right now; retry shortly")
-                })?;
-                replica.group.node_addr(leader).ok_or_else(|| {
-                    Status::unavailable("the leader's address is not known yet; retry shortly")
-                })?
+        match local {
+            Some(replica) => self.leader_client(&replica, hops),
+            None => {
+                let addr = self.replica_addr(topic, partition)?;
+                self.broker_client(&addr, hops)
             }
-            None => self.replica_addr(topic, partition)?,
-        };
+        }
+    }
+
+    /// A client for the leader of a partition this node hosts a replica of.
+    fn leader_client(
+        &self,
+        replica: &weir_controller::PartitionReplica,
+        hops: u32,
+    ) -> Result<BrokerClient<tonic::transport::Channel>, Status> {
+        let leader = replica.group.leader().ok_or_else(|| {
+            Status::unavailable("the partition has no leader right now; retry shortly")
+        })?;
+        let addr = replica.group.node_addr(leader).ok_or_else(|| {
+            Status::unavailable("the leader's address is not known yet; retry shortly")
+        })?;
         self.broker_client(&addr, hops)
     }
 
@@ -393,6 +403,12 @@ impl Services {
         let high_watermark = replica.group.progress().borrow().high_watermark;
         let bounds = log.bounds().map_err(from_storage)?;
         let start = bounds.log_start_offset;
+        // A follower serves what it has committed; at or beyond its high watermark (it may lag,
+        // or be new) the leader answers, so a record acknowledged is readable at once.
+        if request.offset >= high_watermark && !replica.group.is_leader() {
+            let mut client = self.leader_client(&replica, hops)?;
+            return client.fetch(Self::forwarded(request, hops)).await;
+        }
         if request.offset < start || request.offset > high_watermark {
             return Err(Status::out_of_range(format!(
                 "offset {} is outside [{start}, {high_watermark}] (log start, high watermark)",
@@ -493,6 +509,11 @@ impl Broker for Services {
                 return client.list_offsets(Self::forwarded(request, hops)).await;
             }
         };
+        // The high watermark ("latest") is the leader's to tell: a follower's may lag.
+        if !replica.group.is_leader() {
+            let mut client = self.leader_client(&replica, hops)?;
+            return client.list_offsets(Self::forwarded(request, hops)).await;
+        }
         let log = replica.group.log();
         let high_watermark = replica.group.progress().borrow().high_watermark;
         let log_start_offset = log.bounds().map_err(from_storage)?.log_start_offset;
