@@ -175,14 +175,16 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
         );
     }
     let brokers: Vec<String> = (1..=args.nodes).map(addr).collect();
-    println!("try:");
+    let weir = exe.display();
+    println!("try, in another terminal:");
     println!("  export WEIR_BROKERS={}", brokers.join(","));
     println!(
-        "  weir topic create demo --partitions 3 --replication-factor {}",
+        "  {weir} topic create demo --partitions 3 --replication-factor {}",
         args.nodes.min(3)
     );
-    println!("  seq 1 10 | weir produce demo");
-    println!("  weir consume demo --from earliest");
+    println!("  seq 1 10 | {weir} produce demo");
+    println!("  {weir} consume demo --from earliest");
+    println!("  {weir} cluster status");
     println!("Ctrl-C stops the cluster; run the same command again to restart it on its data.");
     if args.demo
         && let Err(err) = demo(&brokers, args.nodes.min(3)).await
