@@ -263,6 +263,16 @@ impl ProcessCluster {
 
 impl Drop for ProcessCluster {
     fn drop(&mut self) {
+        if std::env::var_os("WEIR_KEEP_TEST_DIR").is_some() {
+            let kept = std::mem::replace(
+                &mut self.root,
+                match tempfile::tempdir() {
+                    Ok(dir) => dir,
+                    Err(_) => return,
+                },
+            );
+            eprintln!("keeping the cluster's files in {}", kept.keep().display());
+        }
         for child in self.children.values_mut() {
             let _ = child.kill();
             let _ = child.wait();

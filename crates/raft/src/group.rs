@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use tokio::sync::watch;
 use weir_storage::{LogConfig, PartitionLog};
 
@@ -291,26 +291,24 @@ impl<S: GroupState> Group<S> {
         }
     }
 
-    /// Waits until this node has applied every entry in its log (as a leader: everything from
-    /// earlier terms is then committed and reflected in the state machine).
-    pub async fn wait_applied_all(&self, within: Duration) -> Result<(), GroupError> {
-        let mut metrics = self.raft.metrics();
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            {
-                let m = metrics.borrow_and_update();
-                if m.last_applied.map(|l| l.index) >= m.last_log_index {
-                    return Ok(());
-                }
+    /// Confirms with a quorum that this node leads the group in the current term and waits
+    /// until it has applied every entry committed so far (a Raft read index) — at least `within`.
+    /// Afterwards the state machine reflects every write that was ever acknowledged, including
+    /// those of earlier leaders. Fails with [`GroupError::NotLeader`] on a node that does not
+    /// lead, also one that only believes it does (a leader of an older term).
+    pub async fn confirm_leadership(&self, within: Duration) -> Result<(), GroupError> {
+        match tokio::time::timeout(within, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                Err(GroupError::NotLeader {
+                    leader: forward.leader_id,
+                    leader_addr: forward.leader_node.map(|n| n.addr),
+                })
             }
-            if tokio::time::timeout_at(deadline, metrics.changed())
-                .await
-                .is_err()
-            {
-                return Err(GroupError::Raft(format!(
-                    "log not applied within {within:?}"
-                )));
-            }
+            Ok(Err(err)) => Err(GroupError::Raft(err.to_string())),
+            Err(_) => Err(GroupError::Raft(format!(
+                "leadership not confirmed within {within:?}"
+            ))),
         }
     }
 

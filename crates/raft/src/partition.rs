@@ -85,9 +85,11 @@ impl Group<PartitionState> {
     /// Writes a batch on the leader, dropping a retried duplicate of an idempotent producer's
     /// newest batch (answering with the offsets it got the first time).
     ///
-    /// Writes of idempotent batches are serialized per partition, and each first waits until the
-    /// leader has applied its whole log, so the producer state it checks includes every batch
-    /// that could still be committed — also one written under an earlier leader. Batches without
+    /// Writes of idempotent batches are serialized per partition, and each first confirms this
+    /// node's leadership with a quorum and waits until everything committed is applied (a read
+    /// index), so the producer state it checks includes every acknowledged batch — also one
+    /// written under an earlier leader, and every batch of an earlier term this leader's log
+    /// holds. Batches without
     /// a producer id are written as they are.
     pub async fn write_deduplicated(
         &self,
@@ -100,10 +102,10 @@ impl Group<PartitionState> {
             return self.write(batch).await;
         }
         let _ordered = self.ordered_writes.lock().await;
-        if !self.is_leader() {
-            return self.write(batch).await;
-        }
-        self.wait_applied_all(within).await?;
+        // A read index, not just "is the local log applied": a node that only believes it leads
+        // (restarted as the leader of an older term, or cut off) has applied an old log and would
+        // judge sequences against stale producer state.
+        self.confirm_leadership(within).await?;
         let known = self
             .state_machine()
             .with_state(|s| s.producer(header.producer_id));
