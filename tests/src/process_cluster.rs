@@ -154,7 +154,7 @@ impl ProcessCluster {
             .args(&self.extra_args)
             .env(
                 "RUST_LOG",
-                std::env::var("WEIR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                std::env::var("WEIR_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

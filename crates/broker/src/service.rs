@@ -30,6 +30,8 @@ use crate::status::{from_controller, from_group, from_metadata, from_storage};
 const FORWARDED: &str = "weir-forwarded";
 /// How long a write may wait for replication (elections included).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a leader may take to confirm its leadership for a read.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 /// How many times a request may be forwarded between nodes.
 const MAX_FORWARD_HOPS: u32 = 2;
 /// Default and largest fetch size.
@@ -199,15 +201,35 @@ impl Services {
         }
     }
 
+    /// Whether this node leads the partition, confirmed with a quorum (and with everything
+    /// committed applied). `false` means another node leads (ask it).
+    async fn confirmed_leader(
+        &self,
+        replica: &weir_controller::PartitionReplica,
+    ) -> Result<bool, Status> {
+        if !replica.group.is_leader() {
+            return Ok(false);
+        }
+        match replica.group.confirm_leadership(CONFIRM_TIMEOUT).await {
+            Ok(()) => Ok(true),
+            Err(weir_raft::GroupError::NotLeader { .. }) => Ok(false),
+            Err(err) => Err(from_group(err)),
+        }
+    }
+
     /// A client for the leader of a partition this node hosts a replica of.
     fn leader_client(
         &self,
         replica: &weir_controller::PartitionReplica,
         hops: u32,
     ) -> Result<BrokerClient<tonic::transport::Channel>, Status> {
-        let leader = replica.group.leader().ok_or_else(|| {
-            Status::unavailable("the partition has no leader right now; retry shortly")
-        })?;
+        let leader = replica
+            .group
+            .leader()
+            .filter(|leader| *leader != replica.group.node_id())
+            .ok_or_else(|| {
+                Status::unavailable("the partition's leadership is changing; retry shortly")
+            })?;
         let addr = replica.group.node_addr(leader).ok_or_else(|| {
             Status::unavailable("the leader's address is not known yet; retry shortly")
         })?;
@@ -400,14 +422,24 @@ impl Services {
             n => n.min(MAX_FETCH_BYTES),
         };
         let log = replica.group.log();
-        let high_watermark = replica.group.progress().borrow().high_watermark;
+        let mut high_watermark = replica.group.progress().borrow().high_watermark;
         let bounds = log.bounds().map_err(from_storage)?;
         let start = bounds.log_start_offset;
         // A follower serves what it has committed; at or beyond its high watermark (it may lag,
-        // or be new) the leader answers, so a record acknowledged is readable at once.
-        if request.offset >= high_watermark && !replica.group.is_leader() {
-            let mut client = self.leader_client(&replica, hops)?;
-            return client.fetch(Self::forwarded(request, hops)).await;
+        // or be new) the leader answers, so a record acknowledged is readable at once. Before a
+        // leader calls a position out of range, it makes sure it still leads and has applied
+        // everything committed.
+        if request.offset >= high_watermark {
+            let confirmed = if replica.group.is_leader() && request.offset > high_watermark {
+                self.confirmed_leader(&replica).await?
+            } else {
+                replica.group.is_leader()
+            };
+            if !confirmed {
+                let mut client = self.leader_client(&replica, hops)?;
+                return client.fetch(Self::forwarded(request, hops)).await;
+            }
+            high_watermark = replica.group.progress().borrow().high_watermark;
         }
         if request.offset < start || request.offset > high_watermark {
             return Err(Status::out_of_range(format!(
@@ -509,8 +541,9 @@ impl Broker for Services {
                 return client.list_offsets(Self::forwarded(request, hops)).await;
             }
         };
-        // The high watermark ("latest") is the leader's to tell: a follower's may lag.
-        if !replica.group.is_leader() {
+        // The high watermark ("latest") is the leader's to tell, confirmed with a quorum: a
+        // follower's may lag, and so may that of a node that only believes it leads.
+        if !self.confirmed_leader(&replica).await? {
             let mut client = self.leader_client(&replica, hops)?;
             return client.list_offsets(Self::forwarded(request, hops)).await;
         }

@@ -197,6 +197,11 @@ impl<S: GroupState> Group<S> {
         &self.id
     }
 
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
     pub fn raft(&self) -> &Raft {
         &self.raft
     }
