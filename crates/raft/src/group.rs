@@ -107,7 +107,7 @@ pub struct Group<S: GroupState> {
     boundary: SharedBoundary,
     transport: Arc<PeerTransport>,
     /// Serializes writes that must see every earlier entry applied first (deduplication).
-    pub(crate) ordered_writes: tokio::sync::Mutex<()>,
+    pub(crate) ordered_writes: Arc<tokio::sync::Mutex<()>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -163,7 +163,7 @@ impl<S: GroupState> Group<S> {
             state_machine,
             boundary,
             transport,
-            ordered_writes: tokio::sync::Mutex::new(()),
+            ordered_writes: Arc::new(tokio::sync::Mutex::new(())),
             tasks: Mutex::new(Vec::new()),
         });
         if config.point == SnapshotPoint::LogStart {

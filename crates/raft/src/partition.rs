@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use weir_storage::codec::BatchHeader;
@@ -83,16 +85,19 @@ impl GroupState for PartitionState {
 
 impl Group<PartitionState> {
     /// Writes a batch on the leader, dropping a retried duplicate of an idempotent producer's
-    /// newest batch (answering with the offsets it got the first time).
+    /// newest batch (answering with the offsets it got the first time). Batches without a
+    /// producer id are written as they are.
     ///
     /// Writes of idempotent batches are serialized per partition, and each first confirms this
     /// node's leadership with a quorum and waits until everything committed is applied (a read
     /// index), so the producer state it checks includes every acknowledged batch — also one
     /// written under an earlier leader, and every batch of an earlier term this leader's log
-    /// holds. Batches without
-    /// a producer id are written as they are.
+    /// holds. The check and the write run in a task of their own that holds the partition's
+    /// write lock until the write is committed or failed: a caller that gives up (a client
+    /// timeout, a dropped connection) cannot leave its batch in flight while a retry of it is
+    /// checked against a state that does not have it yet.
     pub async fn write_deduplicated(
-        &self,
+        self: &Arc<Self>,
         batch: Bytes,
         within: std::time::Duration,
     ) -> Result<Applied, GroupError> {
@@ -101,7 +106,21 @@ impl Group<PartitionState> {
         if header.producer_id < 0 {
             return self.write(batch).await;
         }
-        let _ordered = self.ordered_writes.lock().await;
+        let group = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let _ordered = Arc::clone(&group.ordered_writes).lock_owned().await;
+            group.check_and_write(&header, batch, within).await
+        });
+        task.await
+            .map_err(|e| GroupError::Raft(format!("write task failed: {e}")))?
+    }
+
+    async fn check_and_write(
+        &self,
+        header: &BatchHeader,
+        batch: Bytes,
+        within: std::time::Duration,
+    ) -> Result<Applied, GroupError> {
         // A read index, not just "is the local log applied": a node that only believes it leads
         // (restarted as the leader of an older term, or cut off) has applied an old log and would
         // judge sequences against stale producer state.
