@@ -868,3 +868,81 @@ async fn membership_change_under_load() -> anyhow::Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+/// A batch of one record from idempotent producer 7 with sequence `sequence`.
+fn idempotent_batch(sequence: i32, value: &str) -> bytes::Bytes {
+    let mut builder = weir_storage::codec::BatchBuilder::new(
+        weir_storage::codec::Compression::None,
+    )
+    .producer(weir_storage::codec::ProducerInfo {
+        producer_id: 7,
+        producer_epoch: 0,
+        base_sequence: sequence,
+    });
+    builder.push(1_700_000_000_000, None, Some(value.as_bytes()), &[]);
+    builder.build().unwrap_or_default()
+}
+
+/// Retries of an idempotent producer's batch are written once — also when the first attempt's
+/// caller gave up while it was in flight — and sequence gaps and stale retries are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retried_idempotent_batches_are_written_once() -> anyhow::Result<()> {
+    init_tracing();
+    let mut cluster = RaftCluster::start(3, 11).await?;
+    cluster
+        .create_group(GROUP, &[1, 2, 3], LogConfig::default())
+        .await?;
+    let leader = cluster.leader(GROUP, WAIT).await?;
+    let group = cluster.group(leader, GROUP).context("leader group")?;
+
+    let first = group
+        .write_deduplicated(idempotent_batch(0, "a"), WAIT)
+        .await?;
+    let again = group
+        .write_deduplicated(idempotent_batch(0, "a"), WAIT)
+        .await?;
+    ensure!(
+        first == again,
+        "a retry got {again:?}, the first write {first:?}"
+    );
+
+    for round in 0..20 {
+        let batch = idempotent_batch(1 + round, &format!("v{round}"));
+        let attempt = tokio::spawn({
+            let group = Arc::clone(&group);
+            let batch = batch.clone();
+            async move { group.write_deduplicated(batch, WAIT).await }
+        });
+        // Give up on the attempt at some point while it runs, then retry the same bytes.
+        tokio::time::sleep(Duration::from_micros(200 * u64::from(round.unsigned_abs()))).await;
+        attempt.abort();
+        group.write_deduplicated(batch, WAIT).await?;
+    }
+    let gap = group
+        .write_deduplicated(idempotent_batch(40, "gap"), WAIT)
+        .await;
+    ensure!(
+        matches!(gap, Err(weir_raft::GroupError::Sequence(_))),
+        "a sequence gap was not refused: {gap:?}"
+    );
+    let stale = group
+        .write_deduplicated(idempotent_batch(0, "a"), WAIT)
+        .await;
+    ensure!(
+        matches!(stale, Err(weir_raft::GroupError::Duplicate { .. })),
+        "a stale retry was not refused: {stale:?}"
+    );
+
+    let applied = group.progress().borrow().applied_index.unwrap_or(0);
+    cluster.wait_applied(GROUP, applied, WAIT).await?;
+    let mut expected = vec![(0, "a".to_string())];
+    expected.extend((0..20).map(|round| (round + 1, format!("v{round}"))));
+    for node in cluster.node_ids() {
+        ensure!(
+            cluster.read_all(node, GROUP, true)? == expected,
+            "node {node} does not hold each batch exactly once"
+        );
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
