@@ -618,16 +618,22 @@ async fn follower_catches_up_after_restart() -> anyhow::Result<()> {
 // 5. Catch-up through a snapshot after retention
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn follower_behind_the_log_start_catches_up_through_a_snapshot() -> anyhow::Result<()> {
-    init_tracing();
-    let log = LogConfig {
+/// 4 KiB segments, and retention keeps about 16 KiB: a few hundred small records roll many
+/// segments and move the log start.
+fn small_segments_with_retention() -> LogConfig {
+    LogConfig {
         segment_bytes: 4096,
         segment_ms: None,
         retention_bytes: Some(16 * 1024),
         retention_ms: None,
         ..LogConfig::default()
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_behind_the_log_start_catches_up_through_a_snapshot() -> anyhow::Result<()> {
+    init_tracing();
+    let log = small_segments_with_retention();
     let mut cluster = RaftCluster::start(3, 51).await?;
     cluster.create_group(GROUP, &[1, 2, 3], log).await?;
     let pad = "x".repeat(300);
@@ -708,13 +714,7 @@ async fn follower_behind_the_log_start_catches_up_through_a_snapshot() -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follower_catches_up_while_retention_moves_the_log_start() -> anyhow::Result<()> {
     init_tracing();
-    let log = LogConfig {
-        segment_bytes: 4096,
-        segment_ms: None,
-        retention_bytes: Some(16 * 1024),
-        retention_ms: None,
-        ..LogConfig::default()
-    };
+    let log = small_segments_with_retention();
     let mut cluster = RaftCluster::start(3, 52).await?;
     cluster.create_group(GROUP, &[1, 2, 3], log).await?;
     let pad = "y".repeat(300);
