@@ -295,6 +295,63 @@ async fn every_error_path_has_its_status_and_loses_nothing() -> anyhow::Result<(
     assert_eq!(values, before);
     assert_eq!(fetched.high_watermark, 5);
 
+    // gRPC health says SERVING (the node loaded its metadata), overall and per service; server
+    // reflection lists the services, so grpcurl and generated stubs need no .proto files.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.local_addr()))?
+        .connect()
+        .await?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "weir.v1.Broker", "weir.v1.Admin"] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await?
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "health of {service:?}"
+        );
+    }
+    let unknown = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "no.Such".into(),
+        })
+        .await;
+    assert_eq!(unknown.err().map(|s| s.code()), Some(Code::NotFound));
+    let mut reflection =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await?
+        .into_inner();
+    let answer = answers.message().await?.and_then(|a| a.message_response);
+    let Some(
+        tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(
+            list,
+        ),
+    ) = answer
+    else {
+        anyhow::bail!("reflection did not list services: {answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in ["weir.v1.Broker", "weir.v1.Admin", "grpc.health.v1.Health"] {
+        assert!(
+            names.iter().any(|n| n == service),
+            "{service} not in {names:?}"
+        );
+    }
+
     // The metrics endpoint shows the partition and the requests, errors by code.
     let metrics = scrape(node.metrics_addr()).await?;
     for line in [

@@ -46,6 +46,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Controller(#[from] weir_controller::ControllerError),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(String),
 }
 
 /// A running node.
@@ -60,6 +62,7 @@ pub struct Node {
     local_addr: std::net::SocketAddr,
     metrics_addr: Option<std::net::SocketAddr>,
     stop_metrics: Option<oneshot::Sender<()>>,
+    health: tonic_health::server::HealthReporter,
 }
 
 impl Node {
@@ -155,6 +158,17 @@ impl Node {
             }
             None => None,
         };
+        // gRPC health: NOT_SERVING until this node has loaded the cluster metadata (then it can
+        // answer every request), and again while it shuts down.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(weir_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| NodeError::Reflection(e.to_string()))?;
         let (stop_server, stopped) = oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let server = tokio::spawn(async move {
@@ -167,6 +181,8 @@ impl Node {
                         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
                 )
                 .add_service(AdminServer::new(services))
+                .add_service(health_service)
+                .add_service(reflection)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 })
@@ -176,6 +192,7 @@ impl Node {
             }
         });
         let tasks = vec![
+            tokio::spawn(report_health(health.clone(), Arc::clone(&controller))),
             tokio::spawn(Arc::clone(&partitions).run(Arc::clone(&controller))),
             tokio::spawn(Arc::clone(&controller).run_leader_duties(Duration::from_secs(2))),
             tokio::spawn(register(
@@ -195,6 +212,7 @@ impl Node {
             local_addr,
             metrics_addr,
             stop_metrics: Some(stop_metrics),
+            health,
         })
     }
 
@@ -223,6 +241,9 @@ impl Node {
     /// Stops serving, stops every group (files stay; everything acknowledged is on disk).
     pub async fn shutdown(mut self) {
         tracing::info!(node = self.config.id, "node shutting down");
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         for task in self.tasks.drain(..) {
             task.abort();
         }
@@ -245,6 +266,21 @@ impl Node {
         self.controller.shutdown().await;
         tracing::info!(node = self.config.id, "node stopped");
     }
+}
+
+/// Reports SERVING (overall and for the client services) once the node has loaded the cluster
+/// metadata.
+async fn report_health(health: tonic_health::server::HealthReporter, controller: Arc<Controller>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while !controller.ready() {
+        tick.tick().await;
+    }
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    health.set_serving::<BrokerServer<Services>>().await;
+    health.set_serving::<AdminServer<Services>>().await;
+    tracing::info!("serving: cluster metadata loaded");
 }
 
 /// Registers this node as a broker (or joins the cluster), retrying until it is in the metadata
