@@ -235,6 +235,42 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         from_offset.stdout
     );
 
+    // Replay from a time: only what was produced after it.
+    std::thread::sleep(Duration::from_millis(20));
+    let cut = std::time::SystemTime::now();
+    std::thread::sleep(Duration::from_millis(20));
+    let late: Vec<String> = (1..=5).map(|i| format!("late {i}")).collect();
+    let produce_late = weir(
+        &binary,
+        &[&["produce", "demo", "--partition", "1"][..], &b].concat(),
+        Some(&(late.join("\n") + "\n")),
+    )?;
+    ensure!(
+        produce_late.code == Some(0),
+        "produce: {}",
+        produce_late.stderr
+    );
+    let at = format!("@{}", humantime::format_rfc3339_millis(cut));
+    let from_time = weir(
+        &binary,
+        &[
+            &["consume", "demo", "--partition", "1", "--from", at.as_str()][..],
+            &b,
+        ]
+        .concat(),
+        None,
+    )?;
+    ensure!(
+        from_time.code == Some(0),
+        "consume --from {at}: {}",
+        from_time.stderr
+    );
+    ensure!(
+        from_time.stdout.lines().collect::<Vec<_>>() == late,
+        "replay from {at}: {}",
+        from_time.stdout
+    );
+
     // Mistakes a user makes get a message and a non-zero exit.
     let unknown = weir(
         &binary,
@@ -286,7 +322,7 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
     let again = weir(
         &binary,
         &[
-            &["consume", "demo", "--partition", "1", "--count", "300"][..],
+            &["consume", "demo", "--partition", "1", "--count", "305"][..],
             &b,
         ]
         .concat(),
@@ -297,8 +333,9 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         "consume after restart: {}",
         again.stderr
     );
+    let all: Vec<String> = lines.iter().chain(&late).cloned().collect();
     ensure!(
-        again.stdout.lines().collect::<Vec<_>>() == lines,
+        again.stdout.lines().collect::<Vec<_>>() == all,
         "records differ after restart"
     );
     stop_local(local)?;

@@ -12,7 +12,8 @@ use crate::Brokers;
 #[derive(Debug, clap::Args)]
 pub(crate) struct ConsumeArgs {
     topic: String,
-    /// Where to start: earliest, latest, or an offset.
+    /// Where to start: earliest, latest, an offset, or @TIME — the first record at or after TIME
+    /// (RFC 3339, for example @2026-11-23T10:00:00Z, or milliseconds since the Unix epoch).
     #[arg(long, default_value = "earliest")]
     from: String,
     /// Only this partition.
@@ -25,21 +26,35 @@ pub(crate) struct ConsumeArgs {
     brokers: Brokers,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Start {
     Earliest,
     Latest,
     Offset(u64),
+    /// Milliseconds since the Unix epoch.
+    Time(i64),
 }
 
 fn parse_start(text: &str) -> anyhow::Result<Start> {
+    let usage = || format!("--from {text:?}: use earliest, latest, an offset or @TIME");
     match text {
         "earliest" => Ok(Start::Earliest),
         "latest" => Ok(Start::Latest),
-        other => other
-            .parse()
-            .map(Start::Offset)
-            .with_context(|| format!("--from {other:?}: use earliest, latest or an offset")),
+        other => match other.strip_prefix('@') {
+            Some(time) => {
+                if let Ok(ms) = time.parse::<i64>() {
+                    return Ok(Start::Time(ms));
+                }
+                let at = humantime::parse_rfc3339_weak(time)
+                    .with_context(|| format!("{}: {time:?} is not an RFC 3339 time", usage()))?;
+                let ms = at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    .with_context(usage)?;
+                Ok(Start::Time(ms))
+            }
+            None => other.parse().map(Start::Offset).with_context(usage),
+        },
     }
 }
 
@@ -65,11 +80,18 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     // Position and end (high watermark at start) per partition.
     let mut positions = Vec::new();
     for &p in &partitions {
-        let offsets = client.list_offsets(&args.topic, p, None).await?;
+        let at = match start {
+            Start::Time(ms) => Some(ms),
+            _ => None,
+        };
+        let offsets = client.list_offsets(&args.topic, p, at).await?;
         let position = match start {
             Start::Earliest => offsets.log_start_offset,
             Start::Latest => offsets.high_watermark,
             Start::Offset(o) => o,
+            Start::Time(_) => offsets
+                .offset_for_timestamp
+                .unwrap_or(offsets.high_watermark),
         };
         positions.push((p, position, offsets.high_watermark));
     }
@@ -116,4 +138,31 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_positions_parse() {
+        assert_eq!(parse_start("earliest").ok(), Some(Start::Earliest));
+        assert_eq!(parse_start("latest").ok(), Some(Start::Latest));
+        assert_eq!(parse_start("42").ok(), Some(Start::Offset(42)));
+        assert_eq!(
+            parse_start("@1700000000000").ok(),
+            Some(Start::Time(1_700_000_000_000))
+        );
+        assert_eq!(
+            parse_start("@2023-11-14T22:13:20Z").ok(),
+            Some(Start::Time(1_700_000_000_000))
+        );
+        for bad in ["yesterday", "@yesterday", "-1", "@"] {
+            let err = parse_start(bad)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            assert!(err.contains("--from"), "{bad}: {err}");
+        }
+    }
 }
