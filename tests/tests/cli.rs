@@ -314,6 +314,55 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         listing.stdout
     );
 
+    // Listings as JSON, for scripts.
+    let json = |args: &[&str]| -> anyhow::Result<serde_json::Value> {
+        let run = weir(&binary, &[args, &["--output", "json"], &b].concat(), None)?;
+        ensure!(run.code == Some(0), "{args:?}: {}", run.stderr);
+        Ok(serde_json::from_str(&run.stdout)?)
+    };
+    let topics = json(&["topic", "list"])?;
+    ensure!(topics["topics"][0]["name"] == "demo", "{topics}");
+    ensure!(
+        topics["topics"][0]["partitions"].as_array().map(Vec::len) == Some(3),
+        "{topics}"
+    );
+    let described = json(&["topic", "describe", "demo"])?;
+    ensure!(
+        described["partitions"][1]["high_watermark"] == 305,
+        "{described}"
+    );
+    ensure!(
+        described["partitions"][1]["log_start_offset"] == 0,
+        "{described}"
+    );
+    ensure!(described["replication_factor"] == 3, "{described}");
+    let status = json(&["cluster", "status"])?;
+    let brokers = status["brokers"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        brokers.len() == 3 && brokers.iter().all(|b| b["alive"] == true),
+        "{status}"
+    );
+    let table = weir(
+        &binary,
+        &[&["topic", "describe", "demo"][..], &b].concat(),
+        None,
+    )?;
+    ensure!(
+        table.stdout.contains("HIGH WATERMARK") && table.stdout.contains("305"),
+        "{}",
+        table.stdout
+    );
+    let missing = weir(
+        &binary,
+        &[&["topic", "describe", "nope"][..], &b].concat(),
+        None,
+    )?;
+    ensure!(
+        missing.code == Some(1) && missing.stderr.contains("unknown topic"),
+        "{}",
+        missing.stderr
+    );
+
     let stopped = stop_local(local)?;
     ensure!(stopped.contains("stopped"), "{stopped}");
 

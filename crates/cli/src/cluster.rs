@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use crate::Brokers;
+use crate::{Brokers, OutputArg, print_json};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ClusterCommand {
@@ -64,7 +64,11 @@ async fn wait_settled(
     }
 }
 
-pub(crate) async fn run(command: ClusterCommand, brokers: Brokers) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    command: ClusterCommand,
+    brokers: Brokers,
+    output: OutputArg,
+) -> anyhow::Result<()> {
     let client = brokers.client()?;
     match command {
         ClusterCommand::Status => {
@@ -84,6 +88,28 @@ pub(crate) async fn run(command: ClusterCommand, brokers: Brokers) -> anyhow::Re
                 if partition.reassigning {
                     moving += 1;
                 }
+            }
+            if output.json() {
+                let brokers: Vec<serde_json::Value> = metadata
+                    .brokers
+                    .iter()
+                    .map(|b| {
+                        serde_json::json!({
+                            "id": b.id,
+                            "address": b.address,
+                            "alive": b.alive,
+                            "draining": b.decommissioning,
+                            "replicas": replicas.get(&b.id).copied().unwrap_or(0),
+                            "leaders": leaders.get(&b.id).copied().unwrap_or(0),
+                        })
+                    })
+                    .collect();
+                return print_json(&serde_json::json!({
+                    "controller_leader": (metadata.controller != 0).then_some(metadata.controller),
+                    "brokers": brokers,
+                    "partitions_without_leader": leaderless,
+                    "partitions_moving": moving,
+                }));
             }
             println!(
                 "controller leader: {}",

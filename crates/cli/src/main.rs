@@ -34,6 +34,44 @@ pub(crate) struct Brokers {
     brokers: Vec<String>,
 }
 
+/// How listings are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON document, for scripts.
+    Json,
+}
+
+/// The `--output` option of listing commands.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub(crate) struct OutputArg {
+    /// table or json.
+    #[arg(long, value_enum, default_value = "table", global = true)]
+    output: Output,
+}
+
+impl OutputArg {
+    pub(crate) fn json(self) -> bool {
+        self.output == Output::Json
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub(crate) fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn partition_json(p: &weir_client::PartitionInfo) -> serde_json::Value {
+    serde_json::json!({
+        "partition": p.partition,
+        "leader": (p.leader != 0).then_some(p.leader),
+        "replicas": p.replicas,
+        "reassigning": p.reassigning,
+    })
+}
+
 impl Brokers {
     pub(crate) fn client(&self) -> anyhow::Result<weir_client::Client> {
         Ok(weir_client::Client::new(&self.brokers)?)
@@ -52,6 +90,8 @@ enum Command {
         command: TopicCommand,
         #[command(flatten)]
         brokers: Brokers,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Inspect and change the cluster: status, rebalance, remove-node, reassign.
     Cluster {
@@ -59,6 +99,8 @@ enum Command {
         command: cluster::ClusterCommand,
         #[command(flatten)]
         brokers: Brokers,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Produce records, one per line of standard input.
     Produce(produce::ProduceArgs),
@@ -78,11 +120,14 @@ enum TopicCommand {
     },
     /// List topics with their partitions, replicas and leaders.
     List,
+    /// One topic: partitions, replicas, leaders, and each partition's log start and high
+    /// watermark.
+    Describe { name: String },
     /// Delete a topic and its data.
     Delete { name: String },
 }
 
-async fn topic(command: TopicCommand, brokers: Brokers) -> anyhow::Result<()> {
+async fn topic(command: TopicCommand, brokers: Brokers, output: OutputArg) -> anyhow::Result<()> {
     let client = brokers.client()?;
     match command {
         TopicCommand::Create {
@@ -100,6 +145,76 @@ async fn topic(command: TopicCommand, brokers: Brokers) -> anyhow::Result<()> {
                 if count == 1 { "" } else { "s" },
                 topic.replication_factor
             );
+        }
+        TopicCommand::List if output.json() => {
+            let metadata = client.metadata(&[]).await?;
+            let topics: Vec<serde_json::Value> = metadata
+                .topics
+                .iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "name": t.name,
+                        "replication_factor": t.replication_factor,
+                        "partitions": t.partitions.iter().map(partition_json).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            print_json(&serde_json::json!({ "topics": topics }))?;
+        }
+        TopicCommand::Describe { name } => {
+            let metadata = client.metadata(std::slice::from_ref(&name)).await?;
+            let topic = metadata
+                .topics
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("unknown topic {name:?}"))?;
+            let mut partitions = Vec::new();
+            for p in &topic.partitions {
+                let offsets = client.list_offsets(&name, p.partition, None).await?;
+                partitions.push((p, offsets));
+            }
+            if output.json() {
+                let partitions: Vec<serde_json::Value> = partitions
+                    .iter()
+                    .map(|(p, o)| {
+                        let mut value = partition_json(p);
+                        value["log_start_offset"] = o.log_start_offset.into();
+                        value["high_watermark"] = o.high_watermark.into();
+                        value
+                    })
+                    .collect();
+                print_json(&serde_json::json!({
+                    "name": topic.name,
+                    "replication_factor": topic.replication_factor,
+                    "partitions": partitions,
+                }))?;
+            } else {
+                println!(
+                    "topic {}  partitions {}  replication factor {}",
+                    topic.name,
+                    topic.partitions.len(),
+                    topic.replication_factor
+                );
+                println!(
+                    "{:>9} {:>8} {:>12} {:>14}  replicas",
+                    "PARTITION", "LEADER", "LOG START", "HIGH WATERMARK"
+                );
+                for (p, o) in &partitions {
+                    let leader = if p.leader == 0 {
+                        "-".to_string()
+                    } else {
+                        p.leader.to_string()
+                    };
+                    println!(
+                        "{:>9} {:>8} {:>12} {:>14}  {:?}{}",
+                        p.partition,
+                        leader,
+                        o.log_start_offset,
+                        o.high_watermark,
+                        p.replicas,
+                        if p.reassigning { " (moving)" } else { "" }
+                    );
+                }
+            }
         }
         TopicCommand::List => {
             let metadata = client.metadata(&[]).await?;
@@ -160,13 +275,21 @@ fn main() -> ExitCode {
                 init_logging("warn");
                 local::run(args).await
             }
-            Command::Topic { command, brokers } => {
+            Command::Topic {
+                command,
+                brokers,
+                output,
+            } => {
                 init_logging("warn");
-                topic(command, brokers).await
+                topic(command, brokers, output).await
             }
-            Command::Cluster { command, brokers } => {
+            Command::Cluster {
+                command,
+                brokers,
+                output,
+            } => {
                 init_logging("warn");
-                cluster::run(command, brokers).await
+                cluster::run(command, brokers, output).await
             }
             Command::Produce(args) => {
                 init_logging("warn");

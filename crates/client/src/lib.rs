@@ -22,7 +22,8 @@ use weir_proto::v1::{
     RebalanceRequest,
 };
 pub use weir_proto::v1::{
-    FetchResponse, FetchedRecord, ListOffsetsResponse, MetadataResponse, ProduceResponse, TopicInfo,
+    BrokerInfo, FetchResponse, FetchedRecord, ListOffsetsResponse, MetadataResponse, PartitionInfo,
+    ProduceResponse, TopicInfo,
 };
 use weir_storage::codec::{BatchBuilder, Compression, ProducerInfo};
 
