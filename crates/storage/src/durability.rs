@@ -113,9 +113,14 @@ impl Syncer {
     pub(crate) fn written(&self, at: Watermark) {
         let mut state = lock(&self.state);
         state.written = at;
-        if self.policy == Durability::Always {
-            state.requested = true;
-            self.wakeup.notify_all();
+        match self.policy {
+            Durability::Always => {
+                state.requested = true;
+                self.wakeup.notify_all();
+            }
+            // The flusher may be parked with nothing to sync; it must start its timer now.
+            Durability::Interval { .. } => self.wakeup.notify_all(),
+            Durability::Never => {}
         }
     }
 

@@ -502,6 +502,9 @@ fn interval_syncs_on_its_own_and_never_waits_for_a_flush() {
         ..LogConfig::default()
     };
     let log = PartitionLog::open(dir.path(), config).unwrap();
+    // Let the flusher park with nothing to sync first: the append must wake it (it once did
+    // not, and an interval log then never synced on its own).
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let appended = log.append(&batch(0, 1, 0), 1).unwrap();
     let fired = wait(&log, appended.index);
     // A liveness bound, not a timing assertion: the sync is due after 10 ms.
