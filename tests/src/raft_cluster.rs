@@ -290,7 +290,19 @@ impl RaftCluster {
             .collect();
         for (group, log) in groups {
             if self.group_dir(node, &group).exists() {
-                self.open_group(node, &group, log).await?;
+                // The crashed incarnation's log closes once its last handle is gone (tasks of
+                // the old group may still hold one for a moment).
+                let mut tries = 0;
+                loop {
+                    match self.open_group(node, &group, log.clone()).await {
+                        Ok(_) => break,
+                        Err(err) if tries < 100 && err.to_string().contains("in use") => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
             }
         }
         Ok(())

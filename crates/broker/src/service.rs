@@ -201,8 +201,9 @@ impl Services {
         }
     }
 
-    /// Whether this node leads the partition, confirmed with a quorum (and with everything
-    /// committed applied). `false` means another node leads (ask it).
+    /// Whether this node leads the partition, confirmed with a quorum, with its whole log applied
+    /// (so its high watermark covers every acknowledged record). `false` means another node
+    /// leads (ask it).
     async fn confirmed_leader(
         &self,
         replica: &weir_controller::PartitionReplica,
@@ -210,7 +211,7 @@ impl Services {
         if !replica.group.is_leader() {
             return Ok(false);
         }
-        match replica.group.confirm_leadership(CONFIRM_TIMEOUT).await {
+        match replica.group.catch_up_as_leader(CONFIRM_TIMEOUT).await {
             Ok(()) => Ok(true),
             Err(weir_raft::GroupError::NotLeader { .. }) => Ok(false),
             Err(err) => Err(from_group(err)),

@@ -297,10 +297,13 @@ impl<S: GroupState> Group<S> {
     }
 
     /// Confirms with a quorum that this node leads the group in the current term and waits
-    /// until it has applied every entry committed so far (a Raft read index) — at least `within`.
-    /// Afterwards the state machine reflects every write that was ever acknowledged, including
-    /// those of earlier leaders. Fails with [`GroupError::NotLeader`] on a node that does not
-    /// lead, also one that only believes it does (a leader of an older term).
+    /// until it has applied every entry committed as far as it knows (openraft's read index) —
+    /// at most `within`. Fails with [`GroupError::NotLeader`] on a node that does not lead, also
+    /// one that only believes it does (a leader of an older term).
+    ///
+    /// A leader restarted into its term does not know how far its log was committed before the
+    /// restart, so this alone does not prove that every acknowledged write is applied; see
+    /// [`Group::catch_up_as_leader`].
     pub async fn confirm_leadership(&self, within: Duration) -> Result<(), GroupError> {
         match tokio::time::timeout(within, self.raft.ensure_linearizable()).await {
             Ok(Ok(_)) => Ok(()),
@@ -315,6 +318,54 @@ impl<S: GroupState> Group<S> {
                 "leadership not confirmed within {within:?}"
             ))),
         }
+    }
+
+    /// Makes the state machine reflect every write ever acknowledged, on a confirmed leader:
+    /// confirm leadership, note the term and the last entry of the local log (which holds every
+    /// committed entry, by leader completeness), wait until that entry is applied, then confirm
+    /// again in the same term — so this node led throughout. Fails with
+    /// [`GroupError::NotLeader`] when it does not (or no longer) lead.
+    pub async fn catch_up_as_leader(&self, within: Duration) -> Result<(), GroupError> {
+        let deadline = tokio::time::Instant::now() + within;
+        self.confirm_leadership(within).await?;
+        let (term, last) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_term, m.last_log_index)
+        };
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.current_term != term {
+                    return Err(GroupError::NotLeader {
+                        leader: m.current_leader,
+                        leader_addr: None,
+                    });
+                }
+                if m.last_applied.map(|l| l.index) >= last {
+                    break;
+                }
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                return Err(GroupError::Raft(format!(
+                    "the log was not applied within {within:?}"
+                )));
+            }
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.confirm_leadership(remaining.max(Duration::from_millis(100)))
+            .await?;
+        if self.raft.metrics().borrow().current_term != term {
+            return Err(GroupError::NotLeader {
+                leader: None,
+                leader_addr: None,
+            });
+        }
+        Ok(())
     }
 
     /// The address of `node` in the group's membership.

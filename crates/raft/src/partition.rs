@@ -89,10 +89,9 @@ impl Group<PartitionState> {
     /// producer id are written as they are.
     ///
     /// Writes of idempotent batches are serialized per partition, and each first confirms this
-    /// node's leadership with a quorum and waits until everything committed is applied (a read
-    /// index), so the producer state it checks includes every acknowledged batch — also one
-    /// written under an earlier leader, and every batch of an earlier term this leader's log
-    /// holds. The check and the write run in a task of their own that holds the partition's
+    /// node's leadership with a quorum and waits until its whole log is applied while it leads
+    /// ([`Group::catch_up_as_leader`]), so the producer state it checks includes every
+    /// acknowledged batch — also one written under an earlier leader or before a restart. The check and the write run in a task of their own that holds the partition's
     /// write lock until the write is committed or failed: a caller that gives up (a client
     /// timeout, a dropped connection) cannot leave its batch in flight while a retry of it is
     /// checked against a state that does not have it yet.
@@ -121,10 +120,11 @@ impl Group<PartitionState> {
         batch: Bytes,
         within: std::time::Duration,
     ) -> Result<Applied, GroupError> {
-        // A read index, not just "is the local log applied": a node that only believes it leads
-        // (restarted as the leader of an older term, or cut off) has applied an old log and would
-        // judge sequences against stale producer state.
-        self.confirm_leadership(within).await?;
+        // Leadership confirmed by a quorum (a node that only believes it leads has a stale log)
+        // and the whole local log applied (a leader restarted into its term has committed
+        // entries it no longer knows are committed): then the producer state holds every
+        // acknowledged batch.
+        self.catch_up_as_leader(within).await?;
         let known = self
             .state_machine()
             .with_state(|s| s.producer(header.producer_id));
