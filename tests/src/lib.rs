@@ -14,3 +14,26 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// (entry index, term, base offset, CRC) of every batch of `log` with an entry index in
+/// `[from_index, until_index)`: what replicas compare to prove they hold the same log.
+pub fn stored_entries(
+    log: &weir_storage::PartitionLog,
+    from_index: u64,
+    until_index: u64,
+) -> anyhow::Result<Vec<(u64, u64, u64, u32)>> {
+    let mut out = Vec::new();
+    let mut from = from_index;
+    while from < until_index {
+        let read = log.read_entries(from, until_index, 1 << 20)?;
+        if read.batches.is_empty() {
+            break;
+        }
+        for batch in &read.batches {
+            let h = batch.header();
+            out.push((h.index, h.term, h.base_offset, h.crc));
+            from = h.index + 1;
+        }
+    }
+    Ok(out)
+}

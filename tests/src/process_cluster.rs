@@ -244,20 +244,11 @@ impl ProcessCluster {
             .context("partition not on this node")?;
         let log = PartitionLog::open(dir.join("log"), LogConfig::default())?;
         let bounds = log.bounds()?;
-        let mut out = Vec::new();
-        let mut from = bounds.first_index.unwrap_or(bounds.next_index);
-        while from < bounds.next_index {
-            let read = log.read_entries(from, bounds.next_index, 1 << 20)?;
-            if read.batches.is_empty() {
-                break;
-            }
-            for batch in &read.batches {
-                let h = batch.header();
-                out.push((h.index, h.term, h.base_offset, h.crc));
-                from = h.index + 1;
-            }
-        }
-        Ok(out)
+        crate::stored_entries(
+            &log,
+            bounds.first_index.unwrap_or(bounds.next_index),
+            bounds.next_index,
+        )
     }
 }
 

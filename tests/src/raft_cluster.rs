@@ -353,20 +353,7 @@ impl RaftCluster {
         until_index: u64,
     ) -> anyhow::Result<Vec<(u64, u64, u64, u32)>> {
         let g = self.group(node, group).context("group not running there")?;
-        let mut out = Vec::new();
-        let mut from = from_index;
-        while from < until_index {
-            let read = g.log().read_entries(from, until_index, 1 << 20)?;
-            if read.batches.is_empty() {
-                break;
-            }
-            for batch in &read.batches {
-                let h = batch.header();
-                out.push((h.index, h.term, h.base_offset, h.crc));
-                from = h.index + 1;
-            }
-        }
-        Ok(out)
+        crate::stored_entries(g.log(), from_index, until_index)
     }
 
     /// Waits until every running replica of `group` has applied at least `index`.

@@ -167,14 +167,7 @@ impl Partitions {
                 }
             }
         }
-        let running: Vec<String> = self
-            .running
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect();
-        for group_id in running {
+        for group_id in self.running_ids() {
             if !wanted.contains_key(&group_id) {
                 self.stop(&group_id, true).await;
             }
@@ -187,6 +180,16 @@ impl Partitions {
                 tracing::warn!(group = %group_id, error = %err, "cannot start partition replica");
             }
         }
+    }
+
+    /// Ids of the groups running now (a snapshot: starting and stopping may follow).
+    fn running_ids(&self) -> Vec<String> {
+        self.running
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
     }
 
     fn is_running(&self, group_id: &str) -> bool {
@@ -421,14 +424,7 @@ impl Partitions {
 
     /// Stops every group (files stay).
     pub async fn shutdown(&self) {
-        let ids: Vec<String> = self
-            .running
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect();
-        for id in ids {
+        for id in self.running_ids() {
             self.stop(&id, false).await;
         }
     }
