@@ -13,6 +13,7 @@
 mod config;
 mod metrics;
 mod node;
+mod produce;
 mod service;
 mod status;
 

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use weir_controller::{Controller, Metadata, Partitions, TopicConfig, TopicRecord};
@@ -14,39 +15,50 @@ use weir_proto::v1::admin_server::Admin;
 use weir_proto::v1::broker_client::BrokerClient;
 use weir_proto::v1::broker_server::Broker;
 use weir_proto::v1::{
-    Acks, BrokerInfo, CreateTopicRequest, CreateTopicResponse, DecommissionBrokerRequest,
-    DecommissionBrokerResponse, DeleteTopicRequest, DeleteTopicResponse, FetchRequest,
-    FetchResponse, FetchedRecord, Header, JoinClusterRequest, JoinClusterResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, PartitionInfo,
-    ProduceRequest, ProduceResponse, ReassignPartitionRequest, ReassignPartitionResponse,
-    RebalanceRequest, RebalanceResponse, TopicInfo,
+    BrokerInfo, CreateTopicRequest, CreateTopicResponse, DecommissionBrokerRequest,
+    DecommissionBrokerResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest,
+    DescribeTopicResponse, FetchRequest, FetchResponse, FetchedRecord, Header, InitProducerRequest,
+    InitProducerResponse, JoinClusterRequest, JoinClusterResponse, ListOffsetsRequest,
+    ListOffsetsResponse, ListTopicsRequest, ListTopicsResponse, MetadataRequest, MetadataResponse,
+    PartitionInfo, ProduceRequest, ProduceResponse, ReassignPartitionRequest,
+    ReassignPartitionResponse, RebalanceRequest, RebalanceResponse, StartFrom, SubscribeRequest,
+    TopicInfo,
 };
 use weir_raft::PeerTransport;
-use weir_storage::codec::{BatchBuilder, Compression, ValidBatch};
 
 use crate::status::{from_controller, from_group, from_metadata, from_storage};
 
 /// Request metadata key marking a request another node forwarded (never forwarded again).
-const FORWARDED: &str = "weir-forwarded";
+pub(crate) const FORWARDED: &str = "weir-forwarded";
 /// How long a write may wait for replication (elections included).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a leader may take to confirm its leadership for a read.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 /// How many times a request may be forwarded between nodes.
 const MAX_FORWARD_HOPS: u32 = 2;
+/// Longest long poll of a fetch.
+const MAX_FETCH_WAIT_MS: u32 = 30_000;
+/// The long poll of each fetch behind a Subscribe stream.
+const SUBSCRIBE_POLL_MS: u32 = 5_000;
+/// Pause before a Subscribe stream retries after its partition's leadership moved.
+const SUBSCRIBE_RETRY: Duration = Duration::from_millis(200);
+
+type SubscribeResponse =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<FetchResponse, Status>> + Send + 'static>>;
+
 /// Default and largest fetch size.
 const DEFAULT_FETCH_BYTES: usize = 1 << 20;
 const MAX_FETCH_BYTES: usize = 64 << 20;
 
 /// Where a topic's record was found.
-enum Found {
+pub(crate) enum Found {
     Here(TopicRecord),
     /// Not known here: ask the controller leader at this address.
     AskController(String),
 }
 
 /// Where a partition request is served.
-enum Route {
+pub(crate) enum Route {
     Local(Arc<weir_controller::PartitionReplica>),
     Forward(BrokerClient<tonic::transport::Channel>),
 }
@@ -60,7 +72,7 @@ pub(crate) struct Services {
     pub(crate) metrics: Arc<crate::metrics::BrokerMetrics>,
 }
 
-fn forward_hops<T>(request: &Request<T>) -> u32 {
+pub(crate) fn forward_hops<T>(request: &Request<T>) -> u32 {
     request
         .metadata()
         .get(FORWARDED)
@@ -69,7 +81,7 @@ fn forward_hops<T>(request: &Request<T>) -> u32 {
         .unwrap_or(0)
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -80,6 +92,13 @@ fn topic_info(metadata: &Metadata, topic: &TopicRecord, partitions: &Partitions)
     TopicInfo {
         name: topic.name.clone(),
         replication_factor: topic.replication_factor,
+        configs: topic
+            .config
+            .to_pairs()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        internal: topic.internal,
         partitions: topic
             .partitions
             .iter()
@@ -96,6 +115,8 @@ fn topic_info(metadata: &Metadata, topic: &TopicRecord, partitions: &Partitions)
                     replicas: record.replicas.clone(),
                     leader,
                     reassigning: record.settled_epoch < record.epoch,
+                    log_start_offset: 0,
+                    high_watermark: 0,
                 }
             })
             .collect(),
@@ -107,7 +128,7 @@ impl Services {
     /// UNAVAILABLE; a topic this node does not know is looked up on the controller leader (a
     /// linearizable read there, or the request is forwarded to it), so NOT_FOUND is never an
     /// artifact of a lagging replica.
-    async fn topic(&self, name: &str, hops: u32) -> Result<Found, Status> {
+    pub(crate) async fn topic(&self, name: &str, hops: u32) -> Result<Found, Status> {
         if !self.controller.ready() {
             return Err(Status::unavailable(
                 "this node is still loading the cluster metadata; retry shortly",
@@ -135,7 +156,7 @@ impl Services {
         }
     }
 
-    fn check_partition(topic: &TopicRecord, partition: u32) -> Result<(), Status> {
+    pub(crate) fn check_partition(topic: &TopicRecord, partition: u32) -> Result<(), Status> {
         if partition as usize >= topic.partitions.len() {
             return Err(Status::not_found(format!(
                 "topic {:?} has {} partitions; partition {partition} does not exist",
@@ -149,7 +170,12 @@ impl Services {
     /// Where a read of `topic`/`partition` is served: the replica on this node (any replica
     /// serves committed records), or another node — the controller leader when the topic is not
     /// known here, else a node hosting the partition — to forward the request to.
-    async fn read_route(&self, topic: &str, partition: u32, hops: u32) -> Result<Route, Status> {
+    pub(crate) async fn read_route(
+        &self,
+        topic: &str,
+        partition: u32,
+        hops: u32,
+    ) -> Result<Route, Status> {
         let topic = match self.topic(topic, hops).await? {
             Found::Here(topic) => topic,
             Found::AskController(addr) => {
@@ -182,7 +208,7 @@ impl Services {
 
     /// Where to send a produce this node cannot serve: the leader if a local replica knows it,
     /// else a node hosting the partition.
-    fn produce_target(
+    pub(crate) fn produce_target(
         &self,
         topic: &TopicRecord,
         partition: u32,
@@ -204,7 +230,7 @@ impl Services {
     /// Whether this node leads the partition, confirmed with a quorum, with its whole log applied
     /// (so its high watermark covers every acknowledged record). `false` means another node
     /// leads (ask it).
-    async fn confirmed_leader(
+    pub(crate) async fn confirmed_leader(
         &self,
         replica: &weir_controller::PartitionReplica,
     ) -> Result<bool, Status> {
@@ -219,7 +245,7 @@ impl Services {
     }
 
     /// A client for the leader of a partition this node hosts a replica of.
-    fn leader_client(
+    pub(crate) fn leader_client(
         &self,
         replica: &weir_controller::PartitionReplica,
         hops: u32,
@@ -238,7 +264,7 @@ impl Services {
     }
 
     /// A client for a forwarded request to `addr`; refuses past [`MAX_FORWARD_HOPS`].
-    fn broker_client(
+    pub(crate) fn broker_client(
         &self,
         addr: &str,
         hops: u32,
@@ -255,6 +281,18 @@ impl Services {
         Ok(BrokerClient::new(channel)
             .max_decoding_message_size(weir_raft::MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(weir_raft::MAX_PEER_MESSAGE_BYTES))
+    }
+
+    /// A client for the admin service of the node at `addr`.
+    pub(crate) fn admin_client(
+        &self,
+        addr: &str,
+    ) -> Result<weir_proto::v1::admin_client::AdminClient<tonic::transport::Channel>, Status> {
+        let channel = self
+            .transport
+            .channel(addr)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(weir_proto::v1::admin_client::AdminClient::new(channel))
     }
 
     /// `None` when this node leads the controller; otherwise a client for the leader, to which
@@ -281,141 +319,87 @@ impl Services {
         )))
     }
 
-    fn forwarded<T>(request: T, hops: u32) -> Request<T> {
+    pub(crate) fn forwarded<T>(request: T, hops: u32) -> Request<T> {
         let mut request = Request::new(request);
         request
             .metadata_mut()
             .insert(FORWARDED, tonic::metadata::MetadataValue::from(hops + 1));
         request
     }
-
-    /// The batch to append for a produce request: the client's batch (checked) or one built from
-    /// its records.
-    fn produce_batch(request: &ProduceRequest, limit: u32) -> Result<(Bytes, u32), Status> {
-        let bytes = if !request.batch.is_empty() {
-            if !request.records.is_empty() {
-                return Err(Status::invalid_argument(
-                    "give records or a batch, not both",
-                ));
-            }
-            let batch = ValidBatch::new(request.batch.clone())
-                .map_err(|e| Status::invalid_argument(format!("invalid batch: {e}")))?;
-            if batch.header().control || batch.header().record_count == 0 {
-                return Err(Status::invalid_argument(
-                    "a produced batch must hold records",
-                ));
-            }
-            request.batch.clone()
-        } else {
-            if request.records.is_empty() {
-                return Err(Status::invalid_argument(
-                    "empty produce request: no records",
-                ));
-            }
-            let now = now_ms();
-            let mut builder = BatchBuilder::new(Compression::None);
-            for record in &request.records {
-                let headers: Vec<(String, Option<Vec<u8>>)> = record
-                    .headers
-                    .iter()
-                    .map(|h| (h.key.clone(), h.value.as_ref().map(|v| v.to_vec())))
-                    .collect();
-                let headers: Vec<(&str, Option<&[u8]>)> = headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_deref()))
-                    .collect();
-                let timestamp = if record.timestamp_ms == 0 {
-                    now
-                } else {
-                    record.timestamp_ms
-                };
-                builder.push(
-                    timestamp,
-                    record.key.as_deref(),
-                    record.value.as_deref(),
-                    &headers,
-                );
-            }
-            builder
-                .build()
-                .ok_or_else(|| Status::invalid_argument("empty produce request: no records"))?
-        };
-        if bytes.len() > limit as usize {
-            return Err(Status::invalid_argument(format!(
-                "batch of {} bytes exceeds the topic's max.message.bytes limit of {limit} bytes",
-                bytes.len()
-            )));
-        }
-        let count = weir_storage::codec::BatchHeader::parse(&bytes)
-            .map(|h| h.record_count)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok((bytes, count))
-    }
 }
 
 impl Services {
-    async fn produce_inner(
+    /// The offset a read starting `from` begins at: `offset` as given, or the log start, the
+    /// high watermark, or the first offset at `timestamp_ms`, as the leader answers them.
+    pub(crate) async fn start_offset(
         &self,
-        request: Request<ProduceRequest>,
-    ) -> Result<Response<ProduceResponse>, Status> {
-        let hops = forward_hops(&request);
-        let request = request.into_inner();
-        if Acks::try_from(request.acks).is_err() {
-            return Err(Status::invalid_argument(format!(
-                "unknown acks value {}",
-                request.acks
-            )));
+        topic: &str,
+        partition: u32,
+        from: StartFrom,
+        offset: u64,
+        timestamp_ms: i64,
+        hops: u32,
+    ) -> Result<u64, Status> {
+        if from == StartFrom::Offset {
+            return Ok(offset);
         }
-        let topic = match self.topic(&request.topic, hops).await? {
-            Found::Here(topic) => topic,
-            Found::AskController(addr) => {
-                let mut client = self.broker_client(&addr, hops)?;
-                return client.produce(Self::forwarded(request, hops)).await;
-            }
-        };
-        Self::check_partition(&topic, request.partition)?;
-        let (batch, record_count) = Self::produce_batch(&request, topic.config.max_message_bytes)?;
-        let replica = self
-            .partitions
-            .get(&topic.name, request.partition)
-            .filter(|r| r.topic_id == topic.id);
-        let leader_here = replica.as_ref().is_some_and(|r| r.group.is_leader());
-        let Some(replica) = replica.filter(|_| leader_here) else {
-            let mut client = self.produce_target(&topic, request.partition, hops)?;
-            self.metrics.forwarded_requests.inc();
-            return client.produce(Self::forwarded(request, hops)).await;
-        };
-        let batch_len = batch.len();
-        let applied = replica
-            .group
-            .write_deduplicated(batch, WRITE_TIMEOUT)
-            .await
-            .map_err(from_group)?;
-        tracing::debug!(base_offset = applied.base_offset, record_count, "produced");
-        self.metrics
-            .produced_records
-            .inc_by(u64::from(record_count));
-        self.metrics.produced_bytes.inc_by(batch_len as u64);
-        Ok(Response::new(ProduceResponse {
-            partition: request.partition,
-            base_offset: applied.base_offset,
-            record_count,
-        }))
+        let offsets = self
+            .list_offsets_inner(
+                Request::new(ListOffsetsRequest {
+                    topic: topic.to_string(),
+                    partition,
+                    timestamp_ms: (from == StartFrom::Timestamp).then_some(timestamp_ms),
+                }),
+                hops,
+            )
+            .await?;
+        Ok(match from {
+            StartFrom::Earliest => offsets.log_start_offset,
+            StartFrom::Latest => offsets.high_watermark,
+            _ => offsets
+                .offset_for_timestamp
+                .unwrap_or(offsets.high_watermark),
+        })
     }
 
-    async fn fetch_inner(
+    pub(crate) async fn fetch_inner(
         &self,
         request: Request<FetchRequest>,
-    ) -> Result<Response<FetchResponse>, Status> {
+    ) -> Result<FetchResponse, Status> {
         let hops = forward_hops(&request);
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        let from = StartFrom::try_from(request.from).map_err(|_| {
+            Status::invalid_argument(format!("unknown start position {}", request.from))
+        })?;
+        if request.max_wait_ms > MAX_FETCH_WAIT_MS {
+            return Err(Status::invalid_argument(format!(
+                "max_wait_ms {} exceeds the limit of {MAX_FETCH_WAIT_MS}",
+                request.max_wait_ms
+            )));
+        }
+        if from != StartFrom::Offset {
+            request.offset = self
+                .start_offset(
+                    &request.topic,
+                    request.partition,
+                    from,
+                    request.offset,
+                    request.timestamp_ms,
+                    hops,
+                )
+                .await?;
+            request.from = StartFrom::Offset as i32;
+        }
         let replica = match self
             .read_route(&request.topic, request.partition, hops)
             .await?
         {
             Route::Local(replica) => replica,
             Route::Forward(mut client) => {
-                return client.fetch(Self::forwarded(request, hops)).await;
+                return Ok(client
+                    .fetch(Self::forwarded(request, hops))
+                    .await?
+                    .into_inner());
             }
         };
         let max_bytes = match request.max_bytes as usize {
@@ -423,7 +407,8 @@ impl Services {
             n => n.min(MAX_FETCH_BYTES),
         };
         let log = replica.group.log();
-        let mut high_watermark = replica.group.progress().borrow().high_watermark;
+        let mut progress = replica.group.progress();
+        let mut high_watermark = progress.borrow_and_update().high_watermark;
         let bounds = log.bounds().map_err(from_storage)?;
         let start = bounds.log_start_offset;
         // A follower serves what it has committed; at or beyond its high watermark (it may lag,
@@ -438,15 +423,30 @@ impl Services {
             };
             if !confirmed {
                 let mut client = self.leader_client(&replica, hops)?;
-                return client.fetch(Self::forwarded(request, hops)).await;
+                return Ok(client
+                    .fetch(Self::forwarded(request, hops))
+                    .await?
+                    .into_inner());
             }
-            high_watermark = replica.group.progress().borrow().high_watermark;
+            high_watermark = progress.borrow_and_update().high_watermark;
         }
         if request.offset < start || request.offset > high_watermark {
             return Err(Status::out_of_range(format!(
                 "offset {} is outside [{start}, {high_watermark}] (log start, high watermark)",
                 request.offset
             )));
+        }
+        // Long poll: at the high watermark, wait (as the leader) for the next commit. Losing
+        // leadership or the deadline ends the wait with an empty answer; the caller asks again.
+        if request.offset == high_watermark && request.max_wait_ms > 0 {
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms));
+            while high_watermark <= request.offset && replica.group.is_leader() {
+                match tokio::time::timeout_at(deadline, progress.changed()).await {
+                    Ok(Ok(())) => high_watermark = progress.borrow_and_update().high_watermark,
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            }
         }
         let mut records = Vec::new();
         let mut next_offset = request.offset;
@@ -482,12 +482,137 @@ impl Services {
                 next_offset = next_offset.max(header.next_offset());
             }
         }
-        Ok(Response::new(FetchResponse {
+        Ok(FetchResponse {
             records,
             next_offset,
             high_watermark,
             log_start_offset: start,
-        }))
+        })
+    }
+
+    pub(crate) async fn list_offsets_inner(
+        &self,
+        request: Request<ListOffsetsRequest>,
+        hops: u32,
+    ) -> Result<ListOffsetsResponse, Status> {
+        let request = request.into_inner();
+        let replica = match self
+            .read_route(&request.topic, request.partition, hops)
+            .await?
+        {
+            Route::Local(replica) => replica,
+            Route::Forward(mut client) => {
+                return Ok(client
+                    .list_offsets(Self::forwarded(request, hops))
+                    .await?
+                    .into_inner());
+            }
+        };
+        // The high watermark ("latest") is the leader's to tell, confirmed with a quorum: a
+        // follower's may lag, and so may that of a node that only believes it leads.
+        if !self.confirmed_leader(&replica).await? {
+            let mut client = self.leader_client(&replica, hops)?;
+            return Ok(client
+                .list_offsets(Self::forwarded(request, hops))
+                .await?
+                .into_inner());
+        }
+        let log = replica.group.log();
+        let high_watermark = replica.group.progress().borrow().high_watermark;
+        let log_start_offset = log.bounds().map_err(from_storage)?.log_start_offset;
+        let offset_for_timestamp = match request.timestamp_ms {
+            Some(ts) => Some(
+                log.offset_for_timestamp(ts)
+                    .map_err(from_storage)?
+                    .map_or(high_watermark, |o| o.min(high_watermark)),
+            ),
+            None => None,
+        };
+        Ok(ListOffsetsResponse {
+            log_start_offset,
+            high_watermark,
+            offset_for_timestamp,
+        })
+    }
+
+    /// Serves a Subscribe: long-polling fetches in a task, each non-empty answer sent on a
+    /// channel of two, so the task waits while the client does not take what was sent.
+    fn subscribe_inner(&self, request: Request<SubscribeRequest>, hops: u32) -> SubscribeResponse {
+        let request = request.into_inner();
+        let (sender, receiver) = mpsc::channel::<Result<FetchResponse, Status>>(2);
+        let this = self.clone();
+        let span =
+            tracing::info_span!("subscribe", topic = %request.topic, partition = request.partition);
+        tokio::spawn(
+            async move {
+                let start = StartFrom::try_from(request.from).map_err(|_| {
+                    Status::invalid_argument(format!("unknown start position {}", request.from))
+                });
+                let mut offset = match start {
+                    Ok(from) => {
+                        this.start_offset(
+                            &request.topic,
+                            request.partition,
+                            from,
+                            request.offset,
+                            request.timestamp_ms,
+                            hops,
+                        )
+                        .await
+                    }
+                    Err(status) => Err(status),
+                };
+                loop {
+                    let position = match offset {
+                        Ok(position) => position,
+                        Err(status) => {
+                            let _ = sender.send(Err(status)).await;
+                            return;
+                        }
+                    };
+                    let fetch = FetchRequest {
+                        topic: request.topic.clone(),
+                        partition: request.partition,
+                        offset: position,
+                        max_bytes: request.max_bytes,
+                        max_wait_ms: SUBSCRIBE_POLL_MS,
+                        from: StartFrom::Offset as i32,
+                        timestamp_ms: 0,
+                    };
+                    let fetched = tokio::select! {
+                        fetched = this.fetch_inner(Request::new(fetch)) => fetched,
+                        () = sender.closed() => return,
+                    };
+                    offset = match fetched {
+                        Ok(response) if response.records.is_empty() => {
+                            Ok(response.next_offset.max(position))
+                        }
+                        Ok(response) => {
+                            let next = response.next_offset;
+                            this.metrics
+                                .fetched_records
+                                .inc_by(response.records.len() as u64);
+                            if sender.send(Ok(response)).await.is_err() {
+                                return;
+                            }
+                            Ok(next)
+                        }
+                        // Leadership moving or a node restarting: the stream rides it out.
+                        Err(status)
+                            if status.code() == tonic::Code::Unavailable
+                                || status.code() == tonic::Code::FailedPrecondition =>
+                        {
+                            tracing::debug!(message = status.message(), "subscribe retrying");
+                            tokio::time::sleep(SUBSCRIBE_RETRY).await;
+                            Ok(position)
+                        }
+                        Err(status) => Err(status),
+                    };
+                }
+            }
+            .instrument(span),
+        );
+        Box::pin(ReceiverStream::new(receiver))
     }
 }
 
@@ -500,11 +625,29 @@ impl Broker for Services {
         let span = tracing::info_span!(
             "produce",
             topic = %request.get_ref().topic,
-            partition = request.get_ref().partition
+            partition = ?request.get_ref().partition
         );
         let result = self.produce_inner(request).instrument(span).await;
         crate::metrics::BrokerMetrics::count(&self.metrics.produce_requests, &result);
-        result
+        result.map(Response::new)
+    }
+
+    type ProduceStreamStream = crate::produce::ProduceStreamResponse;
+
+    async fn produce_stream(
+        &self,
+        request: Request<tonic::Streaming<ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        Ok(Response::new(self.produce_stream_inner(request)))
+    }
+
+    async fn init_producer(
+        &self,
+        request: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        self.init_producer_inner(request)
+            .instrument(tracing::info_span!("init_producer"))
+            .await
     }
 
     async fn fetch(
@@ -522,9 +665,19 @@ impl Broker for Services {
         if let Ok(response) = &result {
             self.metrics
                 .fetched_records
-                .inc_by(response.get_ref().records.len() as u64);
+                .inc_by(response.records.len() as u64);
         }
-        result
+        result.map(Response::new)
+    }
+
+    type SubscribeStream = SubscribeResponse;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let hops = forward_hops(&request);
+        Ok(Response::new(self.subscribe_inner(request, hops)))
     }
 
     async fn list_offsets(
@@ -532,38 +685,15 @@ impl Broker for Services {
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let hops = forward_hops(&request);
-        let request = request.into_inner();
-        let replica = match self
-            .read_route(&request.topic, request.partition, hops)
-            .await?
-        {
-            Route::Local(replica) => replica,
-            Route::Forward(mut client) => {
-                return client.list_offsets(Self::forwarded(request, hops)).await;
-            }
-        };
-        // The high watermark ("latest") is the leader's to tell, confirmed with a quorum: a
-        // follower's may lag, and so may that of a node that only believes it leads.
-        if !self.confirmed_leader(&replica).await? {
-            let mut client = self.leader_client(&replica, hops)?;
-            return client.list_offsets(Self::forwarded(request, hops)).await;
-        }
-        let log = replica.group.log();
-        let high_watermark = replica.group.progress().borrow().high_watermark;
-        let log_start_offset = log.bounds().map_err(from_storage)?.log_start_offset;
-        let offset_for_timestamp = match request.timestamp_ms {
-            Some(ts) => Some(
-                log.offset_for_timestamp(ts)
-                    .map_err(from_storage)?
-                    .map_or(high_watermark, |o| o.min(high_watermark)),
-            ),
-            None => None,
-        };
-        Ok(Response::new(ListOffsetsResponse {
-            log_start_offset,
-            high_watermark,
-            offset_for_timestamp,
-        }))
+        let span = tracing::debug_span!(
+            "list_offsets",
+            topic = %request.get_ref().topic,
+            partition = request.get_ref().partition
+        );
+        self.list_offsets_inner(request, hops)
+            .instrument(span)
+            .await
+            .map(Response::new)
     }
 
     async fn metadata(
@@ -632,7 +762,13 @@ impl Admin for Services {
                 &request.name,
                 request.partitions,
                 request.replication_factor,
-                TopicConfig::default(),
+                TopicConfig::from_pairs(
+                    request
+                        .configs
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                )
+                .map_err(from_metadata)?,
             )
             .await
             .map_err(from_controller)?;
@@ -640,6 +776,74 @@ impl Admin for Services {
         Ok(Response::new(CreateTopicResponse {
             topic: Some(topic_info(&metadata, &topic, &self.partitions)),
         }))
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<ListTopicsRequest>,
+    ) -> Result<Response<ListTopicsResponse>, Status> {
+        let hops = forward_hops(&request);
+        if !self.controller.ready() {
+            return Err(Status::unavailable(
+                "this node is still loading the cluster metadata; retry shortly",
+            ));
+        }
+        // Answer from the controller leader's view, so a topic just created is listed.
+        if let Some(mut leader) = self.controller_leader(hops)? {
+            return leader
+                .list_topics(Self::forwarded(request.into_inner(), hops))
+                .await;
+        }
+        let metadata = self
+            .controller
+            .latest_metadata()
+            .await
+            .map_err(from_controller)?;
+        Ok(Response::new(ListTopicsResponse {
+            topics: metadata
+                .topics
+                .values()
+                .map(|t| topic_info(&metadata, t, &self.partitions))
+                .collect(),
+        }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<DescribeTopicRequest>,
+    ) -> Result<Response<DescribeTopicResponse>, Status> {
+        let hops = forward_hops(&request);
+        let request = request.into_inner();
+        let span = tracing::debug_span!("describe_topic", topic = %request.name);
+        async move {
+            let topic = match self.topic(&request.name, hops).await? {
+                Found::Here(topic) => topic,
+                Found::AskController(addr) => {
+                    let mut client = self.admin_client(&addr)?;
+                    return client.describe_topic(Self::forwarded(request, hops)).await;
+                }
+            };
+            let metadata = self.controller.metadata();
+            let mut info = topic_info(&metadata, &topic, &self.partitions);
+            let offsets = info.partitions.iter().map(|p| {
+                self.list_offsets_inner(
+                    Request::new(ListOffsetsRequest {
+                        topic: topic.name.clone(),
+                        partition: p.partition,
+                        timestamp_ms: None,
+                    }),
+                    hops,
+                )
+            });
+            let offsets = futures::future::try_join_all(offsets).await?;
+            for (partition, offsets) in info.partitions.iter_mut().zip(offsets) {
+                partition.log_start_offset = offsets.log_start_offset;
+                partition.high_watermark = offsets.high_watermark;
+            }
+            Ok(Response::new(DescribeTopicResponse { topic: Some(info) }))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn delete_topic(

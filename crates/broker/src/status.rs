@@ -60,6 +60,8 @@ pub(crate) fn from_metadata(err: MetadataError) -> Status {
         MetadataError::UnknownTopic(_) => Code::NotFound,
         MetadataError::UnknownBroker(_)
         | MetadataError::InvalidTopicName { .. }
+        | MetadataError::InvalidConfig { .. }
+        | MetadataError::UnknownConfig(_)
         | MetadataError::Invalid(_) => Code::InvalidArgument,
         MetadataError::NotEnoughBrokers { .. } => Code::Unavailable,
     };

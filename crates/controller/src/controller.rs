@@ -19,8 +19,8 @@ use weir_raft::{
 use weir_storage::LogConfig;
 
 use crate::metadata::{
-    CommandReply, Metadata, MetadataCommand, MetadataError, MetadataState, TopicConfig,
-    TopicRecord, command_batch, validate_topic_name,
+    CommandReply, Metadata, MetadataCommand, MetadataError, MetadataState, OFFSETS_TOPIC,
+    TopicConfig, TopicRecord, command_batch, validate_topic_name,
 };
 use crate::placement::{drain_moves, place_topic, rebalance_moves};
 
@@ -217,6 +217,18 @@ impl Controller {
         config: TopicConfig,
     ) -> Result<TopicRecord, ControllerError> {
         validate_topic_name(name)?;
+        self.create_topic_unchecked(name, partitions, replication_factor, config, false)
+            .await
+    }
+
+    async fn create_topic_unchecked(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        config: TopicConfig,
+        internal: bool,
+    ) -> Result<TopicRecord, ControllerError> {
         let metadata = self.metadata();
         if metadata.topics.contains_key(name) {
             return Err(MetadataError::TopicExists(name.to_string()).into());
@@ -228,10 +240,43 @@ impl Controller {
             name: name.to_string(),
             replication_factor,
             config,
+            internal,
             assignment,
         })
         .await?;
         self.wait_for(|m| m.topics.get(name).cloned()).await
+    }
+
+    /// The internal topic of consumer-group offsets, created on first use with `partitions`
+    /// partitions and as many replicas as there are live brokers, up to 3. Kept forever and
+    /// never compressed by the broker.
+    pub async fn offsets_topic(&self, partitions: u32) -> Result<TopicRecord, ControllerError> {
+        if let Some(topic) = self.metadata().topics.get(OFFSETS_TOPIC) {
+            return Ok(topic.clone());
+        }
+        let brokers = self.alive_brokers().len().max(1) as u32;
+        let config = TopicConfig {
+            retention_ms: None,
+            retention_bytes: None,
+            segment_bytes: 64 << 20,
+            ..TopicConfig::default()
+        };
+        match self
+            .create_topic_unchecked(OFFSETS_TOPIC, partitions, brokers.min(3), config, true)
+            .await
+        {
+            Err(ControllerError::Rejected(MetadataError::TopicExists(_))) => {
+                self.wait_for(|m| m.topics.get(OFFSETS_TOPIC).cloned())
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// A new idempotent producer id, unique in the cluster.
+    pub async fn allocate_producer_id(&self) -> Result<i64, ControllerError> {
+        let id = self.propose(MetadataCommand::AllocateProducerId).await?;
+        i64::try_from(id).map_err(|_| ControllerError::BadReply("producer id overflow".into()))
     }
 
     /// Waits (briefly) until this replica's metadata satisfies `f`.

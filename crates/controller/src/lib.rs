@@ -22,7 +22,7 @@ pub use controller::{
     PROPOSE_TIMEOUT,
 };
 pub use metadata::{
-    BrokerRecord, Metadata, MetadataCommand, MetadataError, PartitionRecord, TopicConfig,
-    TopicRecord,
+    BrokerRecord, INTERNAL_TOPICS, Metadata, MetadataCommand, MetadataError, OFFSETS_TOPIC,
+    PartitionRecord, TopicCompression, TopicConfig, TopicRecord,
 };
 pub use partitions::{PARTITIONS_DIR, PartitionReplica, PartitionSettings, Partitions};

@@ -14,6 +14,11 @@ use weir_raft::GroupState;
 use weir_raft::NodeId;
 use weir_storage::codec::{BatchBuilder, BatchHeader, Compression, decode_records};
 
+/// The internal topic that stores consumer groups' committed offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// The only names allowed for internal topics.
+pub const INTERNAL_TOPICS: &[&str] = &[OFFSETS_TOPIC];
+
 /// Longest topic name.
 pub const MAX_TOPIC_NAME_LEN: usize = 200;
 /// Most partitions a topic may have.
@@ -32,13 +37,36 @@ pub struct BrokerRecord {
     pub decommissioning: bool,
 }
 
-/// Per-topic settings.
+/// How a topic stores its batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TopicCompression {
+    /// As the producer sent them (compressed or not).
+    Producer,
+    /// Uncompressed: compressed batches are decompressed before they are stored.
+    None,
+    /// lz4: uncompressed batches are compressed before they are stored.
+    Lz4,
+}
+
+impl TopicCompression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Producer => "producer",
+            Self::None => "none",
+            Self::Lz4 => "lz4",
+        }
+    }
+}
+
+/// Per-topic settings. Their names and limits are the public ones of `CreateTopicRequest` in
+/// `proto/weir/v1/weir.proto`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicConfig {
     pub retention_ms: Option<u64>,
     pub retention_bytes: Option<u64>,
     pub segment_bytes: u64,
     pub max_message_bytes: u32,
+    pub compression: TopicCompression,
 }
 
 impl Default for TopicConfig {
@@ -48,7 +76,88 @@ impl Default for TopicConfig {
             retention_bytes: None,
             segment_bytes: 1 << 30,
             max_message_bytes: 8 << 20,
+            compression: TopicCompression::Producer,
         }
+    }
+}
+
+/// Smallest and largest `segment.bytes`.
+pub const SEGMENT_BYTES_RANGE: (u64, u64) = (1 << 20, 1 << 30);
+/// Largest `max.message.bytes` (the peer transport carries batches up to this size and more).
+pub const MAX_MESSAGE_BYTES_LIMIT: u32 = 64 << 20;
+
+impl TopicConfig {
+    /// The default settings with `pairs` (`retention.ms` = `"60000"`, ...) applied. Unknown names
+    /// and values out of range are rejected with the limit named.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, MetadataError> {
+        let mut config = Self::default();
+        for (key, value) in pairs {
+            let bad = |expected: &str| {
+                Err(MetadataError::InvalidConfig {
+                    key: key.to_string(),
+                    value: value.to_string(),
+                    expected: expected.to_string(),
+                })
+            };
+            // -1 (or any negative) means "no limit" for the retention settings.
+            let limit = |value: &str| -> Option<Option<u64>> {
+                let n: i64 = value.trim().parse().ok()?;
+                Some(if n < 0 { None } else { Some(n as u64) })
+            };
+            match key {
+                "retention.ms" => match limit(value) {
+                    Some(Some(0)) | None => return bad("milliseconds > 0, or -1 for no limit"),
+                    Some(v) => config.retention_ms = v,
+                },
+                "retention.bytes" => match limit(value) {
+                    Some(Some(0)) | None => return bad("bytes > 0, or -1 for no limit"),
+                    Some(v) => config.retention_bytes = v,
+                },
+                "segment.bytes" => match value.trim().parse::<u64>() {
+                    Ok(n) if (SEGMENT_BYTES_RANGE.0..=SEGMENT_BYTES_RANGE.1).contains(&n) => {
+                        config.segment_bytes = n;
+                    }
+                    _ => {
+                        return bad(&format!(
+                            "bytes in [{}, {}]",
+                            SEGMENT_BYTES_RANGE.0, SEGMENT_BYTES_RANGE.1
+                        ));
+                    }
+                },
+                "max.message.bytes" => match value.trim().parse::<u32>() {
+                    Ok(n) if (1..=MAX_MESSAGE_BYTES_LIMIT).contains(&n) => {
+                        config.max_message_bytes = n;
+                    }
+                    _ => return bad(&format!("bytes in [1, {MAX_MESSAGE_BYTES_LIMIT}]")),
+                },
+                "compression" => {
+                    config.compression = match value.trim() {
+                        "producer" => TopicCompression::Producer,
+                        "none" => TopicCompression::None,
+                        "lz4" => TopicCompression::Lz4,
+                        _ => return bad("one of producer, none, lz4"),
+                    }
+                }
+                _ => {
+                    return Err(MetadataError::UnknownConfig(key.to_string()));
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Every setting by its public name, as `from_pairs` reads them.
+    pub fn to_pairs(&self) -> Vec<(&'static str, String)> {
+        let limit = |v: Option<u64>| v.map_or_else(|| "-1".to_string(), |n| n.to_string());
+        vec![
+            ("compression", self.compression.as_str().to_string()),
+            ("max.message.bytes", self.max_message_bytes.to_string()),
+            ("retention.bytes", limit(self.retention_bytes)),
+            ("retention.ms", limit(self.retention_ms)),
+            ("segment.bytes", self.segment_bytes.to_string()),
+        ]
     }
 }
 
@@ -75,6 +184,8 @@ pub struct TopicRecord {
     pub replication_factor: u32,
     pub config: TopicConfig,
     pub partitions: Vec<PartitionRecord>,
+    /// Kept by Weir itself (see [`INTERNAL_TOPICS`]).
+    pub internal: bool,
 }
 
 impl TopicRecord {
@@ -96,6 +207,8 @@ pub struct Metadata {
     pub topics: BTreeMap<String, TopicRecord>,
     /// Commands applied so far (also the source of topic ids).
     pub version: u64,
+    /// The last idempotent producer id handed out.
+    pub last_producer_id: i64,
 }
 
 /// A change to the metadata.
@@ -111,6 +224,8 @@ pub enum MetadataCommand {
         name: String,
         replication_factor: u32,
         config: TopicConfig,
+        /// An internal topic (its name must be one of [`INTERNAL_TOPICS`]).
+        internal: bool,
         /// Replicas per partition, chosen by the proposer (see `placement`).
         assignment: Vec<Vec<NodeId>>,
     },
@@ -134,6 +249,8 @@ pub enum MetadataCommand {
         partition: u32,
         epoch: u32,
     },
+    /// Hands out the next idempotent producer id (the reply).
+    AllocateProducerId,
 }
 
 /// Why a command was rejected. Stable: clients see these as gRPC statuses.
@@ -149,6 +266,16 @@ pub enum MetadataError {
     InvalidTopicName { name: String, reason: String },
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("invalid value {value:?} for topic setting {key}: expected {expected}")]
+    InvalidConfig {
+        key: String,
+        value: String,
+        expected: String,
+    },
+    #[error(
+        "unknown topic setting {0:?} (known: retention.ms, retention.bytes, segment.bytes, max.message.bytes, compression)"
+    )]
+    UnknownConfig(String),
     #[error(
         "not enough brokers: replication factor {wanted} needs {wanted} brokers, {available} available"
     )]
@@ -215,9 +342,12 @@ impl Metadata {
                 name,
                 replication_factor,
                 config,
+                internal,
                 assignment,
             } => {
-                validate_topic_name(&name)?;
+                if !internal || !INTERNAL_TOPICS.contains(&name.as_str()) {
+                    validate_topic_name(&name)?;
+                }
                 if self.topics.contains_key(&name) {
                     return Err(MetadataError::TopicExists(name));
                 }
@@ -248,6 +378,7 @@ impl Metadata {
                         replication_factor,
                         config,
                         partitions,
+                        internal,
                     },
                 );
                 Ok(id)
@@ -295,6 +426,10 @@ impl Metadata {
                     record.settled_epoch = epoch;
                 }
                 Ok(u64::from(record.settled_epoch))
+            }
+            MetadataCommand::AllocateProducerId => {
+                self.last_producer_id += 1;
+                Ok(self.last_producer_id as u64)
             }
             MetadataCommand::SetDecommissioning { id, on } => match self.brokers.get_mut(&id) {
                 Some(broker) => {
@@ -443,6 +578,7 @@ mod tests {
     fn create_delete_and_recreate_gets_a_new_id() {
         let mut m = with_brokers(3);
         let create = || MetadataCommand::CreateTopic {
+            internal: false,
             name: "t".into(),
             replication_factor: 3,
             config: TopicConfig::default(),
@@ -471,6 +607,7 @@ mod tests {
             vec![],
         ] {
             let result = m.apply(MetadataCommand::CreateTopic {
+                internal: false,
                 name: "t".into(),
                 replication_factor: 3,
                 config: TopicConfig::default(),
@@ -496,5 +633,68 @@ mod tests {
         let reply: CommandReply = postcard::from_bytes(&reply).expect("reply decodes");
         assert_eq!(reply, (1, Ok(4)));
         assert_eq!(watch.borrow().brokers[&4].rack.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn topic_settings_parse_render_and_reject_bad_values() {
+        let config = TopicConfig::from_pairs([
+            ("retention.ms", "60000"),
+            ("retention.bytes", "-1"),
+            ("segment.bytes", "1048576"),
+            ("max.message.bytes", "1000"),
+            ("compression", "lz4"),
+        ])
+        .unwrap();
+        assert_eq!(config.retention_ms, Some(60_000));
+        assert_eq!(config.retention_bytes, None);
+        assert_eq!(config.segment_bytes, 1 << 20);
+        assert_eq!(config.max_message_bytes, 1000);
+        assert_eq!(config.compression, TopicCompression::Lz4);
+        let pairs = config.to_pairs();
+        let again = TopicConfig::from_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str()))).unwrap();
+        assert_eq!(again, config);
+        for (key, value, named) in [
+            ("segment.bytes", "10", "1048576"),
+            ("max.message.bytes", "0", "67108864"),
+            ("max.message.bytes", "99999999999", "67108864"),
+            ("retention.ms", "soon", "milliseconds"),
+            ("retention.ms", "0", "milliseconds"),
+            ("compression", "zstd", "producer, none, lz4"),
+        ] {
+            let err = TopicConfig::from_pairs([(key, value)]).unwrap_err();
+            assert!(
+                matches!(err, MetadataError::InvalidConfig { .. }),
+                "{key}={value}: {err}"
+            );
+            assert!(err.to_string().contains(named), "{key}={value}: {err}");
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let err = TopicConfig::from_pairs([("cleanup.policy", "compact")]).unwrap_err();
+        assert_eq!(err, MetadataError::UnknownConfig("cleanup.policy".into()));
+    }
+
+    #[test]
+    fn internal_names_only_for_internal_topics_and_producer_ids_are_unique() {
+        let mut m = with_brokers(3);
+        let create = |name: &str, internal| MetadataCommand::CreateTopic {
+            internal,
+            name: name.into(),
+            replication_factor: 1,
+            config: TopicConfig::default(),
+            assignment: vec![vec![1]],
+        };
+        assert!(matches!(
+            m.apply(create(OFFSETS_TOPIC, false)),
+            Err(MetadataError::InvalidTopicName { .. })
+        ));
+        assert!(matches!(
+            m.apply(create("__other", true)),
+            Err(MetadataError::InvalidTopicName { .. })
+        ));
+        m.apply(create(OFFSETS_TOPIC, true)).unwrap();
+        assert!(m.topics[OFFSETS_TOPIC].internal);
+        let a = m.apply(MetadataCommand::AllocateProducerId).unwrap();
+        let b = m.apply(MetadataCommand::AllocateProducerId).unwrap();
+        assert_eq!(b, a + 1);
     }
 }

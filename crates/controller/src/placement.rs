@@ -250,6 +250,7 @@ mod tests {
     fn create(m: &mut Metadata, name: &str, partitions: u32, rf: u32) {
         let assignment = place_topic(m, partitions, rf, None).expect("placed");
         m.apply(MetadataCommand::CreateTopic {
+            internal: false,
             name: name.into(),
             replication_factor: rf,
             config: TopicConfig::default(),

@@ -1,17 +1,20 @@
 //! # weir-proto
 //!
 //! Rust types and tonic services generated from `proto/` at the workspace root: the public client
-//! API (`weir.v1`) and the node-to-node replication service (`weir.peer.v1`). Nothing else lives
-//! here; the contract itself is the `.proto` files.
+//! API (`weir.v1`) and the node-to-node replication service (`weir.peer.v1`), plus the one rule of
+//! the contract that is code rather than messages: the key → partition hash ([`partitioner`]).
+//! The contract itself is the `.proto` files.
 
-#![allow(unreachable_pub, missing_debug_implementations, clippy::all)]
+pub mod partitioner;
 
 /// The public client API.
+#[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("weir.v1");
 }
 
 /// Node-to-node replication traffic (internal).
+#[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
 pub mod peer {
     tonic::include_proto!("weir.peer.v1");
 }

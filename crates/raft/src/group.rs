@@ -248,6 +248,36 @@ impl<S: GroupState> Group<S> {
             .map_err(GroupError::from)
     }
 
+    /// Hands `batch` to this node's Raft core and returns once it is queued there (in call order),
+    /// without waiting for it to commit: the returned future resolves when it has been applied.
+    /// A replica that does not lead rejects it through that future.
+    pub async fn submit(
+        &self,
+        batch: bytes::Bytes,
+    ) -> Result<impl std::future::Future<Output = Result<Applied, GroupError>> + use<S>, GroupError>
+    {
+        let pending = self
+            .raft
+            .client_write_ff(Payload(batch))
+            .await
+            .map_err(|e| GroupError::Raft(e.to_string()))?;
+        Ok(async move {
+            match pending.await {
+                Ok(Ok(response)) => Ok(response.data),
+                Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
+                    Err(GroupError::from(WriteRejected::NotLeader {
+                        leader: forward.leader_id,
+                        leader_addr: forward.leader_node.map(|n| n.addr),
+                    }))
+                }
+                Ok(Err(err)) => Err(GroupError::Raft(err.to_string())),
+                Err(_) => Err(GroupError::Raft(
+                    "the Raft core dropped the write (shutting down)".into(),
+                )),
+            }
+        })
+    }
+
     /// Like [`Group::write`], but from any replica: a write on a follower is forwarded to the
     /// leader over the peer transport, and a write during an election waits for the new leader.
     /// Gives up after `within`.

@@ -43,7 +43,7 @@ pub use log_store::{LogBoundary, LogStore};
 pub use network::{
     FaultPlan, LinkAction, LinkFaults, MAX_PEER_MESSAGE_BYTES, PeerError, PeerTransport,
 };
-pub use partition::{PartitionState, ProducerEntry};
+pub use partition::{PartitionState, ProducerEntry, WaitFor};
 pub use service::PeerService;
 pub use state_machine::{GroupState, Progress, SnapshotPoint, StateMachine};
 pub use types::{Applied, NodeId, PeerNode, Raft};

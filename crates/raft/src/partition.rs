@@ -83,6 +83,16 @@ impl GroupState for PartitionState {
     }
 }
 
+/// When a write's caller hears back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitFor {
+    /// Once the batch is committed and applied (the answer carries its offsets).
+    Committed,
+    /// Once the leader has checked the batch and queued it in its Raft log; the write goes on
+    /// after the answer (which carries no offsets), and a later failure is only logged.
+    Accepted,
+}
+
 impl Group<PartitionState> {
     /// Writes a batch on the leader, dropping a retried duplicate of an idempotent producer's
     /// newest batch (answering with the offsets it got the first time). Batches without a
@@ -95,23 +105,70 @@ impl Group<PartitionState> {
     /// write lock until the write is committed or failed: a caller that gives up (a client
     /// timeout, a dropped connection) cannot leave its batch in flight while a retry of it is
     /// checked against a state that does not have it yet.
+    ///
+    /// Writes are queued in the order their callers reach this method: an idempotent batch takes
+    /// the partition's write lock before its task is spawned.
     pub async fn write_deduplicated(
         self: &Arc<Self>,
         batch: Bytes,
         within: std::time::Duration,
     ) -> Result<Applied, GroupError> {
+        self.write_deduplicated_with(batch, within, WaitFor::Committed)
+            .await?
+            .ok_or_else(|| GroupError::Raft("a committed write returned no offsets".into()))
+    }
+
+    /// [`Group::write_deduplicated`], answering when `wait` says: with [`WaitFor::Accepted`] the
+    /// answer (`None`) comes once the batch is queued in the Raft log.
+    pub async fn write_deduplicated_with(
+        self: &Arc<Self>,
+        batch: Bytes,
+        within: std::time::Duration,
+        wait: WaitFor,
+    ) -> Result<Option<Applied>, GroupError> {
         let header = BatchHeader::parse(&batch)
             .map_err(|e| GroupError::Storage(weir_storage::StorageError::InvalidBatch(e)))?;
         if header.producer_id < 0 {
-            return self.write(batch).await;
+            return match wait {
+                WaitFor::Committed => self.write(batch).await.map(Some),
+                WaitFor::Accepted => {
+                    if !self.is_leader() {
+                        return Err(GroupError::NotLeader {
+                            leader: self.leader(),
+                            leader_addr: self.leader().and_then(|l| self.node_addr(l)),
+                        });
+                    }
+                    let pending = self.submit(batch).await?;
+                    tokio::spawn(log_failure(self.id().to_string(), pending));
+                    Ok(None)
+                }
+            };
         }
+        let ordered = Arc::clone(&self.ordered_writes).lock_owned().await;
+        let (accepted_tx, accepted_rx) = tokio::sync::oneshot::channel();
         let group = Arc::clone(self);
         let task = tokio::spawn(async move {
-            let _ordered = Arc::clone(&group.ordered_writes).lock_owned().await;
-            group.check_and_write(&header, batch, within).await
+            let _ordered = ordered;
+            let result = group
+                .check_and_write(&header, batch, within, accepted_tx)
+                .await;
+            if let Err(err) = &result {
+                if wait == WaitFor::Accepted {
+                    tracing::warn!(group = group.id(), error = %err, "write acknowledged to the leader failed");
+                }
+            }
+            result
         });
-        task.await
-            .map_err(|e| GroupError::Raft(format!("write task failed: {e}")))?
+        if wait == WaitFor::Accepted && accepted_rx.await.is_ok() {
+            return Ok(None);
+        }
+        let applied = task
+            .await
+            .map_err(|e| GroupError::Raft(format!("write task failed: {e}")))??;
+        Ok(match wait {
+            WaitFor::Committed => Some(applied),
+            WaitFor::Accepted => None,
+        })
     }
 
     async fn check_and_write(
@@ -119,6 +176,7 @@ impl Group<PartitionState> {
         header: &BatchHeader,
         batch: Bytes,
         within: std::time::Duration,
+        accepted: tokio::sync::oneshot::Sender<()>,
     ) -> Result<Applied, GroupError> {
         // Leadership confirmed by a quorum (a node that only believes it leads has a stale log)
         // and the whole local log applied (a leader restarted into its term has committed
@@ -143,6 +201,7 @@ impl Group<PartitionState> {
                         base_offset = known.base_offset,
                         "duplicate batch dropped"
                     );
+                    let _ = accepted.send(());
                     return Ok(Applied {
                         base_offset: known.base_offset,
                         next_offset: known.next_offset,
@@ -165,6 +224,18 @@ impl Group<PartitionState> {
                 }
             }
         }
-        self.write(batch).await
+        let pending = self.submit(batch).await?;
+        let _ = accepted.send(());
+        pending.await
+    }
+}
+
+/// Logs the failure of a write whose caller did not wait for it.
+async fn log_failure(
+    group: String,
+    pending: impl std::future::Future<Output = Result<Applied, GroupError>>,
+) {
+    if let Err(err) = pending.await {
+        tracing::warn!(group, error = %err, "write acknowledged to the leader failed");
     }
 }

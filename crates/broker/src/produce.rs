@@ -1,0 +1,438 @@
+//! Producing: `Produce` (one partition, or records spread by key), `ProduceStream` (pipelined
+//! requests on one stream, in order per partition) and `InitProducer` (idempotent producer ids).
+//!
+//! A produce request is checked on the node that receives it (topic, partition, batch, size
+//! limit), turned into one stored batch per partition (kept as the producer built it, or
+//! re-encoded when the topic's `compression` setting says so), and written by the partition
+//! leader through its Raft group — forwarded there when this node does not lead. The leader drops
+//! retried duplicates of idempotent batches.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+use weir_controller::{TopicCompression, TopicRecord};
+use weir_proto::partitioner::partition_for_key;
+use weir_proto::v1::{
+    Acks, InitProducerRequest, InitProducerResponse, PartitionOffsets, ProduceRequest,
+    ProduceResponse,
+};
+use weir_raft::WaitFor;
+use weir_storage::codec::{BatchBuilder, BatchHeader, Compression, ProducerInfo, ValidBatch};
+
+use crate::service::{Found, Services, WRITE_TIMEOUT, forward_hops, now_ms};
+use crate::status::{from_controller, from_group};
+
+/// Requests a ProduceStream may have queued per partition before it stops reading the stream.
+const STREAM_QUEUE: usize = 64;
+
+pub(crate) type ProduceStreamResponse =
+    Pin<Box<dyn Stream<Item = Result<ProduceResponse, Status>> + Send + 'static>>;
+
+impl Services {
+    pub(crate) async fn produce_inner(
+        &self,
+        request: Request<ProduceRequest>,
+    ) -> Result<ProduceResponse, Status> {
+        let hops = forward_hops(&request);
+        let request = request.into_inner();
+        let acks = Acks::try_from(request.acks).map_err(|_| {
+            Status::invalid_argument(format!("unknown acks value {}", request.acks))
+        })?;
+        let topic = match self.topic(&request.topic, hops).await? {
+            Found::Here(topic) => topic,
+            Found::AskController(addr) => {
+                let mut client = self.broker_client(&addr, hops)?;
+                return Ok(client
+                    .produce(Services::forwarded(request, hops))
+                    .await?
+                    .into_inner());
+            }
+        };
+        let request_id = request.request_id;
+        let mut response = match request.partition {
+            Some(partition) => {
+                let part = self
+                    .produce_partition(&topic, partition, request, acks, hops)
+                    .await?;
+                ProduceResponse {
+                    partition: part.partition,
+                    base_offset: part.base_offset,
+                    record_count: part.record_count,
+                    partitions: vec![part],
+                    ..ProduceResponse::default()
+                }
+            }
+            None => self.produce_by_key(&topic, request, acks, hops).await?,
+        };
+        response.request_id = request_id;
+        Ok(response)
+    }
+
+    /// Spreads the records of a request without a partition over the partitions of their keys
+    /// (keyless records all go to one partition picked at random) and writes each part.
+    async fn produce_by_key(
+        &self,
+        topic: &TopicRecord,
+        request: ProduceRequest,
+        acks: Acks,
+        hops: u32,
+    ) -> Result<ProduceResponse, Status> {
+        if !request.batch.is_empty() {
+            return Err(Status::invalid_argument(
+                "a prebuilt batch needs a partition; give `partition` or send `records`",
+            ));
+        }
+        if request.records.is_empty() {
+            return Err(Status::invalid_argument(
+                "empty produce request: no records",
+            ));
+        }
+        let count = topic.partitions.len() as u32;
+        let keyless = rand::random_range(0..count.max(1));
+        let mut parts: Vec<(u32, Vec<weir_proto::v1::Record>)> = Vec::new();
+        for record in request.records {
+            let partition = match &record.key {
+                Some(key) => partition_for_key(key, count),
+                None => keyless,
+            };
+            match parts.iter_mut().find(|(p, _)| *p == partition) {
+                Some((_, records)) => records.push(record),
+                None => parts.push((partition, vec![record])),
+            }
+        }
+        let writes = parts.into_iter().map(|(partition, records)| {
+            let part = ProduceRequest {
+                topic: request.topic.clone(),
+                partition: Some(partition),
+                records,
+                acks: request.acks,
+                batch: Bytes::new(),
+                request_id: request.request_id,
+            };
+            self.produce_partition(topic, partition, part, acks, hops)
+        });
+        let partitions = futures::future::try_join_all(writes).await?;
+        let first = partitions.first().cloned().unwrap_or_default();
+        Ok(ProduceResponse {
+            partition: first.partition,
+            base_offset: first.base_offset,
+            record_count: first.record_count,
+            partitions,
+            ..ProduceResponse::default()
+        })
+    }
+
+    /// Writes the records of `request` to `partition` (here if this node leads it, else on the
+    /// leader).
+    async fn produce_partition(
+        &self,
+        topic: &TopicRecord,
+        partition: u32,
+        request: ProduceRequest,
+        acks: Acks,
+        hops: u32,
+    ) -> Result<PartitionOffsets, Status> {
+        Self::check_partition(topic, partition)?;
+        let (batch, record_count) = produce_batch(&request, topic)?;
+        if acks == Acks::None {
+            // Checked; the write happens in the background, its outcome only logged.
+            let this = self.clone();
+            let topic = topic.clone();
+            let request = ProduceRequest {
+                acks: Acks::Leader as i32,
+                ..request
+            };
+            tokio::spawn(
+                async move {
+                    if let Err(status) = this
+                        .deliver(&topic, partition, request, batch, record_count, Acks::Leader, hops)
+                        .await
+                    {
+                        tracing::warn!(code = ?status.code(), message = status.message(), "acks=none write failed");
+                    }
+                }
+                .in_current_span(),
+            );
+            return Ok(PartitionOffsets {
+                partition,
+                base_offset: None,
+                record_count,
+            });
+        }
+        self.deliver(topic, partition, request, batch, record_count, acks, hops)
+            .await
+    }
+
+    /// Writes `batch` (built from `request`) on the partition leader: here, or by forwarding
+    /// `request` to it.
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver(
+        &self,
+        topic: &TopicRecord,
+        partition: u32,
+        request: ProduceRequest,
+        batch: Bytes,
+        record_count: u32,
+        acks: Acks,
+        hops: u32,
+    ) -> Result<PartitionOffsets, Status> {
+        let replica = self
+            .partitions
+            .get(&topic.name, partition)
+            .filter(|r| r.topic_id == topic.id);
+        let leader_here = replica.as_ref().is_some_and(|r| r.group.is_leader());
+        let Some(replica) = replica.filter(|_| leader_here) else {
+            let mut client = self.produce_target(topic, partition, hops)?;
+            self.metrics.forwarded_requests.inc();
+            let forwarded = ProduceRequest {
+                partition: Some(partition),
+                ..request
+            };
+            let response = client
+                .produce(Services::forwarded(forwarded, hops))
+                .await?
+                .into_inner();
+            return Ok(PartitionOffsets {
+                partition,
+                base_offset: response.base_offset,
+                record_count: response.record_count,
+            });
+        };
+        let batch_len = batch.len();
+        let wait = match acks {
+            Acks::Leader => WaitFor::Accepted,
+            _ => WaitFor::Committed,
+        };
+        let applied = replica
+            .group
+            .write_deduplicated_with(batch, WRITE_TIMEOUT, wait)
+            .await
+            .map_err(from_group)?;
+        let base_offset = applied.map(|a| a.base_offset);
+        tracing::debug!(?base_offset, record_count, ?acks, "produced");
+        self.metrics
+            .produced_records
+            .inc_by(u64::from(record_count));
+        self.metrics.produced_bytes.inc_by(batch_len as u64);
+        Ok(PartitionOffsets {
+            partition,
+            base_offset,
+            record_count,
+        })
+    }
+
+    pub(crate) async fn init_producer_inner(
+        &self,
+        _request: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        let producer_id = self
+            .controller
+            .allocate_producer_id()
+            .await
+            .map_err(from_controller)?;
+        tracing::info!(producer_id, "producer id allocated");
+        Ok(Response::new(InitProducerResponse {
+            producer_id,
+            producer_epoch: 0,
+        }))
+    }
+
+    /// Serves a ProduceStream: each request runs like a Produce; requests naming the same
+    /// partition (or the same topic, when routed by key) run one after another in stream order,
+    /// others concurrently. A queue per partition bounds how far the stream is read ahead.
+    pub(crate) fn produce_stream_inner(
+        &self,
+        request: Request<Streaming<ProduceRequest>>,
+    ) -> ProduceStreamResponse {
+        let hops = forward_hops(&request);
+        let mut incoming = request.into_inner();
+        let (answers, answers_rx) = mpsc::channel::<Result<ProduceResponse, Status>>(STREAM_QUEUE);
+        let this = self.clone();
+        let span = tracing::info_span!("produce_stream");
+        tokio::spawn(
+            async move {
+                let mut lanes: HashMap<(String, Option<u32>), mpsc::Sender<ProduceRequest>> =
+                    HashMap::new();
+                loop {
+                    let next = tokio::select! {
+                        next = incoming.message() => next,
+                        () = answers.closed() => break,
+                    };
+                    let request = match next {
+                        Ok(Some(request)) => request,
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::debug!(code = ?status.code(), "produce stream ended by the client");
+                            break;
+                        }
+                    };
+                    let lane = (request.topic.clone(), request.partition);
+                    let sender = lanes
+                        .entry(lane)
+                        .or_insert_with(|| this.spawn_lane(hops, answers.clone()));
+                    if sender.send(request).await.is_err() {
+                        break;
+                    }
+                }
+                // Dropping the lanes lets each finish what it has queued; the answer stream
+                // ends when the last lane does.
+            }
+            .instrument(span),
+        );
+        Box::pin(ReceiverStream::new(answers_rx))
+    }
+
+    /// A task writing the requests of one lane in order, answering each on `answers`.
+    fn spawn_lane(
+        &self,
+        hops: u32,
+        answers: mpsc::Sender<Result<ProduceResponse, Status>>,
+    ) -> mpsc::Sender<ProduceRequest> {
+        let (lane, mut queue) = mpsc::channel::<ProduceRequest>(STREAM_QUEUE);
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                while let Some(request) = queue.recv().await {
+                    let request_id = request.request_id;
+                    let mut forwarded = Request::new(request);
+                    if hops > 0 {
+                        if let Ok(value) = hops.to_string().parse() {
+                            forwarded
+                                .metadata_mut()
+                                .insert(crate::service::FORWARDED, value);
+                        }
+                    }
+                    let result = this.produce_inner(forwarded).await;
+                    crate::metrics::BrokerMetrics::count(&this.metrics.produce_requests, &result);
+                    let answer = match result {
+                        Ok(response) => response,
+                        Err(status) => ProduceResponse {
+                            request_id,
+                            error_code: status.code() as i32,
+                            error_message: status.message().to_string(),
+                            ..ProduceResponse::default()
+                        },
+                    };
+                    if answers.send(Ok(answer)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        lane
+    }
+}
+
+/// The batch to append for a produce request: the client's batch (checked) or one built from
+/// its records, stored with the topic's compression, within its `max.message.bytes`. Returns
+/// the batch and its record count.
+pub(crate) fn produce_batch(
+    request: &ProduceRequest,
+    topic: &TopicRecord,
+) -> Result<(Bytes, u32), Status> {
+    let limit = topic.config.max_message_bytes;
+    let wanted = match topic.config.compression {
+        TopicCompression::Producer => None,
+        TopicCompression::None => Some(Compression::None),
+        TopicCompression::Lz4 => Some(Compression::Lz4),
+    };
+    let bytes = if !request.batch.is_empty() {
+        if !request.records.is_empty() {
+            return Err(Status::invalid_argument(
+                "give records or a batch, not both",
+            ));
+        }
+        check_size(request.batch.len(), limit)?;
+        let batch = ValidBatch::new(request.batch.clone())
+            .map_err(|e| Status::invalid_argument(format!("invalid batch: {e}")))?;
+        let header = *batch.header();
+        if header.control || header.record_count == 0 {
+            return Err(Status::invalid_argument(
+                "empty batch: a produced batch must hold records",
+            ));
+        }
+        match wanted {
+            Some(codec) if codec != header.compression => recompress(&batch, codec)?,
+            _ => request.batch.clone(),
+        }
+    } else {
+        if request.records.is_empty() {
+            return Err(Status::invalid_argument(
+                "empty produce request: no records",
+            ));
+        }
+        let now = now_ms();
+        let mut builder = BatchBuilder::new(wanted.unwrap_or(Compression::None));
+        for record in &request.records {
+            let headers: Vec<(&str, Option<&[u8]>)> = record
+                .headers
+                .iter()
+                .map(|h| (h.key.as_str(), h.value.as_deref()))
+                .collect();
+            let timestamp = if record.timestamp_ms == 0 {
+                now
+            } else {
+                record.timestamp_ms
+            };
+            builder.push(
+                timestamp,
+                record.key.as_deref(),
+                record.value.as_deref(),
+                &headers,
+            );
+        }
+        builder
+            .build()
+            .ok_or_else(|| Status::invalid_argument("empty produce request: no records"))?
+    };
+    check_size(bytes.len(), limit)?;
+    let count = BatchHeader::parse(&bytes)
+        .map(|h| h.record_count)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok((bytes, count))
+}
+
+fn check_size(len: usize, limit: u32) -> Result<(), Status> {
+    if len > limit as usize {
+        return Err(Status::invalid_argument(format!(
+            "batch of {len} bytes exceeds the topic's max.message.bytes limit of {limit} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// `batch` re-encoded with `codec`, keeping its records, timestamps and producer identity.
+fn recompress(batch: &ValidBatch, codec: Compression) -> Result<Bytes, Status> {
+    let header = batch.header();
+    let records = batch
+        .records()
+        .map_err(|e| Status::invalid_argument(format!("invalid batch: {e}")))?;
+    let mut builder = BatchBuilder::new(codec).producer(ProducerInfo {
+        producer_id: header.producer_id,
+        producer_epoch: header.producer_epoch,
+        base_sequence: header.base_sequence,
+    });
+    for record in &records {
+        let headers: Vec<(&str, Option<&[u8]>)> = record
+            .headers
+            .iter()
+            .map(|h| (h.key.as_str(), h.value.as_deref()))
+            .collect();
+        builder.push(
+            record.timestamp,
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &headers,
+        );
+    }
+    builder
+        .build()
+        .ok_or_else(|| Status::invalid_argument("empty batch: a produced batch must hold records"))
+}
