@@ -11,6 +11,7 @@
 //! `proto/weir/v1/weir.proto`.
 
 mod config;
+mod groups;
 mod metrics;
 mod node;
 mod produce;

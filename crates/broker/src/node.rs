@@ -19,6 +19,7 @@ use weir_controller::{
 use weir_proto::peer::peer_server::PeerServer;
 use weir_proto::v1::admin_server::AdminServer;
 use weir_proto::v1::broker_server::BrokerServer;
+use weir_proto::v1::groups_server::GroupsServer;
 use weir_raft::{
     GroupRegistry, LinkFaults, MAX_PEER_MESSAGE_BYTES, PeerNode, PeerService, PeerTransport,
 };
@@ -136,6 +137,7 @@ impl Node {
             partitions: Arc::clone(&partitions),
             transport: Arc::clone(&transport),
             metrics: Arc::clone(&metrics),
+            coordinator: Arc::default(),
         };
         let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
         let metrics_addr = match &config.metrics_addr {
@@ -180,7 +182,8 @@ impl Node {
                         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
                         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
                 )
-                .add_service(AdminServer::new(services))
+                .add_service(AdminServer::new(services.clone()))
+                .add_service(GroupsServer::new(services))
                 .add_service(health_service)
                 .add_service(reflection)
                 .serve_with_incoming_shutdown(incoming, async {
@@ -280,6 +283,7 @@ async fn report_health(health: tonic_health::server::HealthReporter, controller:
         .await;
     health.set_serving::<BrokerServer<Services>>().await;
     health.set_serving::<AdminServer<Services>>().await;
+    health.set_serving::<GroupsServer<Services>>().await;
     tracing::info!("serving: cluster metadata loaded");
 }
 

@@ -35,7 +35,7 @@ pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a leader may take to confirm its leadership for a read.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 /// How many times a request may be forwarded between nodes.
-const MAX_FORWARD_HOPS: u32 = 2;
+pub(crate) const MAX_FORWARD_HOPS: u32 = 2;
 /// Longest long poll of a fetch.
 const MAX_FETCH_WAIT_MS: u32 = 30_000;
 /// The long poll of each fetch behind a Subscribe stream.
@@ -70,6 +70,7 @@ pub(crate) struct Services {
     pub(crate) partitions: Arc<Partitions>,
     pub(crate) transport: Arc<PeerTransport>,
     pub(crate) metrics: Arc<crate::metrics::BrokerMetrics>,
+    pub(crate) coordinator: Arc<crate::groups::Coordinator>,
 }
 
 pub(crate) fn forward_hops<T>(request: &Request<T>) -> u32 {

@@ -418,6 +418,11 @@ impl<S: GroupState> Group<S> {
         self.leader() == Some(self.node_id)
     }
 
+    /// The current Raft term as this replica knows it.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
     /// Voters and learners of the current membership.
     pub fn members(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
         let metrics = self.raft.metrics();
