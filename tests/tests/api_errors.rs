@@ -27,10 +27,11 @@ fn record(value: &str) -> Record {
 fn produce(topic: &str, partition: u32, records: Vec<Record>) -> ProduceRequest {
     ProduceRequest {
         topic: topic.into(),
-        partition,
+        partition: Some(partition),
         records,
         acks: 0,
         batch: Bytes::new(),
+        request_id: 0,
     }
 }
 
@@ -89,6 +90,7 @@ async fn every_error_path_has_its_status_and_loses_nothing() -> anyhow::Result<(
         name: name.into(),
         partitions,
         replication_factor: rf,
+        configs: Default::default(),
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -114,7 +116,7 @@ async fn every_error_path_has_its_status_and_loses_nothing() -> anyhow::Result<(
             .await
         {
             Ok(response) => {
-                assert_eq!(response.into_inner().base_offset, 0);
+                assert_eq!(response.into_inner().base_offset, Some(0));
                 break;
             }
             Err(status)
@@ -250,7 +252,7 @@ async fn every_error_path_has_its_status_and_loses_nothing() -> anyhow::Result<(
         topic: "events".into(),
         partition: 0,
         offset,
-        max_bytes: 0,
+        ..FetchRequest::default()
     };
     expect(
         code(broker.fetch(fetch(99)).await),
@@ -263,8 +265,7 @@ async fn every_error_path_has_its_status_and_loses_nothing() -> anyhow::Result<(
                 .fetch(FetchRequest {
                     topic: "events".into(),
                     partition: 5,
-                    offset: 0,
-                    max_bytes: 0,
+                    ..FetchRequest::default()
                 })
                 .await,
         ),
@@ -301,7 +302,7 @@ async fn every_error_path_has_its_status_and_loses_nothing() -> anyhow::Result<(
         .connect()
         .await?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    for service in ["", "weir.v1.Broker", "weir.v1.Admin"] {
+    for service in ["", "weir.v1.Broker", "weir.v1.Admin", "weir.v1.Groups"] {
         let status = health
             .check(tonic_health::pb::HealthCheckRequest {
                 service: service.into(),
@@ -345,7 +346,12 @@ async fn every_error_path_has_its_status_and_loses_nothing() -> anyhow::Result<(
         anyhow::bail!("reflection did not list services: {answer:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for service in ["weir.v1.Broker", "weir.v1.Admin", "grpc.health.v1.Health"] {
+    for service in [
+        "weir.v1.Broker",
+        "weir.v1.Admin",
+        "weir.v1.Groups",
+        "grpc.health.v1.Health",
+    ] {
         assert!(
             names.iter().any(|n| n == service),
             "{service} not in {names:?}"
