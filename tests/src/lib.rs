@@ -37,3 +37,17 @@ pub fn stored_entries(
     }
     Ok(out)
 }
+
+/// `GET /metrics` from a node's metrics endpoint over a plain HTTP/1.1 connection.
+pub async fn scrape_metrics(addr: Option<std::net::SocketAddr>) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = addr.ok_or_else(|| anyhow::anyhow!("metrics are not enabled"))?;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    anyhow::ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
+    Ok(response)
+}

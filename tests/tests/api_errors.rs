@@ -51,20 +51,6 @@ fn expect(got: Option<(Code, String)>, code: Code, mentions: &str) {
     );
 }
 
-/// `GET /metrics` over a plain HTTP/1.1 connection.
-async fn scrape(addr: Option<std::net::SocketAddr>) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = addr.ok_or_else(|| anyhow::anyhow!("metrics are not enabled"))?;
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    anyhow::ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
-    Ok(response)
-}
-
 async fn start() -> anyhow::Result<(Node, tempfile::TempDir, String)> {
     let dir = tempfile::tempdir()?;
     let config = NodeConfig {
@@ -359,7 +345,7 @@ async fn every_error_path_has_its_status_and_loses_nothing() -> anyhow::Result<(
     }
 
     // The metrics endpoint shows the partition and the requests, errors by code.
-    let metrics = scrape(node.metrics_addr()).await?;
+    let metrics = weir_tests::scrape_metrics(node.metrics_addr()).await?;
     for line in [
         "weir_partition_high_watermark{topic=\"events\",partition=\"0\"} 5",
         "weir_partition_is_leader{topic=\"events\",partition=\"0\"} 1",

@@ -80,6 +80,7 @@ async fn start() -> anyhow::Result<(Node, tempfile::TempDir, Api)> {
     let config = NodeConfig {
         addr: "127.0.0.1:0".into(),
         data_dir: dir.path().to_path_buf(),
+        metrics_addr: Some("127.0.0.1:0".into()),
         ..NodeConfig::default()
     };
     let node = Node::start(config, None).await?;
@@ -204,7 +205,11 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
         Code::InvalidArgument,
         "limit of 1000 bytes",
     );
-    let listed = api.admin.list_topics(ListTopicsRequest {}).await?.into_inner();
+    let listed = api
+        .admin
+        .list_topics(ListTopicsRequest {})
+        .await?
+        .into_inner();
     let small = listed
         .topics
         .iter()
@@ -273,7 +278,11 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
             .filter(|k| partition_for_key(k.as_bytes(), 4) == p)
             .map(|k| k.to_string())
             .collect();
-        assert_eq!(fetch_all(&mut api, "keyed", p).await?, expected, "partition {p}");
+        assert_eq!(
+            fetch_all(&mut api, "keyed", p).await?,
+            expected,
+            "partition {p}"
+        );
     }
     expect(
         api.broker
@@ -321,8 +330,16 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
     }
 
     // Producer ids are unique.
-    let a = api.broker.init_producer(InitProducerRequest {}).await?.into_inner();
-    let b = api.broker.init_producer(InitProducerRequest {}).await?.into_inner();
+    let a = api
+        .broker
+        .init_producer(InitProducerRequest {})
+        .await?
+        .into_inner();
+    let b = api
+        .broker
+        .init_producer(InitProducerRequest {})
+        .await?
+        .into_inner();
     assert_ne!(a.producer_id, b.producer_id);
     assert!(a.producer_id > 0 && b.producer_id > 0);
 
@@ -464,7 +481,11 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
     let existing = fetch_all(&mut api, "keyed", 3).await?;
     for i in 0..3 {
         api.broker
-            .produce(produce("keyed", Some(3), vec![record(None, &format!("live{i}"))]))
+            .produce(produce(
+                "keyed",
+                Some(3),
+                vec![record(None, &format!("live{i}"))],
+            ))
             .await?;
     }
     let expected: Vec<String> = existing
@@ -541,7 +562,11 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
     let a = first.member_id.clone();
     assert_eq!(assigned(&first), vec![0, 1, 2, 3]);
     assert!(first.heartbeat_interval_ms > 0);
-    let topics = api.admin.list_topics(ListTopicsRequest {}).await?.into_inner();
+    let topics = api
+        .admin
+        .list_topics(ListTopicsRequest {})
+        .await?
+        .into_inner();
     assert!(
         topics
             .topics
@@ -557,7 +582,11 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
         .into_inner();
     assert_eq!(assigned(&taken), vec![0, 1, 2, 3]);
     // A second member joins: it gets its share only once the first releases it.
-    let joined = api.groups.heartbeat(heartbeat("g", "", &[])).await?.into_inner();
+    let joined = api
+        .groups
+        .heartbeat(heartbeat("g", "", &[]))
+        .await?
+        .into_inner();
     let b = joined.member_id.clone();
     assert_ne!(a, b);
     assert!(joined.generation > first.generation);
@@ -575,7 +604,12 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert_eq!(assigned(&a_now), a_share);
-    let b_share = assigned(&api.groups.heartbeat(heartbeat("g", &b, &[])).await?.into_inner());
+    let b_share = assigned(
+        &api.groups
+            .heartbeat(heartbeat("g", &b, &[]))
+            .await?
+            .into_inner(),
+    );
     assert_eq!(b_share.len(), 2);
     let all: BTreeSet<u32> = a_share.iter().chain(&b_share).copied().collect();
     assert_eq!(all, BTreeSet::from([0, 1, 2, 3]));
@@ -604,7 +638,9 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
         "live members",
     );
     expect(
-        api.groups.commit_offsets(commit("ghost", a_share[0], 1)).await,
+        api.groups
+            .commit_offsets(commit("ghost", a_share[0], 1))
+            .await,
         Code::NotFound,
         "unknown member",
     );
@@ -654,6 +690,20 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
         "group name",
     );
 
+    // Metrics show the coordinated group: members, committed offsets, requests by result.
+    let metrics = weir_tests::scrape_metrics(node.metrics_addr()).await?;
+    for line in [
+        "weir_group_members{group=\"g\"} 2".to_string(),
+        format!(
+            "weir_group_committed_offset{{group=\"g\",topic=\"orders\",partition=\"{}\"}} 7",
+            a_share[0]
+        ),
+        "weir_group_requests_total{rpc=\"commit_offsets\",result=\"FailedPrecondition\"} 2"
+            .to_string(),
+    ] {
+        assert!(metrics.contains(&line), "metrics lack {line:?}:\n{metrics}");
+    }
+
     // Describe: members, and per partition committed offset, high watermark and lag.
     let described = api
         .groups
@@ -699,7 +749,9 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
         timestamp_ms: 0,
     };
     expect(
-        api.groups.reset_offsets(reset(StartFrom::Earliest, 0)).await,
+        api.groups
+            .reset_offsets(reset(StartFrom::Earliest, 0))
+            .await,
         Code::FailedPrecondition,
         "live members",
     );
@@ -739,7 +791,10 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert_eq!(moved.offsets.len(), 4);
-    assert!(moved.offsets.iter().all(|o| o.offset == 10), "clamped to the high watermark");
+    assert!(
+        moved.offsets.iter().all(|o| o.offset == 10),
+        "clamped to the high watermark"
+    );
     api.groups
         .reset_offsets(ResetOffsetsRequest {
             partitions: vec![1],

@@ -61,7 +61,50 @@ pub(crate) struct Coordinator {
     shards: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<Shard>>>>,
 }
 
+/// What the metrics show of one group coordinated here.
+#[derive(Debug)]
+pub(crate) struct GroupMetrics {
+    pub(crate) name: String,
+    pub(crate) members: usize,
+    pub(crate) committed: Vec<(TopicPartition, u64)>,
+}
+
 impl Coordinator {
+    /// The groups of the shards this node coordinates now (shards busy at this moment are
+    /// left out; the next scrape has them).
+    pub(crate) fn summary(&self) -> Vec<GroupMetrics> {
+        let shards: Vec<_> = self
+            .shards
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for shard in shards {
+            let Ok(shard) = shard.try_lock() else {
+                continue;
+            };
+            if shard.loaded.is_none() {
+                continue;
+            }
+            let names: BTreeSet<&String> =
+                shard.offsets.keys().chain(shard.groups.keys()).collect();
+            for name in names {
+                out.push(GroupMetrics {
+                    name: name.clone(),
+                    members: shard.groups.get(name).map_or(0, |g| g.members.len()),
+                    committed: shard
+                        .offsets
+                        .get(name)
+                        .map(|c| c.iter().map(|(tp, o)| (tp.clone(), *o)).collect())
+                        .unwrap_or_default(),
+                });
+            }
+        }
+        out
+    }
+
     fn shard(&self, partition: u32) -> Arc<tokio::sync::Mutex<Shard>> {
         let mut shards = self
             .shards
@@ -824,7 +867,7 @@ impl Groups for Services {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let span = tracing::debug_span!("heartbeat", group = %request.get_ref().group, member = %request.get_ref().member_id);
-        async move {
+        let result = async move {
             coordinated!(
                 self,
                 request,
@@ -835,7 +878,9 @@ impl Groups for Services {
             )
         }
         .instrument(span)
-        .await
+        .await;
+        self.metrics.count_group("heartbeat", &result);
+        result
     }
 
     async fn leave_group(
@@ -843,7 +888,7 @@ impl Groups for Services {
         request: Request<LeaveGroupRequest>,
     ) -> Result<Response<LeaveGroupResponse>, Status> {
         let span = tracing::info_span!("leave_group", group = %request.get_ref().group, member = %request.get_ref().member_id);
-        async move {
+        let result = async move {
             coordinated!(
                 self,
                 request,
@@ -864,7 +909,9 @@ impl Groups for Services {
             )
         }
         .instrument(span)
-        .await
+        .await;
+        self.metrics.count_group("leave_group", &result);
+        result
     }
 
     async fn commit_offsets(
@@ -872,7 +919,7 @@ impl Groups for Services {
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
         let span = tracing::debug_span!("commit_offsets", group = %request.get_ref().group, member = %request.get_ref().member_id);
-        async move {
+        let result = async move {
             coordinated!(
                 self,
                 request,
@@ -885,7 +932,9 @@ impl Groups for Services {
             )
         }
         .instrument(span)
-        .await
+        .await;
+        self.metrics.count_group("commit_offsets", &result);
+        result
     }
 
     async fn fetch_offsets(
@@ -893,7 +942,7 @@ impl Groups for Services {
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
         let span = tracing::debug_span!("fetch_offsets", group = %request.get_ref().group);
-        async move {
+        let result = async move {
             coordinated!(
                 self,
                 request,
@@ -922,7 +971,9 @@ impl Groups for Services {
             )
         }
         .instrument(span)
-        .await
+        .await;
+        self.metrics.count_group("fetch_offsets", &result);
+        result
     }
 
     async fn list_groups(
@@ -931,7 +982,7 @@ impl Groups for Services {
     ) -> Result<Response<ListGroupsResponse>, Status> {
         let hops = forward_hops(&request);
         let request = request.into_inner();
-        async move {
+        let result = async move {
             let topic = self.offsets_topic().await?;
             let partitions: Vec<u32> = match request.coordinator_partition {
                 Some(p) if p as usize >= topic.partitions.len() => {
@@ -953,7 +1004,9 @@ impl Groups for Services {
             Ok(Response::new(ListGroupsResponse { groups }))
         }
         .instrument(tracing::debug_span!("list_groups"))
-        .await
+        .await;
+        self.metrics.count_group("list_groups", &result);
+        result
     }
 
     async fn describe_group(
@@ -962,7 +1015,7 @@ impl Groups for Services {
     ) -> Result<Response<DescribeGroupResponse>, Status> {
         let hops = forward_hops(&request);
         let span = tracing::debug_span!("describe_group", group = %request.get_ref().group);
-        async move {
+        let result = async move {
             let described = coordinated!(
                 self,
                 request,
@@ -992,7 +1045,9 @@ impl Groups for Services {
             Ok(Response::new(described))
         }
         .instrument(span)
-        .await
+        .await;
+        self.metrics.count_group("describe_group", &result);
+        result
     }
 
     async fn reset_offsets(
@@ -1001,7 +1056,7 @@ impl Groups for Services {
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
         let hops = forward_hops(&request);
         let span = tracing::info_span!("reset_offsets", group = %request.get_ref().group, topic = %request.get_ref().topic);
-        async move {
+        let result = async move {
             validate_group(&request.get_ref().group)?;
             // Resolved before the shard is locked: they ask partition leaders.
             let offsets = self.reset_targets(request.get_ref(), hops).await?;
@@ -1024,7 +1079,9 @@ impl Groups for Services {
             })
         }
         .instrument(span)
-        .await
+        .await;
+        self.metrics.count_group("reset_offsets", &result);
+        result
     }
 }
 
@@ -1051,7 +1108,7 @@ mod tests {
         let counts = BTreeMap::from([("t".to_string(), 6)]);
         let target = group.target(&counts);
         let mut all = BTreeSet::new();
-        for (_, share) in &target {
+        for share in target.values() {
             assert_eq!(share.len(), 2);
             all.extend(share.iter().cloned());
         }

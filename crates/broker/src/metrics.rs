@@ -15,11 +15,33 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use weir_controller::{Controller, Partitions};
 
+use crate::groups::Coordinator;
+
 /// Labels of a request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RequestLabels {
     /// `ok` or the gRPC code name.
     pub(crate) result: String,
+}
+
+/// Labels of a consumer-group request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct GroupRequestLabels {
+    pub(crate) rpc: &'static str,
+    /// `ok` or the gRPC code name.
+    pub(crate) result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    group: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommittedLabels {
+    group: String,
+    topic: String,
+    partition: u32,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +59,7 @@ pub(crate) struct BrokerMetrics {
     pub(crate) fetch_requests: Family<RequestLabels, Counter>,
     pub(crate) fetched_records: Counter,
     pub(crate) forwarded_requests: Counter,
+    pub(crate) group_requests: Family<GroupRequestLabels, Counter>,
 }
 
 impl BrokerMetrics {
@@ -50,6 +73,17 @@ impl BrokerMetrics {
             Err(status) => format!("{:?}", status.code()),
         };
         family.get_or_create(&RequestLabels { result }).inc();
+    }
+
+    /// Counts one consumer-group request with its outcome.
+    pub(crate) fn count_group<T>(&self, rpc: &'static str, result: &Result<T, tonic::Status>) {
+        let result = match result {
+            Ok(_) => "ok".to_string(),
+            Err(status) => format!("{:?}", status.code()),
+        };
+        self.group_requests
+            .get_or_create(&GroupRequestLabels { rpc, result })
+            .inc();
     }
 }
 
@@ -84,6 +118,11 @@ fn register_requests(registry: &mut Registry, metrics: &BrokerMetrics) {
         "Client requests forwarded to another node",
         metrics.forwarded_requests.clone(),
     );
+    registry.register(
+        "weir_group_requests",
+        "Consumer-group requests answered, by call and result",
+        metrics.group_requests.clone(),
+    );
 }
 
 fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<PartitionLabels, Gauge> {
@@ -101,9 +140,39 @@ pub(crate) fn render(
     metrics: &BrokerMetrics,
     controller: &Controller,
     partitions: &Partitions,
+    coordinator: &Coordinator,
 ) -> String {
     let mut registry = Registry::default();
     register_requests(&mut registry, metrics);
+    let members = Family::<GroupLabels, Gauge>::default();
+    registry.register(
+        "weir_group_members",
+        "Live members of each consumer group this node coordinates",
+        members.clone(),
+    );
+    let committed = Family::<CommittedLabels, Gauge>::default();
+    registry.register(
+        "weir_group_committed_offset",
+        "Committed offset of each partition of the consumer groups this node coordinates \
+         (lag = weir_partition_high_watermark - this)",
+        committed.clone(),
+    );
+    for group in coordinator.summary() {
+        members
+            .get_or_create(&GroupLabels {
+                group: group.name.clone(),
+            })
+            .set(as_i64(group.members as u64));
+        for ((topic, partition), offset) in group.committed {
+            committed
+                .get_or_create(&CommittedLabels {
+                    group: group.name.clone(),
+                    topic,
+                    partition,
+                })
+                .set(as_i64(offset));
+        }
+    }
     let high_watermark = gauge_family(
         &mut registry,
         "weir_partition_high_watermark",
@@ -203,12 +272,13 @@ pub(crate) async fn serve(
     metrics: Arc<BrokerMetrics>,
     controller: Arc<Controller>,
     partitions: Arc<Partitions>,
+    coordinator: Arc<Coordinator>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let text = render(&metrics, &controller, &partitions);
+            let text = render(&metrics, &controller, &partitions, &coordinator);
             async move {
                 (
                     [(

@@ -132,12 +132,13 @@ impl Node {
             Arc::clone(&registry),
         );
         let metrics = Arc::new(BrokerMetrics::default());
+        let coordinator = Arc::new(crate::groups::Coordinator::default());
         let services = Services {
             controller: Arc::clone(&controller),
             partitions: Arc::clone(&partitions),
             transport: Arc::clone(&transport),
             metrics: Arc::clone(&metrics),
-            coordinator: Arc::default(),
+            coordinator: Arc::clone(&coordinator),
         };
         let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
         let metrics_addr = match &config.metrics_addr {
@@ -154,6 +155,7 @@ impl Node {
                     metrics,
                     Arc::clone(&controller),
                     Arc::clone(&partitions),
+                    coordinator,
                     metrics_stopped,
                 ));
                 bound

@@ -301,12 +301,12 @@ impl Services {
                 while let Some(request) = queue.recv().await {
                     let request_id = request.request_id;
                     let mut forwarded = Request::new(request);
-                    if hops > 0 {
-                        if let Ok(value) = hops.to_string().parse() {
-                            forwarded
-                                .metadata_mut()
-                                .insert(crate::service::FORWARDED, value);
-                        }
+                    if hops > 0
+                        && let Ok(value) = hops.to_string().parse()
+                    {
+                        forwarded
+                            .metadata_mut()
+                            .insert(crate::service::FORWARDED, value);
                     }
                     let result = this.produce_inner(forwarded).await;
                     crate::metrics::BrokerMetrics::count(&this.metrics.produce_requests, &result);

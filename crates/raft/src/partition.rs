@@ -152,10 +152,10 @@ impl Group<PartitionState> {
             let result = group
                 .check_and_write(&header, batch, within, accepted_tx)
                 .await;
-            if let Err(err) = &result {
-                if wait == WaitFor::Accepted {
-                    tracing::warn!(group = group.id(), error = %err, "write acknowledged to the leader failed");
-                }
+            if let Err(err) = &result
+                && wait == WaitFor::Accepted
+            {
+                tracing::warn!(group = group.id(), error = %err, "write acknowledged to the leader failed");
             }
             result
         });
