@@ -145,11 +145,14 @@ async fn every_error_path_has_its_status_and_loses_nothing() -> anyhow::Result<(
         Code::InvalidArgument,
         "replication factor",
     );
-    expect(
-        code(admin.create_topic(create("rf3", 1, 3)).await),
-        Code::Unavailable,
-        "not enough brokers",
-    );
+    let not_enough = admin.create_topic(create("rf3", 1, 3)).await;
+    let retry_after = not_enough
+        .as_ref()
+        .err()
+        .and_then(tonic_types::StatusExt::get_details_retry_info)
+        .and_then(|info| info.retry_delay);
+    assert_eq!(retry_after, Some(Duration::from_secs(2)), "a retry hint");
+    expect(code(not_enough), Code::Unavailable, "not enough brokers");
     expect(
         code(
             admin

@@ -318,7 +318,7 @@ enum GroupRoute {
 impl Services {
     fn groups_client(&self, addr: &str, hops: u32) -> Result<GroupsClient<Channel>, Status> {
         if hops >= MAX_FORWARD_HOPS {
-            return Err(Status::unavailable(
+            return Err(crate::status::unavailable(
                 "the group coordinator moved while the request was forwarded; retry",
             ));
         }
@@ -339,7 +339,7 @@ impl Services {
 
     async fn offsets_topic(&self) -> Result<TopicRecord, Status> {
         if !self.controller.ready() {
-            return Err(Status::unavailable(
+            return Err(crate::status::unavailable(
                 "this node is still loading the cluster metadata; retry shortly",
             ));
         }
@@ -371,7 +371,9 @@ impl Services {
                     .leader()
                     .and_then(|id| replica.group.node_addr(id))
                     .ok_or_else(|| {
-                        Status::unavailable("the group coordinator is being elected; retry shortly")
+                        crate::status::unavailable(
+                            "the group coordinator is being elected; retry shortly",
+                        )
                     })?;
                 Ok(GroupRoute::Forward(self.groups_client(&leader, hops)?))
             }
@@ -382,7 +384,7 @@ impl Services {
                     .iter()
                     .find_map(|id| metadata.brokers.get(id).map(|b| b.addr.clone()))
                     .ok_or_else(|| {
-                        Status::unavailable("no coordinator address known; retry shortly")
+                        crate::status::unavailable("no coordinator address known; retry shortly")
                     })?;
                 Ok(GroupRoute::Forward(self.groups_client(&addr, hops)?))
             }
@@ -486,7 +488,7 @@ impl Services {
                 Found::Here(topic) => topic.partitions.len() as u32,
                 Found::AskController(_) => {
                     // Not yet known here: the controller has it, so the next heartbeat will.
-                    return Err(Status::unavailable(format!(
+                    return Err(crate::status::unavailable(format!(
                         "topic {name:?} is not known on this node yet; retry shortly"
                     )));
                 }
@@ -657,7 +659,7 @@ impl Services {
                     counts.insert(name.clone(), topic.partitions.len() as u32);
                 }
                 Ok(Found::AskController(_)) => {
-                    return Err(Status::unavailable(format!(
+                    return Err(crate::status::unavailable(format!(
                         "topic {name:?} is not known on this node yet; retry shortly"
                     )));
                 }
@@ -781,7 +783,7 @@ impl Services {
         let count = match self.topic(&request.topic, hops).await? {
             Found::Here(topic) => topic.partitions.len() as u32,
             Found::AskController(_) => {
-                return Err(Status::unavailable(format!(
+                return Err(crate::status::unavailable(format!(
                     "topic {:?} is not known on this node yet; retry shortly",
                     request.topic
                 )));

@@ -131,7 +131,7 @@ impl Services {
     /// artifact of a lagging replica.
     pub(crate) async fn topic(&self, name: &str, hops: u32) -> Result<Found, Status> {
         if !self.controller.ready() {
-            return Err(Status::unavailable(
+            return Err(crate::status::unavailable(
                 "this node is still loading the cluster metadata; retry shortly",
             ));
         }
@@ -151,7 +151,7 @@ impl Services {
         }
         match self.controller.leader_addr() {
             Some(addr) if hops < MAX_FORWARD_HOPS => Ok(Found::AskController(addr)),
-            _ => Err(Status::unavailable(
+            _ => Err(crate::status::unavailable(
                 "topic not known here and no controller leader to ask; retry shortly",
             )),
         }
@@ -204,7 +204,7 @@ impl Services {
             .replicas
             .iter()
             .find_map(|id| metadata.brokers.get(id).map(|b| b.addr.clone()))
-            .ok_or_else(|| Status::unavailable("no replica address known; retry shortly"))
+            .ok_or_else(|| crate::status::unavailable("no replica address known; retry shortly"))
     }
 
     /// Where to send a produce this node cannot serve: the leader if a local replica knows it,
@@ -256,10 +256,10 @@ impl Services {
             .leader()
             .filter(|leader| *leader != replica.group.node_id())
             .ok_or_else(|| {
-                Status::unavailable("the partition's leadership is changing; retry shortly")
+                crate::status::unavailable("the partition's leadership is changing; retry shortly")
             })?;
         let addr = replica.group.node_addr(leader).ok_or_else(|| {
-            Status::unavailable("the leader's address is not known yet; retry shortly")
+            crate::status::unavailable("the leader's address is not known yet; retry shortly")
         })?;
         self.broker_client(&addr, hops)
     }
@@ -271,7 +271,7 @@ impl Services {
         hops: u32,
     ) -> Result<BrokerClient<tonic::transport::Channel>, Status> {
         if hops >= MAX_FORWARD_HOPS {
-            return Err(Status::unavailable(
+            return Err(crate::status::unavailable(
                 "the partition's leader moved while the request was forwarded; retry",
             ));
         }
@@ -310,7 +310,9 @@ impl Services {
             .controller
             .leader_addr()
             .filter(|_| hops < MAX_FORWARD_HOPS)
-            .ok_or_else(|| Status::unavailable("no controller leader known; retry shortly"))?;
+            .ok_or_else(|| {
+                crate::status::unavailable("no controller leader known; retry shortly")
+            })?;
         let channel = self
             .transport
             .channel(&addr)
@@ -785,7 +787,7 @@ impl Admin for Services {
     ) -> Result<Response<ListTopicsResponse>, Status> {
         let hops = forward_hops(&request);
         if !self.controller.ready() {
-            return Err(Status::unavailable(
+            return Err(crate::status::unavailable(
                 "this node is still loading the cluster metadata; retry shortly",
             ));
         }

@@ -6,6 +6,28 @@ use weir_controller::{ControllerError, MetadataError};
 use weir_raft::GroupError;
 use weir_storage::StorageError;
 
+/// How long UNAVAILABLE answers ask clients to wait before they retry (`google.rpc.RetryInfo` in
+/// the status details, readable by any gRPC client).
+pub(crate) const RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+/// The wait asked for when there are not enough brokers (they take longer to come back).
+const NOT_ENOUGH_BROKERS_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// UNAVAILABLE with a retry hint: `message` plus `RetryInfo { retry_delay }`.
+pub(crate) fn unavailable_after(message: impl Into<String>, delay: std::time::Duration) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    Status::with_error_details(
+        Code::Unavailable,
+        message,
+        ErrorDetails::with_retry_info(Some(delay)),
+    )
+}
+
+/// UNAVAILABLE (leadership changing, a node starting, replication timed out) with the standard
+/// retry hint of [`RETRY_DELAY`].
+pub(crate) fn unavailable(message: impl Into<String>) -> Status {
+    unavailable_after(message, RETRY_DELAY)
+}
+
 /// Trailer naming the partition leader on FAILED_PRECONDITION: `ID@HOST:PORT`.
 pub const LEADER_TRAILER: &str = "weir-leader";
 
@@ -29,12 +51,12 @@ pub(crate) fn from_group(err: GroupError) -> Status {
             leader_addr,
         } => match leader {
             Some(_) => not_leader(leader, leader_addr.as_deref()),
-            None => Status::unavailable("the partition has no leader right now; retry shortly"),
+            None => unavailable("the partition has no leader right now; retry shortly"),
         },
         GroupError::Storage(err) => from_storage(err),
         GroupError::Sequence(message) => Status::aborted(message),
         err @ GroupError::Duplicate { .. } => Status::already_exists(err.to_string()),
-        GroupError::Raft(message) => Status::unavailable(format!(
+        GroupError::Raft(message) => unavailable(format!(
             "replication did not complete: {message}; retry shortly"
         )),
         other => Status::internal(other.to_string()),
@@ -51,6 +73,9 @@ pub(crate) fn from_storage(err: StorageError) -> Status {
         StorageError::Closed => Code::Unavailable,
         _ => Code::Internal,
     };
+    if code == Code::Unavailable {
+        return unavailable(err.to_string());
+    }
     Status::new(code, err.to_string())
 }
 
@@ -63,7 +88,9 @@ pub(crate) fn from_metadata(err: MetadataError) -> Status {
         | MetadataError::InvalidConfig { .. }
         | MetadataError::UnknownConfig(_)
         | MetadataError::Invalid(_) => Code::InvalidArgument,
-        MetadataError::NotEnoughBrokers { .. } => Code::Unavailable,
+        MetadataError::NotEnoughBrokers { .. } => {
+            return unavailable_after(err.to_string(), NOT_ENOUGH_BROKERS_RETRY_DELAY);
+        }
     };
     Status::new(code, err.to_string())
 }
