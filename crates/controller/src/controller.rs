@@ -248,13 +248,15 @@ impl Controller {
     }
 
     /// The internal topic of consumer-group offsets, created on first use with `partitions`
-    /// partitions and as many replicas as there are live brokers, up to 3. Kept forever and
-    /// never compressed by the broker.
+    /// partitions and as many replicas as there are brokers, up to 3. Kept forever.
     pub async fn offsets_topic(&self, partitions: u32) -> Result<TopicRecord, ControllerError> {
         if let Some(topic) = self.metadata().topics.get(OFFSETS_TOPIC) {
             return Ok(topic.clone());
         }
-        let brokers = self.alive_brokers().len().max(1) as u32;
+        // Replicated like the data it tracks: on 3 brokers (or as many as the cluster has, when
+        // fewer). Not only on the live ones: a broker that is down for a moment must not leave
+        // the offsets with fewer copies forever; creation waits (UNAVAILABLE) until they answer.
+        let brokers = self.metadata().brokers.len().max(1) as u32;
         let config = TopicConfig {
             retention_ms: None,
             retention_bytes: None,
