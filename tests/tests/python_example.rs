@@ -1,0 +1,253 @@
+//! The Python example (`examples/python/`) works against a real cluster, run the way its README
+//! tells a user: `run.sh setup` (a venv with the pinned grpcio packages, stubs generated from
+//! `proto/` by `grpc_tools.protoc`), then `run.sh example --broker HOST:PORT` against three
+//! `weir server` processes — once through the controller leader and once through another node,
+//! since any node must serve any request.
+//!
+//! The venv is kept in `target/python-example/venv` and rebuilt only when `requirements.txt`
+//! changes (run.sh keeps a copy in the venv as the marker), so re-runs skip the install. The
+//! stubs go to a temporary directory removed at the end. Without `python3` the test fails and
+//! says what to install; it never skips.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use weir_proto::v1::MetadataRequest;
+use weir_proto::v1::broker_client::BrokerClient;
+use weir_tests::process_cluster::ProcessCluster;
+
+/// Creating the venv downloads the grpcio wheels on a fresh machine.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(600);
+/// One run of the example (it waits up to its own `--timeout` for the node and leaders).
+const EXAMPLE_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("examples")
+        .join("python")
+}
+
+/// The cargo target directory this test was built into (`target/<profile>/deps/<test>`).
+fn target_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .context("test binary is not in target/<profile>/deps")
+}
+
+/// Fails (never skips) when `python3` cannot be run.
+fn require_python() -> anyhow::Result<()> {
+    match Command::new("python3").arg("--version").output() {
+        Ok(output) if output.status.success() => Ok(()),
+        Ok(output) => bail!(
+            "python3 --version failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(err) => bail!(
+            "this test needs python3 with venv support, which is not installed ({err}); \
+             on Debian: apt-get install python3 python3-venv python3-pip (.ci/run does this)"
+        ),
+    }
+}
+
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "exit status {}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `command` to completion with its output captured; after `within` it is killed, with
+/// every process it started (it runs in a process group of its own).
+fn run(command: &mut Command, within: Duration) -> anyhow::Result<Run> {
+    let what = format!("{command:?}");
+    let mut child = command
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    // Drain both pipes on their own threads so a chatty child never blocks on a full pipe.
+    let err_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        let _ = done.send((child.wait(), text));
+    });
+    let (status, stdout) = match finished.recv_timeout(within) {
+        Ok((status, stdout)) => (status?, stdout),
+        Err(_) => {
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+            let (_, stdout) = finished.recv()?;
+            let stderr = err_reader.join().unwrap_or_default();
+            bail!(
+                "{what} did not finish within {within:?}; killed it\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}"
+            );
+        }
+    };
+    let stderr = err_reader.join().unwrap_or_default();
+    Ok(Run {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// The node leading the controller group, as `addr` reports it once it knows one.
+fn controller(addr: &str, within: Duration) -> anyhow::Result<u64> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let answer: anyhow::Result<u64> = async {
+                let mut client = BrokerClient::connect(format!("http://{addr}")).await?;
+                let metadata = client.metadata(MetadataRequest::default()).await?;
+                Ok(metadata.into_inner().controller)
+            }
+            .await;
+            let last = match answer {
+                Ok(0) => "no controller leader known yet".to_string(),
+                Ok(id) => return Ok(id),
+                Err(err) => err.to_string(),
+            };
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{addr} named no controller within {within:?} (last: {last})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// The last lines of every node's log, for failure messages.
+fn node_logs(cluster: &ProcessCluster) -> String {
+    let mut out = String::new();
+    for id in cluster.node_ids() {
+        let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        out.push_str(&format!("--- node {id} log (last 30 lines) ---\n"));
+        for line in &lines[lines.len().saturating_sub(30)..] {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn python_example_runs_against_any_node() -> anyhow::Result<()> {
+    require_python()?;
+    let run_sh = example_dir().join("run.sh");
+    let venv = target_dir()?.join("python-example").join("venv");
+    let stubs = tempfile::tempdir()?;
+    let with_env = |command: &mut Command| {
+        command
+            .env("WEIR_PY_VENV", &venv)
+            .env("WEIR_PY_STUBS", stubs.path());
+    };
+
+    // 1. The README's first command: venv (reused when unchanged) and stubs.
+    let started = Instant::now();
+    let mut setup = Command::new("bash");
+    setup.arg(&run_sh).arg("setup");
+    with_env(&mut setup);
+    let setup = run(&mut setup, SETUP_TIMEOUT)?;
+    ensure!(
+        setup.status.success(),
+        "run.sh setup failed: {}",
+        setup.describe()
+    );
+    ensure!(
+        stubs.path().join("weir/v1/weir_pb2_grpc.py").is_file(),
+        "run.sh setup generated no stubs in {}: {}",
+        stubs.path().display(),
+        setup.describe()
+    );
+    eprintln!("run.sh setup: {:?}\n{}", started.elapsed(), setup.stdout);
+
+    // 2. The README's second command, against the controller and against another node.
+    let mut cluster = ProcessCluster::start(3)?;
+    let controller = controller(&cluster.addr(1), Duration::from_secs(60))?;
+    let other = cluster
+        .node_ids()
+        .into_iter()
+        .find(|id| *id != controller)
+        .context("a node other than the controller")?;
+    for (role, node) in [
+        ("the controller", controller),
+        ("a node that is not the controller", other),
+    ] {
+        let topic = format!("python-example-{node}");
+        let mut example = Command::new("bash");
+        example
+            .arg(&run_sh)
+            .arg("example")
+            .args(["--broker", &cluster.addr(node)])
+            .args(["--topic", &topic])
+            .args(["--timeout", "90"]);
+        with_env(&mut example);
+        let started = Instant::now();
+        let result = run(&mut example, EXAMPLE_TIMEOUT)?;
+        println!(
+            "example against node {node} ({role}), {:?}:\n{}",
+            started.elapsed(),
+            result.stdout
+        );
+        ensure!(
+            result.status.success(),
+            "the example failed against node {node} ({role}): {}\n{}",
+            result.describe(),
+            node_logs(&cluster)
+        );
+        for expected in [
+            format!("{} is SERVING", cluster.addr(node)),
+            format!(
+                "created topic {topic}: 3 partitions, replication factor 3, retention.ms=86400000"
+            ),
+            "produced 5 records to partition 0 at offsets 0..4 (acks=ALL)".to_string(),
+            "produced 3 records to partition 0 at offsets 5..7".to_string(),
+            "produced 9 keyed records without a partition".to_string(),
+            "fetched partition 0 from the earliest offset".to_string(),
+            "replayed partition 0 from offset 2".to_string(),
+            "ListOffsets says offset 5, Fetch returned".to_string(),
+            "subscribed to partition 0 from offset 6".to_string(),
+            format!("described {topic}"),
+            "all checks passed".to_string(),
+        ] {
+            ensure!(
+                result.stdout.contains(&expected),
+                "the example's output against node {node} lacks {expected:?}: {}",
+                result.describe()
+            );
+        }
+    }
+    cluster.stop_all()?;
+    Ok(())
+}
