@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, ensure};
 use tokio::sync::Mutex;
-use weir_client::{Client, Producer};
+use weir_client::{Client, IdempotentBatcher};
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -40,7 +40,8 @@ impl Workload {
                 let stopping = Arc::clone(&stopping);
                 let topic = topic.to_string();
                 tokio::spawn(async move {
-                    let mut producer = Producer::new();
+                    let (producer_id, epoch) = client.init_producer().await?;
+                    let mut producer = IdempotentBatcher::new(producer_id, epoch);
                     let mut batches = 0u64;
                     while !stopping.load(Ordering::Relaxed) {
                         let values: Vec<String> = (0..batch_records)

@@ -1,6 +1,8 @@
 //! The `weir` command as a user runs it: `weir local` starts a 3-node cluster, topics are created,
 //! lines produced and consumed, the cluster stops on SIGTERM and restarts on its data with nothing
-//! lost; bad command lines and configurations fail with a message naming the problem.
+//! lost; bad command lines and configurations fail with a message naming the problem. Against a
+//! process cluster: keys, headers and JSON output, topic settings, consumer groups (resuming,
+//! lag, reset, --follow), and cluster status with a node down.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,7 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use weir_tests::process_cluster::weir_binary;
+use weir_client::partition_for_key;
+use weir_tests::process_cluster::{ProcessCluster, weir_binary};
 
 /// Three consecutive free ports on 127.0.0.1.
 fn free_base_port() -> anyhow::Result<u16> {
@@ -388,5 +391,359 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         "records differ after restart"
     );
     stop_local(local)?;
+    Ok(())
+}
+
+/// Runs `weir ARGS --brokers B` and parses its stdout as one JSON document.
+fn weir_json(binary: &Path, args: &[&str], brokers: &str) -> anyhow::Result<serde_json::Value> {
+    let run = weir(
+        binary,
+        &[args, &["--output", "json", "--brokers", brokers]].concat(),
+        None,
+    )?;
+    ensure!(run.code == Some(0), "{args:?}: {}", run.stderr);
+    serde_json::from_str(&run.stdout).with_context(|| format!("{args:?}: {}", run.stdout))
+}
+
+/// `weir consume --output json` lines, parsed.
+fn json_lines(stdout: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l:?}")))
+        .collect()
+}
+
+/// The (partition, lag) of every partition of a group, via `weir group describe --output json`.
+fn group_lag(binary: &Path, group: &str, brokers: &str) -> anyhow::Result<u64> {
+    let described = weir_json(binary, &["group", "describe", group], brokers)?;
+    let partitions = described["partitions"]
+        .as_array()
+        .context("partitions")?
+        .clone();
+    Ok(partitions.iter().filter_map(|p| p["lag"].as_u64()).sum())
+}
+
+fn wait_for(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
+    let mut cluster = ProcessCluster::start(3)?;
+    let binary = cluster.binary().to_path_buf();
+    let brokers = cluster.brokers().join(",");
+    let b = ["--brokers", brokers.as_str()];
+    let run = |args: &[&str], stdin: Option<&str>| weir(&binary, &[args, &b].concat(), stdin);
+
+    // A topic with a setting, shown by describe.
+    let create = run(
+        &[
+            "topic",
+            "create",
+            "kv",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+            "--config",
+            "retention.ms=3600000",
+        ],
+        None,
+    )?;
+    ensure!(create.code == Some(0), "topic create: {}", create.stderr);
+    let described = weir_json(&binary, &["topic", "describe", "kv"], &brokers)?;
+    ensure!(
+        described["configs"]["retention.ms"] == "3600000",
+        "{described}"
+    );
+    let bad_config = run(
+        &["topic", "create", "bad", "--config", "retention.ms=soon"],
+        None,
+    )?;
+    ensure!(
+        bad_config.code == Some(1) && bad_config.stderr.contains("retention.ms"),
+        "{}",
+        bad_config.stderr
+    );
+
+    // Keys from a separator, headers on every record.
+    let produce = run(
+        &[
+            "produce",
+            "kv",
+            "--separator",
+            ":",
+            "--header",
+            "src=cli",
+            "--header",
+            "n=1",
+        ],
+        Some("alice:1\nbob:2\ncarol:3\nalice:4\n"),
+    )?;
+    ensure!(produce.code == Some(0), "produce: {}", produce.stderr);
+    ensure!(
+        produce.stderr.contains("4 records acknowledged"),
+        "{}",
+        produce.stderr
+    );
+    // One key for all records.
+    let fixed = run(&["produce", "kv", "--key", "fixed"], Some("x\ny\n"))?;
+    ensure!(fixed.code == Some(0), "produce --key: {}", fixed.stderr);
+    // A line without the separator is named, and the command fails.
+    let bad_line = run(
+        &["produce", "kv", "--separator", ":"],
+        Some("dave:5\nno separator here\n"),
+    )?;
+    ensure!(
+        bad_line.code == Some(1) && bad_line.stderr.contains("line 2"),
+        "{}",
+        bad_line.stderr
+    );
+
+    let consume = run(&["consume", "kv", "--output", "json"], None)?;
+    ensure!(consume.code == Some(0), "consume: {}", consume.stderr);
+    let records = json_lines(&consume.stdout)?;
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for r in &records {
+        let key = r["key"].as_str().context("key")?.to_string();
+        let value = r["value"].as_str().context("value")?.to_string();
+        ensure!(r["topic"] == "kv", "{r}");
+        ensure!(
+            r["partition"].as_u64() == Some(u64::from(partition_for_key(key.as_bytes(), 3))),
+            "{key} is not on its key's partition: {r}"
+        );
+        ensure!(
+            r["offset"].is_u64() && r["timestamp"].as_i64().is_some_and(|t| t > 0),
+            "{r}"
+        );
+        let headers = r["headers"].as_array().context("headers")?;
+        if ["alice", "bob", "carol"].contains(&key.as_str()) {
+            ensure!(
+                headers.len() == 2
+                    && headers[0]["key"] == "src"
+                    && headers[0]["value"] == "cli"
+                    && headers[1]["key"] == "n"
+                    && headers[1]["value"] == "1",
+                "{r}"
+            );
+        }
+        pairs.push((key, value));
+    }
+    pairs.sort();
+    // "dave:5" was sent before the bad line stopped the command.
+    let want: Vec<(String, String)> = [
+        ("alice", "1"),
+        ("alice", "4"),
+        ("bob", "2"),
+        ("carol", "3"),
+        ("dave", "5"),
+        ("fixed", "x"),
+        ("fixed", "y"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    ensure!(pairs == want, "{pairs:?}");
+
+    // A group reads part, then resumes where it stopped.
+    let first = run(
+        &[
+            "consume", "kv", "--group", "g1", "--from", "earliest", "--count", "4",
+        ],
+        None,
+    )?;
+    ensure!(first.code == Some(0), "consume --group: {}", first.stderr);
+    let second = run(
+        &["consume", "kv", "--group", "g1", "--from", "earliest"],
+        None,
+    )?;
+    ensure!(
+        second.code == Some(0),
+        "consume --group again: {}",
+        second.stderr
+    );
+    let first_values: Vec<&str> = first.stdout.lines().collect();
+    let second_values: Vec<&str> = second.stdout.lines().collect();
+    ensure!(
+        first_values.len() == 4 && second_values.len() == 3,
+        "first {first_values:?}, second {second_values:?}"
+    );
+    let mut all: Vec<&str> = first_values.iter().chain(&second_values).copied().collect();
+    all.sort_unstable();
+    ensure!(all == ["1", "2", "3", "4", "5", "x", "y"], "{all:?}");
+    ensure!(group_lag(&binary, "g1", &brokers)? == 0);
+
+    // New records show up as lag.
+    let more = run(&["produce", "kv"], Some("m1\nm2\nm3\n"))?;
+    ensure!(more.code == Some(0), "produce: {}", more.stderr);
+    ensure!(group_lag(&binary, "g1", &brokers)? == 3);
+    let table = run(&["group", "describe", "g1"], None)?;
+    ensure!(
+        table.code == Some(0) && table.stdout.contains("LAG") && table.stdout.contains("COMMITTED"),
+        "{}",
+        table.stdout
+    );
+    let groups = weir_json(&binary, &["group", "list"], &brokers)?;
+    ensure!(
+        groups["groups"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|g| g["group"] == "g1" && g["members"] == 0)),
+        "{groups}"
+    );
+
+    // Reset to the start: everything is lag again, and the group reads it all.
+    let reset = weir_json(
+        &binary,
+        &["group", "reset", "g1", "--topic", "kv", "--to", "earliest"],
+        &brokers,
+    )?;
+    ensure!(
+        reset["offsets"].as_array().is_some_and(|o| o.len() == 3),
+        "{reset}"
+    );
+    ensure!(group_lag(&binary, "g1", &brokers)? == 10);
+    let again = run(&["consume", "kv", "--group", "g1"], None)?;
+    ensure!(again.code == Some(0), "{}", again.stderr);
+    ensure!(again.stdout.lines().count() == 10, "{}", again.stdout);
+    ensure!(group_lag(&binary, "g1", &brokers)? == 0);
+
+    // --follow waits for new records; Ctrl-C commits and leaves.
+    let mut follow = Command::new(&binary)
+        .args([
+            "consume",
+            "kv",
+            "--group",
+            "g1",
+            "--follow",
+            "--brokers",
+            &brokers,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = follow.stdout.take().context("stdout")?;
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    wait_for("the follower joined", Duration::from_secs(30), || {
+        let described = weir_json(&binary, &["group", "describe", "g1"], &brokers)?;
+        Ok(described["members"]
+            .as_array()
+            .is_some_and(|m| m.len() == 1)
+            && described["state"] == "stable")
+    })?;
+    let late = run(&["produce", "kv", "--key", "late"], Some("late-1\n"))?;
+    ensure!(late.code == Some(0), "{}", late.stderr);
+    let line = line_rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("--follow printed nothing")??;
+    ensure!(line == "late-1", "{line}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(follow.id())?),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = follow.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = follow.kill();
+            let _ = follow.wait();
+            anyhow::bail!("weir consume --follow did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = reader.join();
+    ensure!(status.success(), "consume --follow exited with {status}");
+    ensure!(group_lag(&binary, "g1", &brokers)? == 0);
+    let described = weir_json(&binary, &["group", "describe", "g1"], &brokers)?;
+    ensure!(
+        described["members"].as_array().is_some_and(Vec::is_empty),
+        "{described}"
+    );
+
+    // Errors name the problem.
+    let unknown = run(&["consume", "nope"], None)?;
+    ensure!(
+        unknown.code == Some(1) && unknown.stderr.contains("unknown topic"),
+        "{}",
+        unknown.stderr
+    );
+    let no_group = run(&["group", "describe", "nosuch"], None)?;
+    ensure!(
+        no_group.code == Some(1) && no_group.stderr.contains("unknown group"),
+        "{}",
+        no_group.stderr
+    );
+    let bad_to = run(
+        &["group", "reset", "g1", "--topic", "kv", "--to", "soon"],
+        None,
+    )?;
+    ensure!(
+        bad_to.code == Some(1) && bad_to.stderr.contains("--to"),
+        "{}",
+        bad_to.stderr
+    );
+
+    // Cluster status: every node, the controller leader, leaders per node; with a node down,
+    // its partitions are under-replicated.
+    let status = weir_json(&binary, &["cluster", "status"], &brokers)?;
+    ensure!(status["controller_leader"].is_u64(), "{status}");
+    ensure!(
+        status["brokers"].as_array().is_some_and(|b| b.len() == 3),
+        "{status}"
+    );
+    ensure!(
+        status["under_replicated"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "{status}"
+    );
+    let leaders: u64 = status["brokers"]
+        .as_array()
+        .map(|b| b.iter().filter_map(|b| b["leaders"].as_u64()).sum())
+        .unwrap_or(0);
+    ensure!(leaders >= 3, "{status}");
+    cluster.kill(3)?;
+    let two = [cluster.addr(1), cluster.addr(2)].join(",");
+    wait_for("node 3 reported down", Duration::from_secs(60), || {
+        let status = weir_json(&binary, &["cluster", "status"], &two)?;
+        let down = status["brokers"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|b| b["id"] == 3 && b["alive"] == false));
+        let under = status["under_replicated"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|u| u["topic"] == "kv"));
+        Ok(down && under)
+    })?;
+    let table = weir(&binary, &["cluster", "status", "--brokers", &two], None)?;
+    ensure!(
+        table.stdout.contains("under-replicated: kv/"),
+        "{}",
+        table.stdout
+    );
+    cluster.stop_all()?;
     Ok(())
 }

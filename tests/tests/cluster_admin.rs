@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::ensure;
-use weir_client::{Client, Producer};
+use weir_client::{Client, IdempotentBatcher};
 use weir_tests::process_cluster::ProcessCluster;
 
 fn now_ms() -> i64 {
@@ -20,15 +20,17 @@ async fn produce(
     partition: u32,
     values: &[&str],
 ) -> anyhow::Result<u64> {
-    let mut producer = Producer::new();
+    let (producer_id, epoch) = client.init_producer().await?;
+    let mut producer = IdempotentBatcher::new(producer_id, epoch);
     let now = now_ms();
     let batch = producer
         .batch(partition, values.iter().map(|v| (now, None, v.as_bytes())))
         .ok_or_else(|| anyhow::anyhow!("empty batch"))?;
-    Ok(client
+    client
         .produce_batch(topic, partition, batch)
         .await?
-        .base_offset)
+        .base_offset
+        .ok_or_else(|| anyhow::anyhow!("acks=all answered without an offset"))
 }
 
 /// Leader of every partition of `topic` (0 when unknown), as the cluster reports it.

@@ -144,7 +144,11 @@ struct LiveGroup {
 struct Member {
     client_id: String,
     topics: BTreeSet<String>,
+    /// What the member last reported reading.
     owned: BTreeSet<TopicPartition>,
+    /// What the member was last told it may read: held for it like `owned` (it may have started
+    /// reading before its next heartbeat reports so) until its next heartbeat replaces it.
+    granted: BTreeSet<TopicPartition>,
     last_seen: Instant,
     session: Duration,
 }
@@ -198,7 +202,8 @@ impl LiveGroup {
         target
     }
 
-    /// `member`'s share of `target`, without partitions another member still reports owned.
+    /// `member`'s share of `target`, without partitions another member still holds (reports as
+    /// owned, or was granted and has not heartbeat since).
     fn assigned(
         &self,
         member: &str,
@@ -210,10 +215,9 @@ impl LiveGroup {
         share
             .iter()
             .filter(|tp| {
-                !self
-                    .members
-                    .iter()
-                    .any(|(id, m)| id != member && m.owned.contains(*tp))
+                !self.members.iter().any(|(id, m)| {
+                    id != member && (m.owned.contains(*tp) || m.granted.contains(*tp))
+                })
             })
             .cloned()
             .collect()
@@ -378,14 +382,7 @@ impl Services {
                 Ok(GroupRoute::Forward(self.groups_client(&leader, hops)?))
             }
             None => {
-                let metadata = self.controller.metadata();
-                let addr = topic.partitions[partition as usize]
-                    .replicas
-                    .iter()
-                    .find_map(|id| metadata.brokers.get(id).map(|b| b.addr.clone()))
-                    .ok_or_else(|| {
-                        crate::status::unavailable("no coordinator address known; retry shortly")
-                    })?;
+                let addr = self.replica_addr(&topic, partition)?;
                 Ok(GroupRoute::Forward(self.groups_client(&addr, hops)?))
             }
         }
@@ -546,6 +543,7 @@ impl Services {
                     client_id: request.client_id.clone(),
                     topics: topics.clone(),
                     owned: BTreeSet::new(),
+                    granted: BTreeSet::new(),
                     last_seen: now,
                     session: Duration::from_millis(u64::from(session_ms)),
                 },
@@ -567,6 +565,9 @@ impl Services {
         let counts = self.partition_counts(&live.topics(), hops).await?;
         let target = live.target(&counts);
         let assigned = live.assigned(&member_id, &target);
+        if let Some(member) = live.members.get_mut(&member_id) {
+            member.granted = assigned.clone();
+        }
         Ok(HeartbeatResponse {
             member_id,
             generation: live.generation,
@@ -1096,6 +1097,7 @@ mod tests {
             client_id: String::new(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
             owned: owned.iter().map(|(t, p)| (t.to_string(), *p)).collect(),
+            granted: BTreeSet::new(),
             last_seen: Instant::now(),
             session: Duration::from_secs(10),
         }
@@ -1138,6 +1140,30 @@ mod tests {
         group.members.get_mut("a").unwrap().owned = target["a"].clone();
         let d_later = group.assigned("d", &target);
         assert!(due_to_d_held_by_a.is_subset(&d_later) || due_to_d_held_by_a.is_empty());
+    }
+
+    #[test]
+    fn a_partition_granted_but_not_yet_reported_is_not_granted_twice() {
+        let mut group = LiveGroup::default();
+        group.members.insert("a".into(), member(&["t"], &[]));
+        let counts = BTreeMap::from([("t".to_string(), 2)]);
+        let target = group.target(&counts);
+        let to_a = group.assigned("a", &target);
+        assert_eq!(to_a.len(), 2);
+        group.members.get_mut("a").unwrap().granted = to_a.clone();
+        // b joins before a's next heartbeat reports what it reads.
+        group.members.insert("b".into(), member(&["t"], &[]));
+        let target = group.target(&counts);
+        assert!(group.assigned("b", &target).is_disjoint(&to_a));
+        // a's next heartbeat: it reads only its new share (reported owned), and its grant
+        // shrinks to it; then b gets the rest.
+        let a_now = group.assigned("a", &target);
+        let a = group.members.get_mut("a").unwrap();
+        a.granted = a_now.clone();
+        a.owned = a_now.clone();
+        let b_now = group.assigned("b", &target);
+        assert_eq!(b_now.len(), 1);
+        assert!(b_now.is_disjoint(&a_now));
     }
 
     #[test]

@@ -197,14 +197,24 @@ impl Services {
         }
     }
 
-    /// The address of some node hosting `partition` of `topic`.
-    fn replica_addr(&self, topic: &TopicRecord, partition: u32) -> Result<String, Status> {
+    /// The address of another node hosting `partition` of `topic`. When the only replica is on
+    /// this node (its group is still starting), UNAVAILABLE: forwarding to itself would only
+    /// come back here.
+    pub(crate) fn replica_addr(
+        &self,
+        topic: &TopicRecord,
+        partition: u32,
+    ) -> Result<String, Status> {
         let metadata = self.controller.metadata();
+        let own = self.controller.node_id();
         topic.partitions[partition as usize]
             .replicas
             .iter()
+            .filter(|id| **id != own)
             .find_map(|id| metadata.brokers.get(id).map(|b| b.addr.clone()))
-            .ok_or_else(|| crate::status::unavailable("no replica address known; retry shortly"))
+            .ok_or_else(|| {
+                crate::status::unavailable("the partition is starting on this node; retry shortly")
+            })
     }
 
     /// Where to send a produce this node cannot serve: the leader if a local replica knows it,

@@ -12,7 +12,8 @@ use crate::{Brokers, OutputArg, print_json};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ClusterCommand {
-    /// Brokers, the controller leader, partitions and leaders per broker.
+    /// Brokers, the controller leader, replicas and leaders per broker, partitions without a
+    /// leader and under-replicated partitions (a replica on a node that is not alive).
     Status,
     /// Move replicas so each broker holds about as many as the others.
     Rebalance {
@@ -38,6 +39,166 @@ pub(crate) enum ClusterCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         replicas: Vec<u64>,
     },
+}
+
+/// What `weir cluster status` reports, computed from one Metadata answer.
+#[derive(Debug, Default)]
+struct Status {
+    /// Broker → replicas it holds.
+    replicas: BTreeMap<u64, usize>,
+    /// Broker → partitions it leads.
+    leaders: BTreeMap<u64, usize>,
+    /// (topic, partition) without a known leader.
+    leaderless: Vec<(String, u32)>,
+    /// Partitions with a replica on a broker that is not alive.
+    under_replicated: Vec<UnderReplicated>,
+    moving: usize,
+}
+
+#[derive(Debug)]
+struct UnderReplicated {
+    topic: String,
+    partition: u32,
+    leader: u64,
+    replicas: Vec<u64>,
+    down: Vec<u64>,
+}
+
+impl Status {
+    fn of(metadata: &weir_client::MetadataResponse) -> Self {
+        let alive: BTreeMap<u64, bool> = metadata.brokers.iter().map(|b| (b.id, b.alive)).collect();
+        let mut status = Self::default();
+        for topic in &metadata.topics {
+            for partition in &topic.partitions {
+                for id in &partition.replicas {
+                    *status.replicas.entry(*id).or_default() += 1;
+                }
+                match partition.leader {
+                    0 => status
+                        .leaderless
+                        .push((topic.name.clone(), partition.partition)),
+                    id => *status.leaders.entry(id).or_default() += 1,
+                }
+                let down: Vec<u64> = partition
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|id| !alive.get(id).copied().unwrap_or(false))
+                    .collect();
+                if !down.is_empty() {
+                    status.under_replicated.push(UnderReplicated {
+                        topic: topic.name.clone(),
+                        partition: partition.partition,
+                        leader: partition.leader,
+                        replicas: partition.replicas.clone(),
+                        down,
+                    });
+                }
+                if partition.reassigning {
+                    status.moving += 1;
+                }
+            }
+        }
+        status
+    }
+
+    fn json(&self, metadata: &weir_client::MetadataResponse) -> serde_json::Value {
+        let brokers: Vec<serde_json::Value> = metadata
+            .brokers
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "id": b.id,
+                    "address": b.address,
+                    "rack": (!b.rack.is_empty()).then_some(&b.rack),
+                    "alive": b.alive,
+                    "draining": b.decommissioning,
+                    "replicas": self.replicas.get(&b.id).copied().unwrap_or(0),
+                    "leaders": self.leaders.get(&b.id).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        let under: Vec<serde_json::Value> = self
+            .under_replicated
+            .iter()
+            .map(|u| {
+                serde_json::json!({
+                    "topic": u.topic,
+                    "partition": u.partition,
+                    "leader": (u.leader != 0).then_some(u.leader),
+                    "replicas": u.replicas,
+                    "replicas_down": u.down,
+                })
+            })
+            .collect();
+        let leaderless: Vec<serde_json::Value> = self
+            .leaderless
+            .iter()
+            .map(|(t, p)| serde_json::json!({ "topic": t, "partition": p }))
+            .collect();
+        serde_json::json!({
+            "controller_leader": (metadata.controller != 0).then_some(metadata.controller),
+            "brokers": brokers,
+            "partitions": metadata.topics.iter().map(|t| t.partitions.len()).sum::<usize>(),
+            "partitions_without_leader": self.leaderless.len(),
+            "leaderless": leaderless,
+            "under_replicated": under,
+            "partitions_moving": self.moving,
+        })
+    }
+
+    fn print(&self, metadata: &weir_client::MetadataResponse) {
+        println!(
+            "controller leader: {}",
+            match metadata.controller {
+                0 => "none".to_string(),
+                id => format!("node {id}"),
+            }
+        );
+        println!(
+            "{:>4}  {:<22} {:>6} {:>9} {:>8}  state",
+            "NODE", "ADDRESS", "ALIVE", "REPLICAS", "LEADERS"
+        );
+        for broker in &metadata.brokers {
+            println!(
+                "{:>4}  {:<22} {:>6} {:>9} {:>8}  {}",
+                broker.id,
+                broker.address,
+                if broker.alive { "yes" } else { "no" },
+                self.replicas.get(&broker.id).copied().unwrap_or(0),
+                self.leaders.get(&broker.id).copied().unwrap_or(0),
+                if broker.decommissioning {
+                    "draining"
+                } else {
+                    "active"
+                },
+            );
+        }
+        let total: usize = metadata.topics.iter().map(|t| t.partitions.len()).sum();
+        println!(
+            "partitions: {total}; without a known leader: {}; under-replicated: {}; moving: {}",
+            self.leaderless.len(),
+            self.under_replicated.len(),
+            self.moving
+        );
+        for (topic, partition) in &self.leaderless {
+            println!("  no leader: {topic}/{partition}");
+        }
+        for u in &self.under_replicated {
+            println!(
+                "  under-replicated: {}/{}  replicas {:?}, down {:?}, leader {}",
+                u.topic,
+                u.partition,
+                u.replicas,
+                u.down,
+                if u.leader == 0 {
+                    "-".to_string()
+                } else {
+                    u.leader.to_string()
+                }
+            );
+        }
+    }
 }
 
 async fn wait_settled(
@@ -73,71 +234,11 @@ pub(crate) async fn run(
     match command {
         ClusterCommand::Status => {
             let metadata = client.metadata(&[]).await?;
-            let mut replicas: BTreeMap<u64, usize> = BTreeMap::new();
-            let mut leaders: BTreeMap<u64, usize> = BTreeMap::new();
-            let mut leaderless = 0;
-            let mut moving = 0;
-            for partition in metadata.topics.iter().flat_map(|t| &t.partitions) {
-                for id in &partition.replicas {
-                    *replicas.entry(*id).or_default() += 1;
-                }
-                match partition.leader {
-                    0 => leaderless += 1,
-                    id => *leaders.entry(id).or_default() += 1,
-                }
-                if partition.reassigning {
-                    moving += 1;
-                }
-            }
+            let status = Status::of(&metadata);
             if output.json() {
-                let brokers: Vec<serde_json::Value> = metadata
-                    .brokers
-                    .iter()
-                    .map(|b| {
-                        serde_json::json!({
-                            "id": b.id,
-                            "address": b.address,
-                            "alive": b.alive,
-                            "draining": b.decommissioning,
-                            "replicas": replicas.get(&b.id).copied().unwrap_or(0),
-                            "leaders": leaders.get(&b.id).copied().unwrap_or(0),
-                        })
-                    })
-                    .collect();
-                return print_json(&serde_json::json!({
-                    "controller_leader": (metadata.controller != 0).then_some(metadata.controller),
-                    "brokers": brokers,
-                    "partitions_without_leader": leaderless,
-                    "partitions_moving": moving,
-                }));
+                return print_json(&status.json(&metadata));
             }
-            println!(
-                "controller leader: {}",
-                match metadata.controller {
-                    0 => "none".to_string(),
-                    id => format!("node {id}"),
-                }
-            );
-            println!(
-                "{:>4}  {:<22} {:>6} {:>9} {:>8}  state",
-                "NODE", "ADDRESS", "ALIVE", "REPLICAS", "LEADERS"
-            );
-            for broker in &metadata.brokers {
-                println!(
-                    "{:>4}  {:<22} {:>6} {:>9} {:>8}  {}",
-                    broker.id,
-                    broker.address,
-                    if broker.alive { "yes" } else { "no" },
-                    replicas.get(&broker.id).copied().unwrap_or(0),
-                    leaders.get(&broker.id).copied().unwrap_or(0),
-                    if broker.decommissioning {
-                        "draining"
-                    } else {
-                        "active"
-                    },
-                );
-            }
-            println!("partitions without a known leader: {leaderless}; moving: {moving}");
+            status.print(&metadata);
         }
         ClusterCommand::Rebalance { max_moves, wait } => {
             let moves = client.rebalance(max_moves).await?;

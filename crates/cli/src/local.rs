@@ -34,9 +34,13 @@ pub(crate) struct LocalArgs {
     demo: bool,
 }
 
-/// The demo: a replicated topic, ten records in, all of them out, and a replay from an offset.
+/// The demo: a replicated topic; ten records in (five stamped a minute ago, five now), all of them
+/// out; a replay from an offset and one from a time; a consumer group that reads and commits.
 async fn demo(brokers: &[String], replication_factor: u32) -> anyhow::Result<()> {
-    let client = weir_client::Client::new(brokers)?;
+    use std::sync::Arc;
+    use weir_client::{Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord};
+
+    let client = Arc::new(weir_client::Client::new(brokers)?);
     let topic = "weir-demo";
     let exists = client
         .metadata(&[])
@@ -50,40 +54,95 @@ async fn demo(brokers: &[String], replication_factor: u32) -> anyhow::Result<()>
             "demo: created topic {topic} (1 partition, replication factor {replication_factor})"
         );
     }
-    let mut producer = weir_client::Producer::new();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let values: Vec<String> = (1..=10).map(|i| format!("hello {i}")).collect();
-    let batch = producer
-        .batch(0, values.iter().map(|v| (now, None, v.as_bytes())))
-        .context("empty demo batch")?;
-    let produced = client.produce_batch(topic, 0, batch).await?;
-    println!(
-        "demo: produced 10 records at offsets {}..{} (acknowledged by a majority, on disk)",
-        produced.base_offset,
-        produced.base_offset + 9
-    );
-    let fetched = client
-        .fetch(topic, 0, produced.base_offset, 1 << 20)
-        .await?;
-    for record in fetched.records.iter().take(10) {
-        println!(
-            "demo: offset {:>4}  {}",
-            record.offset,
-            String::from_utf8_lossy(record.value.as_deref().unwrap_or(b""))
+    let a_minute_ago = now - 60_000;
+    let producer = Producer::new(Arc::clone(&client), ProducerConfig::default()).await?;
+    let mut deliveries = Vec::new();
+    for i in 1..=10 {
+        let stamp = if i <= 5 { a_minute_ago + i } else { now + i };
+        let record = ProducerRecord::new(format!("hello {i}"))
+            .key(format!("user-{}", i % 3))
+            .header("source", "weir-demo")
+            .timestamp_ms(stamp)
+            .partition(0);
+        deliveries.push(producer.send(topic, record).await?);
+    }
+    producer.flush().await?;
+    let mut offsets = Vec::new();
+    for delivery in deliveries {
+        offsets.push(
+            delivery
+                .await?
+                .offset
+                .context("acks=all answers with offsets")?,
         );
     }
-    let replay_from = produced.base_offset + 7;
-    let replay = client.fetch(topic, 0, replay_from, 1 << 20).await?;
+    producer.close().await?;
+    let (first, last) = match (offsets.first(), offsets.last()) {
+        (Some(first), Some(last)) => (*first, *last),
+        _ => bail!("no demo record was produced"),
+    };
     println!(
-        "demo: replay from offset {replay_from}: {}",
-        replay
-            .records
+        "demo: produced 10 records at offsets {first}..{last} (acknowledged by a majority, on disk; \
+         hello 1-5 stamped a minute ago, hello 6-10 now)"
+    );
+    let values = |records: &[weir_client::FetchedRecord]| {
+        records
             .iter()
             .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or(b"")).into_owned())
             .collect::<Vec<_>>()
             .join(", ")
+    };
+    let fetched = client.fetch(topic, 0, first, 1 << 20).await?;
+    for record in fetched.records.iter().take(10) {
+        println!(
+            "demo: offset {:>4}  key {:<7} {}",
+            record.offset,
+            String::from_utf8_lossy(record.key.as_deref().unwrap_or(b"")),
+            String::from_utf8_lossy(record.value.as_deref().unwrap_or(b""))
+        );
+    }
+    let replay_from = first + 7;
+    let replay = client.fetch(topic, 0, replay_from, 1 << 20).await?;
+    println!(
+        "demo: replay from offset {replay_from}: {}",
+        values(&replay.records)
+    );
+    let thirty_seconds_ago = now - 30_000;
+    let by_time = client
+        .list_offsets(topic, 0, Some(thirty_seconds_ago))
+        .await?
+        .offset_for_timestamp
+        .context("the broker answers offsets for a time")?;
+    let replay = client.fetch(topic, 0, by_time, 1 << 20).await?;
+    println!(
+        "demo: replay from 30 seconds ago (offset {by_time}): {}",
+        values(&replay.records)
+    );
+    let mut consumer = Consumer::join(
+        Arc::clone(&client),
+        "weir-demo-group",
+        &[topic.to_string()],
+        ConsumerConfig {
+            reset: weir_client::ResetPolicy::Earliest,
+            ..ConsumerConfig::default()
+        },
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut read = 0usize;
+    loop {
+        read += consumer.poll().await?.len();
+        if (read > 0 && consumer.caught_up()) || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+    }
+    consumer.close().await?;
+    println!(
+        "demo: consumer group weir-demo-group read {read} records and committed its position \
+         (run the demo again: the group resumes where it stopped)"
     );
     Ok(())
 }
@@ -183,7 +242,11 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
         args.nodes.min(3)
     );
     println!("  seq 1 10 | {weir} produce demo");
-    println!("  {weir} consume demo --from earliest");
+    println!("  printf 'alice:1\\nbob:2\\n' | {weir} produce demo --separator : --header src=cli");
+    println!("  {weir} consume demo --from earliest --output json");
+    println!("  {weir} consume demo --group readers --from earliest   # again: resumes");
+    println!("  {weir} consume weir-demo --from @$(date -u -d '-5 min' +%FT%TZ)");
+    println!("  {weir} group describe readers");
     println!("  {weir} cluster status");
     println!("Ctrl-C stops the cluster; run the same command again to restart it on its data.");
     if args.demo

@@ -1,12 +1,15 @@
 //! `weir`: one binary for the server, a local development cluster, and the client commands.
 //!
-//! Exit codes: 0 success; 1 the operation failed (the message says why); 2 bad command line.
+//! Exit codes: 0 success; 1 the operation failed (the message says why, with the server's
+//! status where there is one — for example "unknown topic"); 2 bad command line.
 
 mod cluster;
 mod consume;
+mod group;
 mod local;
 mod produce;
 mod server;
+mod topic;
 
 use std::process::ExitCode;
 
@@ -43,6 +46,41 @@ pub(crate) enum Output {
     Json,
 }
 
+/// Parses `KEY=VALUE` (for `--config` and `--header`).
+pub(crate) fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+/// Parses a position given to `flag`: earliest, latest, an offset, or @TIME — RFC 3339 (for
+/// example @2026-11-23T10:00:00Z) or milliseconds since the Unix epoch.
+pub(crate) fn parse_position(flag: &str, text: &str) -> anyhow::Result<weir_client::Start> {
+    use anyhow::Context;
+    use weir_client::Start;
+    let usage = || format!("{flag} {text:?}: use earliest, latest, an offset or @TIME");
+    match text {
+        "earliest" => Ok(Start::Earliest),
+        "latest" => Ok(Start::Latest),
+        other => match other.strip_prefix('@') {
+            Some(time) => {
+                if let Ok(ms) = time.parse::<i64>() {
+                    return Ok(Start::Timestamp(ms));
+                }
+                let at = humantime::parse_rfc3339_weak(time)
+                    .with_context(|| format!("{}: {time:?} is not an RFC 3339 time", usage()))?;
+                let ms = at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    .with_context(usage)?;
+                Ok(Start::Timestamp(ms))
+            }
+            None => other.parse().map(Start::Offset).with_context(usage),
+        },
+    }
+}
+
 /// The `--output` option of listing commands.
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub(crate) struct OutputArg {
@@ -63,18 +101,14 @@ pub(crate) fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn partition_json(p: &weir_client::PartitionInfo) -> serde_json::Value {
-    serde_json::json!({
-        "partition": p.partition,
-        "leader": (p.leader != 0).then_some(p.leader),
-        "replicas": p.replicas,
-        "reassigning": p.reassigning,
-    })
-}
-
 impl Brokers {
     pub(crate) fn client(&self) -> anyhow::Result<weir_client::Client> {
         Ok(weir_client::Client::new(&self.brokers)?)
+    }
+
+    /// The client, shareable with a producer or consumer.
+    pub(crate) fn shared_client(&self) -> anyhow::Result<std::sync::Arc<weir_client::Client>> {
+        Ok(std::sync::Arc::new(self.client()?))
     }
 }
 
@@ -87,7 +121,7 @@ enum Command {
     /// Create, list and delete topics.
     Topic {
         #[command(subcommand)]
-        command: TopicCommand,
+        command: topic::TopicCommand,
         #[command(flatten)]
         brokers: Brokers,
         #[command(flatten)]
@@ -102,146 +136,19 @@ enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
-    /// Produce records, one per line of standard input.
-    Produce(produce::ProduceArgs),
-    /// Read records, one value per line on standard output.
-    Consume(consume::ConsumeArgs),
-}
-
-#[derive(Debug, Subcommand)]
-enum TopicCommand {
-    /// Create a topic.
-    Create {
-        name: String,
-        #[arg(long, short = 'p', default_value_t = 1)]
-        partitions: u32,
-        #[arg(long, short = 'r', default_value_t = 1)]
-        replication_factor: u32,
+    /// Consumer groups: list, describe (members, committed offsets, lag), reset offsets.
+    Group {
+        #[command(subcommand)]
+        command: group::GroupCommand,
+        #[command(flatten)]
+        brokers: Brokers,
+        #[command(flatten)]
+        output: OutputArg,
     },
-    /// List topics with their partitions, replicas and leaders.
-    List,
-    /// One topic: partitions, replicas, leaders, and each partition's log start and high
-    /// watermark.
-    Describe { name: String },
-    /// Delete a topic and its data.
-    Delete { name: String },
-}
-
-async fn topic(command: TopicCommand, brokers: Brokers, output: OutputArg) -> anyhow::Result<()> {
-    let client = brokers.client()?;
-    match command {
-        TopicCommand::Create {
-            name,
-            partitions,
-            replication_factor,
-        } => {
-            let topic = client
-                .create_topic(&name, partitions, replication_factor)
-                .await?;
-            let count = topic.partitions.len();
-            println!(
-                "created topic {} with {count} partition{}, replication factor {}",
-                topic.name,
-                if count == 1 { "" } else { "s" },
-                topic.replication_factor
-            );
-        }
-        TopicCommand::List if output.json() => {
-            let metadata = client.metadata(&[]).await?;
-            let topics: Vec<serde_json::Value> = metadata
-                .topics
-                .iter()
-                .map(|t| {
-                    serde_json::json!({
-                        "name": t.name,
-                        "replication_factor": t.replication_factor,
-                        "partitions": t.partitions.iter().map(partition_json).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            print_json(&serde_json::json!({ "topics": topics }))?;
-        }
-        TopicCommand::Describe { name } => {
-            let metadata = client.metadata(std::slice::from_ref(&name)).await?;
-            let topic = metadata
-                .topics
-                .first()
-                .ok_or_else(|| anyhow::anyhow!("unknown topic {name:?}"))?;
-            let mut partitions = Vec::new();
-            for p in &topic.partitions {
-                let offsets = client.list_offsets(&name, p.partition, None).await?;
-                partitions.push((p, offsets));
-            }
-            if output.json() {
-                let partitions: Vec<serde_json::Value> = partitions
-                    .iter()
-                    .map(|(p, o)| {
-                        let mut value = partition_json(p);
-                        value["log_start_offset"] = o.log_start_offset.into();
-                        value["high_watermark"] = o.high_watermark.into();
-                        value
-                    })
-                    .collect();
-                print_json(&serde_json::json!({
-                    "name": topic.name,
-                    "replication_factor": topic.replication_factor,
-                    "partitions": partitions,
-                }))?;
-            } else {
-                println!(
-                    "topic {}  partitions {}  replication factor {}",
-                    topic.name,
-                    topic.partitions.len(),
-                    topic.replication_factor
-                );
-                println!(
-                    "{:>9} {:>8} {:>12} {:>14}  replicas",
-                    "PARTITION", "LEADER", "LOG START", "HIGH WATERMARK"
-                );
-                for (p, o) in &partitions {
-                    let leader = if p.leader == 0 {
-                        "-".to_string()
-                    } else {
-                        p.leader.to_string()
-                    };
-                    println!(
-                        "{:>9} {:>8} {:>12} {:>14}  {:?}{}",
-                        p.partition,
-                        leader,
-                        o.log_start_offset,
-                        o.high_watermark,
-                        p.replicas,
-                        if p.reassigning { " (moving)" } else { "" }
-                    );
-                }
-            }
-        }
-        TopicCommand::List => {
-            let metadata = client.metadata(&[]).await?;
-            println!(
-                "{:<24} {:>9} {:>8}  replicas (leader)",
-                "TOPIC", "PARTITION", "LEADER"
-            );
-            for topic in metadata.topics {
-                for p in topic.partitions {
-                    let leader = if p.leader == 0 {
-                        "-".to_string()
-                    } else {
-                        p.leader.to_string()
-                    };
-                    println!(
-                        "{:<24} {:>9} {:>8}  {:?}",
-                        topic.name, p.partition, leader, p.replicas
-                    );
-                }
-            }
-        }
-        TopicCommand::Delete { name } => {
-            client.delete_topic(&name).await?;
-            println!("deleted topic {name}");
-        }
-    }
-    Ok(())
+    /// Produce records, one per line of standard input (or --file).
+    Produce(produce::ProduceArgs),
+    /// Read records, one value (or JSON object) per line on standard output.
+    Consume(consume::ConsumeArgs),
 }
 
 fn init_logging(default: &str) {
@@ -281,7 +188,15 @@ fn main() -> ExitCode {
                 output,
             } => {
                 init_logging("warn");
-                topic(command, brokers, output).await
+                topic::run(command, brokers, output).await
+            }
+            Command::Group {
+                command,
+                brokers,
+                output,
+            } => {
+                init_logging("warn");
+                group::run(command, brokers, output).await
             }
             Command::Cluster {
                 command,
@@ -307,5 +222,36 @@ fn main() -> ExitCode {
             eprintln!("weir: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_client::Start;
+
+    #[test]
+    fn positions_parse() {
+        let parse = |t: &str| parse_position("--from", t).ok();
+        assert_eq!(parse("earliest"), Some(Start::Earliest));
+        assert_eq!(parse("latest"), Some(Start::Latest));
+        assert_eq!(parse("42"), Some(Start::Offset(42)));
+        assert_eq!(
+            parse("@1700000000000"),
+            Some(Start::Timestamp(1_700_000_000_000))
+        );
+        assert_eq!(
+            parse("@2023-11-14T22:13:20Z"),
+            Some(Start::Timestamp(1_700_000_000_000))
+        );
+        for bad in ["yesterday", "@yesterday", "-1", "@"] {
+            let err = parse_position("--from", bad)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            assert!(err.contains("--from"), "{bad}: {err}");
+        }
+        assert_eq!(key_value("a=b=c").ok(), Some(("a".into(), "b=c".into())));
+        assert!(key_value("=b").is_err() && key_value("ab").is_err());
     }
 }
