@@ -514,6 +514,27 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
         bad_line.stderr
     );
 
+    // An exact offset outside the log fails with the range named, instead of waiting.
+    let past_end = run(
+        &[
+            "consume",
+            "kv",
+            "--partition",
+            "0",
+            "--from",
+            "999",
+            "--count",
+            "1",
+        ],
+        None,
+    )?;
+    ensure!(
+        past_end.code == Some(1) && past_end.stderr.contains("outside"),
+        "consume past the end: {:?} {}",
+        past_end.code,
+        past_end.stderr
+    );
+
     let consume = run(&["consume", "kv", "--output", "json"], None)?;
     ensure!(consume.code == Some(0), "consume: {}", consume.stderr);
     let records = json_lines(&consume.stdout)?;

@@ -126,6 +126,13 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
                     args.topic
                 );
             }
+            // An exact offset outside the log is an error, not a silent jump elsewhere; reads
+            // from a named place (earliest, latest, a time) that retention overtakes go on
+            // from the oldest record.
+            config.reset = match start {
+                Start::Offset(_) => ResetPolicy::Fail,
+                _ => ResetPolicy::Earliest,
+            };
             let mut consumer = Consumer::new(Arc::clone(&client), config);
             consumer.assign(&args.topic, &args.partition, start).await?;
             consumer

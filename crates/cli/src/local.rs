@@ -235,6 +235,12 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
     }
     let brokers: Vec<String> = (1..=args.nodes).map(addr).collect();
     let weir = exe.display();
+    println!("Ctrl-C stops the cluster; run the same command again to restart it on its data.");
+    if args.demo
+        && let Err(err) = demo(&brokers, args.nodes.min(3)).await
+    {
+        eprintln!("demo failed: {err:#}");
+    }
     println!("try, in another terminal:");
     println!("  export WEIR_BROKERS={}", brokers.join(","));
     println!(
@@ -248,12 +254,6 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
     println!("  {weir} consume weir-demo --from @$(date -u -d '-5 min' +%FT%TZ)");
     println!("  {weir} group describe readers");
     println!("  {weir} cluster status");
-    println!("Ctrl-C stops the cluster; run the same command again to restart it on its data.");
-    if args.demo
-        && let Err(err) = demo(&brokers, args.nodes.min(3)).await
-    {
-        eprintln!("demo failed: {err:#}");
-    }
 
     // A node that dies (a crash, or `kill -9` to try failover) is restarted on its data after a
     // second; one that keeps dying (5 times in a minute) stops the cluster.

@@ -52,13 +52,18 @@ pub enum ResetPolicy {
     /// Only records produced from now on (Kafka's default).
     #[default]
     Latest,
+    /// No jump: `poll` returns the OUT_OF_RANGE error and the partition is no longer read
+    /// (Kafka's `none`) — for a reader that asked for an exact position. (A group partition
+    /// without a committed offset starts at the earliest record.)
+    Fail,
 }
 
 impl ResetPolicy {
-    fn start(self) -> Start {
+    fn start(self) -> Option<Start> {
         match self {
-            Self::Earliest => Start::Earliest,
-            Self::Latest => Start::Latest,
+            Self::Earliest => Some(Start::Earliest),
+            Self::Latest => Some(Start::Latest),
+            Self::Fail => None,
         }
     }
 }
@@ -794,7 +799,10 @@ impl Consumer {
         for tp in confirmed {
             self.claimed.remove(&tp);
             let offset = committed.get(&(tp.0.to_string(), tp.1)).copied();
-            let start = offset.map_or(self.config.reset.start(), Start::Offset);
+            // `Fail` is for exact positions; a group partition nobody committed yet starts at
+            // the oldest record under it.
+            let reset = self.config.reset.start().unwrap_or(Start::Earliest);
+            let start = offset.map_or(reset, Start::Offset);
             self.start_partition(tp.clone(), start);
             if let Some(state) = self.partitions.get_mut(&tp) {
                 state.committed = offset;
@@ -891,8 +899,17 @@ async fn fetch_loop(
                 }
             }
             Err(err) if err.code() == Some(Code::OutOfRange) => {
+                let Some(reset) = config.reset.start() else {
+                    let message = Fetched::Error {
+                        tp: tp.clone(),
+                        epoch,
+                        error: err,
+                    };
+                    let _ = tx.send(message).await;
+                    return;
+                };
                 tracing::warn!(topic = %tp.0, partition = tp.1, %err, policy = ?config.reset, "position outside the log; resetting");
-                start = config.reset.start();
+                start = reset;
                 continue;
             }
             Err(error) => {
