@@ -51,3 +51,15 @@ pub async fn scrape_metrics(addr: Option<std::net::SocketAddr>) -> anyhow::Resul
     anyhow::ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
     Ok(response)
 }
+
+/// One in-process node forming a single-node cluster, on an ephemeral loopback port, with its
+/// data in `dir` (start it again on the same `dir` to restart it) and metrics on another port.
+pub async fn start_single_node(dir: &std::path::Path) -> anyhow::Result<weir_broker::Node> {
+    let config = weir_broker::NodeConfig {
+        addr: "127.0.0.1:0".into(),
+        data_dir: dir.to_path_buf(),
+        metrics_addr: Some("127.0.0.1:0".into()),
+        ..weir_broker::NodeConfig::default()
+    };
+    Ok(weir_broker::Node::start(config, None).await?)
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tonic::Code;
-use weir_broker::{Node, NodeConfig};
+use weir_broker::Node;
 use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::broker_client::BrokerClient;
 use weir_proto::v1::{
@@ -53,13 +53,7 @@ fn expect(got: Option<(Code, String)>, code: Code, mentions: &str) {
 
 async fn start() -> anyhow::Result<(Node, tempfile::TempDir, String)> {
     let dir = tempfile::tempdir()?;
-    let config = NodeConfig {
-        addr: "127.0.0.1:0".into(),
-        data_dir: dir.path().to_path_buf(),
-        metrics_addr: Some("127.0.0.1:0".into()),
-        ..NodeConfig::default()
-    };
-    let node = Node::start(config, None).await?;
+    let node = weir_tests::start_single_node(dir.path()).await?;
     let addr = format!("http://{}", node.local_addr());
     Ok((node, dir, addr))
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tonic::Code;
 use tonic::transport::Channel;
-use weir_broker::{Node, NodeConfig};
+use weir_broker::Node;
 use weir_proto::partitioner::partition_for_key;
 use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::broker_client::BrokerClient;
@@ -77,13 +77,7 @@ struct Api {
 
 async fn start() -> anyhow::Result<(Node, tempfile::TempDir, Api)> {
     let dir = tempfile::tempdir()?;
-    let config = NodeConfig {
-        addr: "127.0.0.1:0".into(),
-        data_dir: dir.path().to_path_buf(),
-        metrics_addr: Some("127.0.0.1:0".into()),
-        ..NodeConfig::default()
-    };
-    let node = Node::start(config, None).await?;
+    let node = weir_tests::start_single_node(dir.path()).await?;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.local_addr()))?
         .connect()
         .await?;
@@ -533,7 +527,7 @@ fn assigned(answer: &HeartbeatResponse) -> Vec<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
     weir_tests::init_tracing();
-    let (node, _dir, mut api) = start().await?;
+    let (node, dir, mut api) = start().await?;
     let admin = api.admin.clone();
     retry(|| {
         let mut admin = admin.clone();
@@ -841,14 +835,8 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
 
     // Committed offsets survive a restart of the (only) node: they are records of the
     // replicated offsets topic.
-    let dir = _dir;
-    let config = NodeConfig {
-        addr: "127.0.0.1:0".into(),
-        data_dir: dir.path().to_path_buf(),
-        ..NodeConfig::default()
-    };
     node.shutdown().await;
-    let node = Node::start(config, None).await?;
+    let node = weir_tests::start_single_node(dir.path()).await?;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.local_addr()))?
         .connect()
         .await?;

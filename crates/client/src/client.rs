@@ -109,8 +109,9 @@ enum Route<'a> {
 enum Policy {
     /// FAILED_PRECONDITION means "not the leader": retry.
     Data,
-    /// FAILED_PRECONDITION without a leader hint is an answer (for example an unknown group
-    /// member, or a group with live members): do not retry it.
+    /// FAILED_PRECONDITION without a leader hint is an answer (for example a commit of a
+    /// partition the member does not hold, or a reset of a group with live members): do not
+    /// retry it.
     Group,
 }
 
@@ -841,8 +842,8 @@ impl Client {
         .await
     }
 
-    /// One group heartbeat (joins with an empty `member_id`). FAILED_PRECONDITION means the
-    /// coordinator does not know the member: rejoin with an empty id.
+    /// One group heartbeat (joins with an empty `member_id`). NOT_FOUND means the coordinator
+    /// does not know the member: rejoin with an empty id.
     pub async fn heartbeat(
         &self,
         request: HeartbeatRequest,

@@ -24,7 +24,7 @@
 //!   unsafe: between the answer and this member's next heartbeat the coordinator does not know
 //!   the member holds the partition and may hand it to a member that joins meanwhile.) It
 //!   starts at the group's committed offset, or at the reset policy when the group has none;
-//! - FAILED_PRECONDITION (the coordinator does not know the member) or no successful heartbeat
+//! - NOT_FOUND (the coordinator does not know the member) or no successful heartbeat
 //!   for `session_timeout` drops every partition without committing and rejoins.
 //!
 //! Not handled yet: pausing partitions; a cap on buffered bytes other than the channel's length.
@@ -687,7 +687,8 @@ impl Consumer {
             // Rejoining failed in a way retrying cannot fix (an unknown topic, a bad setting).
             Err(err) if first || (rejoining && !retryable_group_error(&err)) => Err(err),
             // The coordinator does not know the member (it timed out, or the coordinator
-            // moved): FAILED_PRECONDITION per the proto; NOT_FOUND from servers that answer so.
+            // moved): NOT_FOUND per the proto. A FAILED_PRECONDITION without a leader hint (a
+            // heartbeat never gets one otherwise) is treated the same.
             Err(err) if matches!(err.code(), Some(Code::FailedPrecondition | Code::NotFound)) => {
                 tracing::warn!(%err, "the group coordinator no longer knows this member; rejoining");
                 self.lose_membership();
