@@ -106,8 +106,9 @@ pub struct Group<S: GroupState> {
     state_machine: StateMachine<S>,
     boundary: SharedBoundary,
     transport: Arc<PeerTransport>,
-    /// Serializes writes that must see every earlier entry applied first (deduplication).
-    pub(crate) ordered_writes: Arc<tokio::sync::Mutex<()>>,
+    /// The leader's queue of idempotent batches; its lock orders their checks and hand-over to
+    /// Raft (see `idempotence`).
+    pub(crate) ordered_writes: Arc<tokio::sync::Mutex<crate::idempotence::WriteQueue>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -163,7 +164,7 @@ impl<S: GroupState> Group<S> {
             state_machine,
             boundary,
             transport,
-            ordered_writes: Arc::new(tokio::sync::Mutex::new(())),
+            ordered_writes: Arc::default(),
             tasks: Mutex::new(Vec::new()),
         });
         if config.point == SnapshotPoint::LogStart {

@@ -29,6 +29,7 @@ pub mod entry;
 mod error;
 mod files;
 mod group;
+mod idempotence;
 mod log_store;
 mod network;
 mod partition;

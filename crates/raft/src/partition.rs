@@ -15,6 +15,7 @@ use weir_storage::codec::BatchHeader;
 
 use crate::error::GroupError;
 use crate::group::Group;
+use crate::idempotence::{Decision, Failure, WriteQueue};
 use crate::state_machine::GroupState;
 use crate::types::Applied;
 
@@ -95,19 +96,22 @@ pub enum WaitFor {
 
 impl Group<PartitionState> {
     /// Writes a batch on the leader, dropping a retried duplicate of an idempotent producer's
-    /// newest batch (answering with the offsets it got the first time). Batches without a
+    /// recent batch (answering with the offsets it got the first time). Batches without a
     /// producer id are written as they are.
     ///
-    /// Writes of idempotent batches are serialized per partition, and each first confirms this
-    /// node's leadership with a quorum and waits until its whole log is applied while it leads
-    /// ([`Group::catch_up_as_leader`]), so the producer state it checks includes every
-    /// acknowledged batch — also one written under an earlier leader or before a restart. The check and the write run in a task of their own that holds the partition's
-    /// write lock until the write is committed or failed: a caller that gives up (a client
-    /// timeout, a dropped connection) cannot leave its batch in flight while a retry of it is
-    /// checked against a state that does not have it yet.
+    /// A producer may have many batches in flight. Each idempotent batch is checked against the
+    /// leader's [`WriteQueue`] (what it queued in its Raft log this term) and the applied producer
+    /// state, and queued in Raft in the same critical section, so a producer's batches enter the
+    /// log in order and without gaps. The first write of a term first confirms this node's
+    /// leadership with a quorum and waits until its whole log is applied
+    /// ([`Group::catch_up_as_leader`]), so the producer state includes every acknowledged batch —
+    /// also one written under an earlier leader or before a restart. Checking and queueing run in
+    /// a task of their own: a caller that gives up (a client timeout, a dropped connection)
+    /// cannot leave a batch half-queued, and a retry of a queued batch waits for that batch's
+    /// outcome instead of writing it again.
     ///
-    /// Writes are queued in the order their callers reach this method: an idempotent batch takes
-    /// the partition's write lock before its task is spawned.
+    /// Writes are decided in the order their callers reach this method (the queue's lock is
+    /// fair).
     pub async fn write_deduplicated(
         self: &Arc<Self>,
         batch: Bytes,
@@ -144,90 +148,119 @@ impl Group<PartitionState> {
                 }
             };
         }
-        let ordered = Arc::clone(&self.ordered_writes).lock_owned().await;
-        let (accepted_tx, accepted_rx) = tokio::sync::oneshot::channel();
+        let queue = Arc::clone(&self.ordered_writes).lock_owned().await;
         let group = Arc::clone(self);
-        let task = tokio::spawn(async move {
-            let _ordered = ordered;
-            let result = group
-                .check_and_write(&header, batch, within, accepted_tx)
-                .await;
-            if let Err(err) = &result
-                && wait == WaitFor::Accepted
-            {
-                tracing::warn!(group = group.id(), error = %err, "write acknowledged to the leader failed");
-            }
-            result
-        });
-        if wait == WaitFor::Accepted && accepted_rx.await.is_ok() {
-            return Ok(None);
-        }
-        let applied = task
-            .await
-            .map_err(|e| GroupError::Raft(format!("write task failed: {e}")))??;
-        Ok(match wait {
-            WaitFor::Committed => Some(applied),
-            WaitFor::Accepted => None,
+        let decided = tokio::spawn(async move {
+            group
+                .decide_and_queue(queue, &header, batch, within, wait)
+                .await
         })
+        .await
+        .map_err(|e| GroupError::Raft(format!("write task failed: {e}")))??;
+        let mut outcome = match decided {
+            Queued::Done(applied) => return Ok(Some(applied)),
+            Queued::InFlight(_) if wait == WaitFor::Accepted => return Ok(None),
+            Queued::InFlight(outcome) => outcome,
+        };
+        loop {
+            if let Some(result) = outcome.borrow_and_update().clone() {
+                let (base_offset, next_offset) = result.map_err(GroupError::from)?;
+                return Ok(Some(Applied {
+                    base_offset,
+                    next_offset,
+                    reply: Bytes::new(),
+                }));
+            }
+            if outcome.changed().await.is_err() {
+                return Err(GroupError::Raft(
+                    "the write was dropped (shutting down)".into(),
+                ));
+            }
+        }
     }
 
-    async fn check_and_write(
-        &self,
+    /// Decides what to do with an idempotent batch and, if it is new, queues it in Raft, all
+    /// under the queue's lock (`queue`).
+    async fn decide_and_queue(
+        self: &Arc<Self>,
+        mut queue: tokio::sync::OwnedMutexGuard<WriteQueue>,
         header: &BatchHeader,
         batch: Bytes,
         within: std::time::Duration,
-        accepted: tokio::sync::oneshot::Sender<()>,
-    ) -> Result<Applied, GroupError> {
+        wait: WaitFor,
+    ) -> Result<Queued, GroupError> {
         // Leadership confirmed by a quorum (a node that only believes it leads has a stale log)
         // and the whole local log applied (a leader restarted into its term has committed
         // entries it no longer knows are committed): then the producer state holds every
-        // acknowledged batch.
-        self.catch_up_as_leader(within).await?;
-        let known = self
+        // acknowledged batch. Once per term.
+        if queue.caught_up_term == 0 || queue.caught_up_term != self.term() || !self.is_leader() {
+            queue.reset();
+            let term = self.term();
+            self.catch_up_as_leader(within).await?;
+            queue.caught_up_term = term;
+        }
+        let applied = self
             .state_machine()
             .with_state(|s| s.producer(header.producer_id));
-        if let Some(known) = known {
-            if header.producer_epoch < known.epoch {
-                return Err(GroupError::Sequence(format!(
-                    "producer {} epoch {} is fenced by epoch {}",
-                    header.producer_id, header.producer_epoch, known.epoch
-                )));
+        match queue.decide(header, applied) {
+            Decision::Reject(err) => Err(err),
+            Decision::Applied {
+                base_offset,
+                next_offset,
+            } => {
+                tracing::info!(
+                    producer_id = header.producer_id,
+                    sequence = header.base_sequence,
+                    base_offset,
+                    "duplicate batch dropped"
+                );
+                Ok(Queued::Done(Applied {
+                    base_offset,
+                    next_offset,
+                    reply: Bytes::new(),
+                }))
             }
-            if header.producer_epoch == known.epoch {
-                if header.base_sequence == known.base_sequence {
-                    tracing::info!(
-                        producer_id = header.producer_id,
-                        sequence = header.base_sequence,
-                        base_offset = known.base_offset,
-                        "duplicate batch dropped"
-                    );
-                    let _ = accepted.send(());
-                    return Ok(Applied {
-                        base_offset: known.base_offset,
-                        next_offset: known.next_offset,
-                        reply: Bytes::new(),
-                    });
-                }
-                if header.base_sequence < known.base_sequence {
-                    return Err(GroupError::Duplicate {
-                        producer_id: header.producer_id,
-                        sequence: header.base_sequence,
-                    });
-                }
-                if header.base_sequence != known.last_sequence.wrapping_add(1) {
-                    return Err(GroupError::Sequence(format!(
-                        "producer {} sent sequence {} but {} was expected",
-                        header.producer_id,
-                        header.base_sequence,
-                        known.last_sequence.wrapping_add(1)
-                    )));
-                }
+            Decision::Queued(outcome) => {
+                tracing::info!(
+                    producer_id = header.producer_id,
+                    sequence = header.base_sequence,
+                    "retry of a batch in flight: answering with its outcome"
+                );
+                Ok(Queued::InFlight(outcome))
+            }
+            Decision::Write => {
+                let pending = self.submit(batch).await?;
+                let (done, outcome) = tokio::sync::watch::channel(None);
+                queue.track(header, outcome.clone());
+                drop(queue);
+                let group = Arc::clone(self);
+                tokio::spawn(async move {
+                    let result = pending.await;
+                    if let Err(err) = &result {
+                        if wait == WaitFor::Accepted {
+                            tracing::warn!(group = group.id(), error = %err, "write acknowledged to the leader failed");
+                        }
+                        // Later batches of this term fail with it; decide afresh after catching up.
+                        group.ordered_writes.lock().await.reset();
+                    }
+                    done.send_replace(Some(
+                        result
+                            .map(|a| (a.base_offset, a.next_offset))
+                            .map_err(Failure::from),
+                    ));
+                });
+                Ok(Queued::InFlight(outcome))
             }
         }
-        let pending = self.submit(batch).await?;
-        let _ = accepted.send(());
-        pending.await
     }
+}
+
+/// Where an idempotent batch stands once decided.
+enum Queued {
+    /// Answered already (a retry of an applied batch).
+    Done(Applied),
+    /// Queued in Raft (now, or by an earlier attempt): its outcome will come here.
+    InFlight(tokio::sync::watch::Receiver<crate::idempotence::Outcome>),
 }
 
 /// Logs the failure of a write whose caller did not wait for it.
