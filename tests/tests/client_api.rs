@@ -671,9 +671,18 @@ async fn the_producer_rides_out_a_leader_kill_without_duplicates() -> anyhow::Re
         }
     };
     progress(2_000).await?;
-    let metadata = client.metadata(&["sturdy".to_string()]).await?;
-    let leader = metadata.topics[0].partitions[0].leader;
-    ensure!(leader != 0, "partition 0 has no leader");
+    // Sends are buffered, so they can outrun the first election of the new topic: wait until a
+    // leader of partition 0 is known.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        let metadata = client.metadata(&["sturdy".to_string()]).await?;
+        let leader = metadata.topics[0].partitions[0].leader;
+        if leader != 0 {
+            break leader;
+        }
+        ensure!(Instant::now() < deadline, "partition 0 has no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     cluster.kill(leader)?;
     let killed_at = sent.load(std::sync::atomic::Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(60);

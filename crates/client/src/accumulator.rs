@@ -3,14 +3,15 @@
 //! which sequence number it carries.
 //!
 //! Invariants:
-//! - Per partition, batches are sent in the order they were opened, at most one at a time
-//!   ([`Accumulator::ready`] skips a partition with a batch in flight until
-//!   [`Accumulator::complete`]); the server checks each partition's sequences in order.
+//! - Per partition, batches are sent in the order they were opened, at most `max_in_flight` at a
+//!   time ([`Accumulator::ready`] skips a partition with that many batches in flight until
+//!   [`Accumulator::complete`]); the server checks each partition's sequences in order and
+//!   remembers the last 5 batches of a producer, so `max_in_flight` is at most 5.
 //! - Only a partition's last batch takes records; earlier ones are closed. A batch closes once it
 //!   holds `batch_size` bytes (estimated, before compression); a record never goes into a batch it
 //!   would take past `batch_size`, except as the batch's only record.
 //! - A batch is ready when it is closed, when `linger` has passed since it was opened, or when a
-//!   flush covers it. While one batch of a partition is in flight the next keeps filling
+//!   flush covers it. While batches of a partition are in flight the next keeps filling
 //!   (pipelining).
 //! - Records with a key go to `partition_for_key`; records with neither key nor partition stick
 //!   to one partition per topic until that partition's batch closes or is sent, then the next
@@ -72,17 +73,20 @@ pub(crate) struct ReadyBatch<T> {
 #[derive(Debug)]
 struct Queue<T> {
     batches: VecDeque<OpenBatch<T>>,
-    in_flight: bool,
+    in_flight: usize,
 }
 
 impl<T> Default for Queue<T> {
     fn default() -> Self {
         Self {
             batches: VecDeque::new(),
-            in_flight: false,
+            in_flight: 0,
         }
     }
 }
+
+/// Most batches of one partition in flight (the server remembers 5 per producer).
+pub(crate) const MAX_IN_FLIGHT: usize = 5;
 
 /// The sticky partition of a topic's keyless records.
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +99,7 @@ struct Sticky {
 #[derive(Debug)]
 pub(crate) struct Accumulator<T> {
     batch_size: usize,
+    max_in_flight: usize,
     linger: Duration,
     compression: Compression,
     queues: HashMap<TopicPartition, Queue<T>>,
@@ -107,9 +112,15 @@ pub(crate) struct Accumulator<T> {
 }
 
 impl<T> Accumulator<T> {
-    pub(crate) fn new(batch_size: usize, linger: Duration, compression: Compression) -> Self {
+    pub(crate) fn new(
+        batch_size: usize,
+        max_in_flight: usize,
+        linger: Duration,
+        compression: Compression,
+    ) -> Self {
         Self {
             batch_size: batch_size.max(1),
+            max_in_flight: max_in_flight.clamp(1, MAX_IN_FLIGHT),
             linger,
             compression,
             queues: HashMap::new(),
@@ -221,41 +232,40 @@ impl<T> Accumulator<T> {
         }
     }
 
-    /// Takes every batch that may be sent now: the first batch of each partition without a
-    /// batch in flight, when it is closed, lingered long enough or covered by a flush. Marks
-    /// those partitions in flight.
+    /// Takes every batch that may be sent now, oldest first per partition, while the partition
+    /// has fewer than `max_in_flight` in flight: those closed, lingered long enough or covered
+    /// by a flush. Counts them in flight.
     pub(crate) fn ready(&mut self, now: Instant) -> Vec<ReadyBatch<T>> {
         let mut ready = Vec::new();
         let mut sticky_closed = Vec::new();
         for ((topic, partition), queue) in &mut self.queues {
-            if queue.in_flight {
-                continue;
+            while queue.in_flight < self.max_in_flight {
+                let Some(front) = queue.batches.front() else {
+                    break;
+                };
+                let due = front.closed
+                    || queue.batches.len() > 1
+                    || front.id < self.flush_below
+                    || now >= front.opened + self.linger;
+                if !due {
+                    break;
+                }
+                let Some(batch) = queue.batches.pop_front() else {
+                    break;
+                };
+                if !batch.closed {
+                    sticky_closed.push((topic.clone(), *partition));
+                }
+                queue.in_flight += 1;
+                ready.push(ReadyBatch {
+                    id: batch.id,
+                    topic: topic.clone(),
+                    partition: *partition,
+                    builder: batch.builder,
+                    replies: batch.replies,
+                    opened: batch.opened,
+                });
             }
-            let Some(front) = queue.batches.front() else {
-                continue;
-            };
-            let due = front.closed
-                || queue.batches.len() > 1
-                || front.id < self.flush_below
-                || now >= front.opened + self.linger;
-            if !due {
-                continue;
-            }
-            let Some(batch) = queue.batches.pop_front() else {
-                continue;
-            };
-            if !batch.closed {
-                sticky_closed.push((topic.clone(), *partition));
-            }
-            queue.in_flight = true;
-            ready.push(ReadyBatch {
-                id: batch.id,
-                topic: topic.clone(),
-                partition: *partition,
-                builder: batch.builder,
-                replies: batch.replies,
-                opened: batch.opened,
-            });
         }
         for (topic, partition) in sticky_closed {
             self.batch_closed(&topic, partition);
@@ -268,7 +278,7 @@ impl<T> Accumulator<T> {
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.queues
             .values()
-            .filter(|q| !q.in_flight)
+            .filter(|q| q.in_flight < self.max_in_flight)
             .filter_map(|q| q.batches.front())
             .map(|b| b.opened + self.linger)
             .min()
@@ -279,8 +289,8 @@ impl<T> Accumulator<T> {
         self.incomplete.remove(&id);
         let key = (topic.to_string(), partition);
         if let Some(queue) = self.queues.get_mut(&key) {
-            queue.in_flight = false;
-            if queue.batches.is_empty() {
+            queue.in_flight = queue.in_flight.saturating_sub(1);
+            if queue.batches.is_empty() && queue.in_flight == 0 {
                 self.queues.remove(&key);
             }
         }
@@ -314,13 +324,23 @@ pub(crate) struct Sequences {
 }
 
 impl Sequences {
-    /// The identity and sequence for `partition`'s next batch: its own, or `fresh` at 0.
-    pub(crate) fn next(&self, partition: &TopicPartition, fresh: (i64, i16)) -> ProducerInfo {
+    /// Takes the identity and sequence for `partition`'s next batch of `count` records: its own,
+    /// or `fresh` at 0. The partition's next sequence moves past the batch at once, so batches
+    /// in flight together carry consecutive sequences.
+    pub(crate) fn reserve(
+        &mut self,
+        partition: &TopicPartition,
+        fresh: (i64, i16),
+        count: u32,
+    ) -> ProducerInfo {
         let (producer_id, producer_epoch, base_sequence) = self
             .partitions
             .get(partition)
             .copied()
             .unwrap_or((fresh.0, fresh.1, 0));
+        let next = base_sequence.wrapping_add(i32::try_from(count).unwrap_or(i32::MAX));
+        self.partitions
+            .insert(partition.clone(), (producer_id, producer_epoch, next));
         ProducerInfo {
             producer_id,
             producer_epoch,
@@ -328,18 +348,17 @@ impl Sequences {
         }
     }
 
-    /// The batch sent with `info` and `count` records was written.
-    pub(crate) fn written(&mut self, partition: TopicPartition, info: ProducerInfo, count: u32) {
-        let next = info
-            .base_sequence
-            .wrapping_add(i32::try_from(count).unwrap_or(i32::MAX));
-        self.partitions
-            .insert(partition, (info.producer_id, info.producer_epoch, next));
-    }
-
-    /// The batch failed for good: the partition starts over with a fresh identity.
-    pub(crate) fn failed(&mut self, partition: &TopicPartition) {
-        self.partitions.remove(partition);
+    /// A batch sent under `info` failed for good: unless the partition already started over,
+    /// its next batch starts over under a fresh identity (whether the failed batch was written
+    /// is unknown, so its successors' sequences cannot be trusted).
+    pub(crate) fn failed(&mut self, partition: &TopicPartition, info: ProducerInfo) {
+        if self
+            .partitions
+            .get(partition)
+            .is_some_and(|(id, epoch, _)| *id == info.producer_id && *epoch == info.producer_epoch)
+        {
+            self.partitions.remove(partition);
+        }
     }
 
     /// Whether `partition` continues an identity (false: it takes a fresh one).
@@ -353,7 +372,7 @@ mod tests {
     use super::*;
 
     fn acc(batch_size: usize) -> Accumulator<u32> {
-        Accumulator::new(batch_size, Duration::from_millis(5), Compression::None)
+        Accumulator::new(batch_size, 1, Duration::from_millis(5), Compression::None)
     }
 
     fn push(acc: &mut Accumulator<u32>, partition: u32, value: &[u8], tag: u32, now: Instant) {
@@ -471,21 +490,47 @@ mod tests {
     }
 
     fn acc_with_linger() -> Accumulator<u32> {
-        Accumulator::new(1 << 20, Duration::from_millis(5), Compression::None)
+        Accumulator::new(1 << 20, 1, Duration::from_millis(5), Compression::None)
     }
 
     #[test]
-    fn sequences_advance_and_restart_under_a_fresh_identity_after_a_failure() {
+    fn sequences_advance_at_once_and_restart_under_a_fresh_identity_after_a_failure() {
         let mut seqs = Sequences::default();
         let tp = ("t".to_string(), 0);
-        let first = seqs.next(&tp, (10, 0));
+        let first = seqs.reserve(&tp, (10, 0), 5);
         assert_eq!((first.producer_id, first.base_sequence), (10, 0));
-        seqs.written(tp.clone(), first, 5);
-        let second = seqs.next(&tp, (11, 0));
+        // Reserved while the first is in flight: consecutive.
+        let second = seqs.reserve(&tp, (11, 0), 3);
         assert_eq!((second.producer_id, second.base_sequence), (10, 5));
-        seqs.failed(&tp);
+        seqs.failed(&tp, first);
         assert!(!seqs.has(&tp));
-        let third = seqs.next(&tp, (11, 0));
+        let third = seqs.reserve(&tp, (11, 0), 1);
         assert_eq!((third.producer_id, third.base_sequence), (11, 0));
+        // A late failure under the old identity does not reset the new one.
+        seqs.failed(&tp, second);
+        assert!(seqs.has(&tp));
+        assert_eq!(seqs.reserve(&tp, (12, 0), 1).base_sequence, 1);
+    }
+
+    #[test]
+    fn up_to_max_in_flight_batches_of_a_partition_go_out_together() {
+        let now = Instant::now();
+        let size = record_size(None, Some(&[0u8; 10]), &[]);
+        let mut acc = Accumulator::new(size, 3, Duration::from_millis(5), Compression::None);
+        for i in 0..5 {
+            push(&mut acc, 0, &[0u8; 10], i, now);
+        }
+        let ready = acc.ready(now);
+        let tags: Vec<Vec<u32>> = ready.iter().map(|b| b.replies.clone()).collect();
+        assert_eq!(
+            tags,
+            vec![vec![0], vec![1], vec![2]],
+            "oldest first, three at most"
+        );
+        assert!(acc.ready(now).is_empty());
+        acc.complete("t", 0, ready[0].id);
+        let next = acc.ready(now);
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].replies, vec![3]);
     }
 }

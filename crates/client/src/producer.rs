@@ -53,6 +53,9 @@ pub struct ProducerConfig {
     /// Most bytes of records buffered (waiting or in flight); `send` waits for room beyond it.
     /// Default 32 MiB.
     pub buffer_memory: usize,
+    /// Most batches of one partition in flight at once (1 to 5; default 5). Batches are still
+    /// written in order: the leader checks each producer's sequences.
+    pub max_in_flight: usize,
 }
 
 impl Default for ProducerConfig {
@@ -64,6 +67,7 @@ impl Default for ProducerConfig {
             compression: Compression::Lz4,
             delivery_timeout: Duration::from_secs(60),
             buffer_memory: 32 << 20,
+            max_in_flight: 5,
         }
     }
 }
@@ -191,10 +195,17 @@ impl Producer {
         if config.batch_size == 0 {
             return Err(ClientError::Usage("batch_size must be at least 1".into()));
         }
+        if !(1..=crate::accumulator::MAX_IN_FLIGHT).contains(&config.max_in_flight) {
+            return Err(ClientError::Usage(format!(
+                "max_in_flight must be 1 to {}",
+                crate::accumulator::MAX_IN_FLIGHT
+            )));
+        }
         let identity = client.init_producer().await?;
         let shared = Arc::new(Shared {
             accumulator: Mutex::new(Accumulator::new(
                 config.batch_size,
+                config.max_in_flight,
                 config.linger,
                 config.compression,
             )),
@@ -350,6 +361,7 @@ struct Sending {
     topic: String,
     partition: u32,
     batch_id: u64,
+    info: ProducerInfo,
     permits: usize,
 }
 
@@ -424,13 +436,16 @@ impl Sender {
             });
             return;
         }
-        let info = self.sequences.next(&partition, self.identity);
+        let info = self
+            .sequences
+            .reserve(&partition, self.identity, batch.builder.record_count());
         let client = Arc::clone(&self.client);
         let acks = self.config.acks;
         let sending = Sending {
             topic: batch.topic.clone(),
             partition: batch.partition,
             batch_id: batch.id,
+            info,
             permits: batch.replies.iter().map(|r| r.permits as usize).sum(),
         };
         let task = in_flight.spawn(async move {
@@ -441,10 +456,17 @@ impl Sender {
             );
             let count = builder.record_count();
             let result = match builder.producer(info).build() {
-                Some(bytes) => client
-                    .produce_batch_with(&batch.topic, batch.partition, bytes, acks, deadline)
+                Some(bytes) => {
+                    send_in_order(
+                        &client,
+                        &batch.topic,
+                        batch.partition,
+                        bytes,
+                        acks,
+                        deadline,
+                    )
                     .await
-                    .map(|answer| answer.base_offset),
+                }
                 None => Ok(None),
             };
             Sent {
@@ -461,7 +483,8 @@ impl Sender {
     /// were dropped); release the partition, its sequence (a fresh identity follows) and the
     /// buffer memory.
     fn lost(&mut self, lost: Sending) {
-        self.sequences.failed(&(lost.topic.clone(), lost.partition));
+        self.sequences
+            .failed(&(lost.topic.clone(), lost.partition), lost.info);
         self.identity.0 = -1;
         self.shared.memory.add_permits(lost.permits);
         let lowest = {
@@ -490,11 +513,11 @@ impl Sender {
         let partition: TopicPartition = (batch.topic.clone(), batch.partition);
         let mut permits: usize = 0;
         match &result {
-            Ok(_) => self.sequences.written(partition, info, count),
+            Ok(_) => {}
             Err(err) => {
                 tracing::warn!(topic = %batch.topic, partition = batch.partition, %err, records = count, "batch failed");
                 if info != ProducerInfo::NONE {
-                    self.sequences.failed(&partition);
+                    self.sequences.failed(&partition, info);
                     // The next batch of this partition starts over under a new identity.
                     self.identity.0 = -1;
                 }
@@ -520,6 +543,34 @@ impl Sender {
             accumulator.lowest_incomplete()
         };
         self.shared.progress.send_replace(lowest);
+    }
+}
+
+/// Sends one idempotent batch, retrying until `deadline`. With several batches of a partition in
+/// flight, a batch can reach the leader before its predecessor (a retry after a leader change,
+/// or two requests racing on the server); the leader answers ABORTED (a sequence gap) and the
+/// batch is sent again once the predecessor had time to land.
+async fn send_in_order(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    bytes: Bytes,
+    acks: Acks,
+    deadline: Instant,
+) -> Result<Option<u64>, ClientError> {
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match client
+            .produce_batch_with(topic, partition, bytes.clone(), acks, deadline)
+            .await
+        {
+            Err(err) if err.code() == Some(tonic::Code::Aborted) && Instant::now() < deadline => {
+                tracing::debug!(topic, partition, %err, "sequence gap: an earlier batch is still on its way");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            other => return other.map(|answer| answer.base_offset),
+        }
     }
 }
 

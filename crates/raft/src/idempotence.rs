@@ -131,8 +131,21 @@ impl WriteQueue {
             .and_then(VecDeque::back)
             .map(|t| (t.epoch, t.base_sequence, t.last_sequence))
             .or_else(|| applied.map(|a| (a.epoch, a.base_sequence, a.last_sequence)));
+        // A producer (or epoch) this partition has not seen starts at sequence 0: a later
+        // sequence means its earlier batches have not arrived yet (pipelined requests racing)
+        // or were lost.
+        let first_batch = |what: &str| {
+            if header.base_sequence == 0 {
+                Decision::Write
+            } else {
+                Decision::Reject(GroupError::Sequence(format!(
+                    "producer {} sent sequence {} as the first of {what}; 0 was expected",
+                    header.producer_id, header.base_sequence
+                )))
+            }
+        };
         let Some((epoch, newest_base, newest_last)) = newest else {
-            return Decision::Write;
+            return first_batch("its batches here");
         };
         if header.producer_epoch < epoch {
             return Decision::Reject(GroupError::Sequence(format!(
@@ -141,7 +154,7 @@ impl WriteQueue {
             )));
         }
         if header.producer_epoch > epoch {
-            return Decision::Write;
+            return first_batch("a new epoch");
         }
         if let Some(same) = tracked.and_then(|t| {
             t.iter().find(|t| {
@@ -304,7 +317,7 @@ mod tests {
         queue.reset();
         assert_eq!(queue.caught_up_term, 0);
         assert!(matches!(
-            queue.decide(&header(0, 9, 1), None),
+            queue.decide(&header(0, 0, 1), None),
             Decision::Write
         ));
     }
