@@ -860,3 +860,53 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
     node.shutdown().await;
     Ok(())
 }
+
+/// The relaxed durability modes acknowledge without waiting for a sync — and still acknowledge:
+/// a partition's Raft log counts an entry once it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relaxed_durability_modes_commit_writes() -> anyhow::Result<()> {
+    weir_tests::init_tracing();
+    for durability in [
+        weir_storage::Durability::Never,
+        weir_storage::Durability::Interval { ms: 50 },
+    ] {
+        let dir = tempfile::tempdir()?;
+        let config = weir_broker::NodeConfig {
+            addr: "127.0.0.1:0".into(),
+            data_dir: dir.path().to_path_buf(),
+            durability,
+            ..weir_broker::NodeConfig::default()
+        };
+        let node = Node::start(config, None).await?;
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", node.local_addr()))?
+                .connect()
+                .await?;
+        let mut api = Api {
+            admin: AdminClient::new(channel.clone()),
+            broker: BrokerClient::new(channel.clone()),
+            groups: GroupsClient::new(channel),
+        };
+        let admin = api.admin.clone();
+        retry(|| {
+            let mut admin = admin.clone();
+            async move { admin.create_topic(create("relaxed", 1, &[])).await }
+        })
+        .await?;
+        let broker = api.broker.clone();
+        let request = produce("relaxed", Some(0), vec![record(None, "kept")]);
+        let answer = retry(|| {
+            let mut broker = broker.clone();
+            let request = request.clone();
+            async move { broker.produce(request).await }
+        })
+        .await?;
+        assert_eq!(answer.base_offset, Some(0), "{durability:?}");
+        assert_eq!(
+            fetch_all(&mut api, "relaxed", 0).await?,
+            vec!["kept".to_string()]
+        );
+        node.shutdown().await;
+    }
+    Ok(())
+}

@@ -85,6 +85,8 @@ pub(crate) struct WriteQueue {
     /// The term this node caught up in as the confirmed leader; 0: catch up before deciding.
     pub(crate) caught_up_term: u64,
     producers: HashMap<i64, VecDeque<Tracked>>,
+    /// Woken whenever a batch is queued, for batches waiting on their predecessors.
+    pub(crate) moved: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// What to do with an idempotent batch.
@@ -99,6 +101,10 @@ pub(crate) enum Decision {
         base_offset: u64,
         next_offset: u64,
     },
+    /// Its sequence is ahead of the next one expected: its predecessors may still be on their
+    /// way (requests of one producer can overtake each other). Wait for the queue to move, then
+    /// decide again; reject with the error when they do not come.
+    Ahead(GroupError),
     Reject(GroupError),
 }
 
@@ -111,6 +117,7 @@ impl WriteQueue {
 
     /// Remembers a batch just queued in the Raft log.
     pub(crate) fn track(&mut self, header: &BatchHeader, outcome: watch::Receiver<Outcome>) {
+        self.moved.notify_waiters();
         let tracked = self.producers.entry(header.producer_id).or_default();
         tracked.push_back(Tracked {
             epoch: header.producer_epoch,
@@ -138,7 +145,7 @@ impl WriteQueue {
             if header.base_sequence == 0 {
                 Decision::Write
             } else {
-                Decision::Reject(GroupError::Sequence(format!(
+                Decision::Ahead(GroupError::Sequence(format!(
                     "producer {} sent sequence {} as the first of {what}; 0 was expected",
                     header.producer_id, header.base_sequence
                 )))
@@ -178,13 +185,17 @@ impl WriteQueue {
                 sequence: header.base_sequence,
             });
         }
-        if header.base_sequence != newest_last.wrapping_add(1) {
-            return Decision::Reject(GroupError::Sequence(format!(
+        let expected = newest_last.wrapping_add(1);
+        if header.base_sequence != expected {
+            let error = GroupError::Sequence(format!(
                 "producer {} sent sequence {} but {} was expected",
-                header.producer_id,
-                header.base_sequence,
-                newest_last.wrapping_add(1)
-            )));
+                header.producer_id, header.base_sequence, expected
+            ));
+            return if header.base_sequence > expected {
+                Decision::Ahead(error)
+            } else {
+                Decision::Reject(error)
+            };
         }
         Decision::Write
     }
@@ -228,12 +239,17 @@ mod tests {
     #[test]
     fn pipelined_sequences_follow_the_queue_not_the_applied_state() {
         let mut queue = WriteQueue::default();
+        // A new producer starts at 0: a later first batch waits for its predecessors.
+        assert!(matches!(
+            queue.decide(&header(0, 10, 5), None),
+            Decision::Ahead(GroupError::Sequence(_))
+        ));
         assert!(matches!(
             queue.decide(&header(0, 0, 10), None),
             Decision::Write
         ));
         let _a = queued(&mut queue, &header(0, 0, 10));
-        // Nothing applied yet: 10 follows the queued batch, 0 is its retry, 20 is a gap.
+        // Nothing applied yet: 10 follows the queued batch, 0 is its retry, 20 is ahead.
         assert!(matches!(
             queue.decide(&header(0, 10, 5), None),
             Decision::Write
@@ -245,6 +261,11 @@ mod tests {
         ));
         assert!(matches!(
             queue.decide(&header(0, 20, 1), None),
+            Decision::Ahead(GroupError::Sequence(_))
+        ));
+        // Overlapping what was queued, but not a retry of it: refused.
+        assert!(matches!(
+            queue.decide(&header(0, 12, 1), None),
             Decision::Reject(GroupError::Sequence(_))
         ));
         assert!(matches!(
@@ -289,8 +310,16 @@ mod tests {
             Decision::Write
         ));
         assert!(matches!(
+            queue.decide(&header(1, 60, 1), Some(applied)),
+            Decision::Ahead(_)
+        ));
+        assert!(matches!(
             queue.decide(&header(2, 0, 1), Some(applied)),
             Decision::Write
+        ));
+        assert!(matches!(
+            queue.decide(&header(2, 5, 1), Some(applied)),
+            Decision::Ahead(GroupError::Sequence(_))
         ));
     }
 

@@ -292,6 +292,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             last = Some(index);
         }
         match last {
+            // Relaxed durability (`interval`, `never`): an entry counts once it is written; the
+            // sync comes later (or never), which is what those modes promise and risk.
+            Some(_) if self.log.config().durability != weir_storage::Durability::Always => {
+                callback.log_io_completed(Ok(()));
+            }
             Some(index) => self.log.on_durable(
                 index,
                 Box::new(move |result| {

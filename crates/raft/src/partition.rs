@@ -94,6 +94,9 @@ pub enum WaitFor {
     Accepted,
 }
 
+/// How long an idempotent batch that arrived before its predecessors waits for them.
+const MAX_REORDER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Group<PartitionState> {
     /// Writes a batch on the leader, dropping a retried duplicate of an idempotent producer's
     /// recent batch (answering with the offsets it got the first time). Batches without a
@@ -189,21 +192,56 @@ impl Group<PartitionState> {
         within: std::time::Duration,
         wait: WaitFor,
     ) -> Result<Queued, GroupError> {
-        // Leadership confirmed by a quorum (a node that only believes it leads has a stale log)
-        // and the whole local log applied (a leader restarted into its term has committed
-        // entries it no longer knows are committed): then the producer state holds every
-        // acknowledged batch. Once per term.
-        if queue.caught_up_term == 0 || queue.caught_up_term != self.term() || !self.is_leader() {
-            queue.reset();
-            let term = self.term();
-            self.catch_up_as_leader(within).await?;
-            queue.caught_up_term = term;
+        // A batch that overtook its predecessors waits this long for them.
+        let reorder_deadline = tokio::time::Instant::now() + within.min(MAX_REORDER_WAIT);
+        loop {
+            // Leadership confirmed by a quorum (a node that only believes it leads has a stale
+            // log) and the whole local log applied (a leader restarted into its term has
+            // committed entries it no longer knows are committed): then the producer state holds
+            // every acknowledged batch. Once per term.
+            if queue.caught_up_term == 0 || queue.caught_up_term != self.term() || !self.is_leader()
+            {
+                queue.reset();
+                let term = self.term();
+                self.catch_up_as_leader(within).await?;
+                queue.caught_up_term = term;
+            }
+            let applied = self
+                .state_machine()
+                .with_state(|s| s.producer(header.producer_id));
+            match queue.decide(header, applied) {
+                Decision::Ahead(err) if tokio::time::Instant::now() < reorder_deadline => {
+                    // Register for the next move before letting go of the queue, so it is
+                    // not missed.
+                    let moved = Arc::clone(&queue.moved);
+                    let notified = moved.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    drop(queue);
+                    if tokio::time::timeout_at(reorder_deadline, notified)
+                        .await
+                        .is_err()
+                    {
+                        return Err(err);
+                    }
+                    queue = Arc::clone(&self.ordered_writes).lock_owned().await;
+                }
+                decision => break self.act(queue, header, batch, decision, wait).await,
+            }
         }
-        let applied = self
-            .state_machine()
-            .with_state(|s| s.producer(header.producer_id));
-        match queue.decide(header, applied) {
-            Decision::Reject(err) => Err(err),
+    }
+
+    /// Carries out `decision` for an idempotent batch, still under the queue's lock.
+    async fn act(
+        self: &Arc<Self>,
+        mut queue: tokio::sync::OwnedMutexGuard<WriteQueue>,
+        header: &BatchHeader,
+        batch: Bytes,
+        decision: Decision,
+        wait: WaitFor,
+    ) -> Result<Queued, GroupError> {
+        match decision {
+            Decision::Reject(err) | Decision::Ahead(err) => Err(err),
             Decision::Applied {
                 base_offset,
                 next_offset,
