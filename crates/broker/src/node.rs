@@ -174,7 +174,11 @@ impl Node {
             .build_v1()
             .map_err(|e| NodeError::Reflection(e.to_string()))?;
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Accepted connections need TCP_NODELAY themselves: the builder's `tcp_nodelay` only
+        // covers listeners tonic binds. Without it, small answers (Raft acknowledgements,
+        // forwarded replies) sit out Nagle's algorithm against delayed ACKs: ~40 ms each.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
