@@ -461,6 +461,58 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
     let polled = waiting.await??.into_inner();
     assert_eq!(values(&polled.records), vec!["awaited".to_string()]);
 
+    // Raw batches: the same records, as stored, for the client to decode.
+    let decoded = api
+        .broker
+        .fetch(FetchRequest {
+            topic: "keyed".into(),
+            partition: 2,
+            offset: 3,
+            ..FetchRequest::default()
+        })
+        .await?
+        .into_inner();
+    let raw = api
+        .broker
+        .fetch(FetchRequest {
+            topic: "keyed".into(),
+            partition: 2,
+            offset: 3,
+            raw_batches: true,
+            ..FetchRequest::default()
+        })
+        .await?
+        .into_inner();
+    assert!(raw.records.is_empty());
+    assert_eq!(raw.next_offset, decoded.next_offset);
+    let mut from_raw = Vec::new();
+    for batch in weir_storage::codec::BatchIter::new(raw.batches.clone()) {
+        let batch = batch?;
+        if batch.header().control {
+            continue;
+        }
+        for record in batch.records()? {
+            if record.offset >= 3 {
+                from_raw.push((
+                    record.offset,
+                    String::from_utf8_lossy(record.value.as_deref().unwrap_or(b"")).into_owned(),
+                ));
+            }
+        }
+    }
+    let from_records: Vec<(u64, String)> = decoded
+        .records
+        .iter()
+        .map(|r| {
+            (
+                r.offset,
+                String::from_utf8_lossy(r.value.as_deref().unwrap_or(b"")).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(from_raw, from_records);
+    assert!(!from_records.is_empty());
+
     // Subscribe streams what is committed from its start, then what arrives.
     let mut stream = api
         .broker

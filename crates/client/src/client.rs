@@ -115,6 +115,40 @@ enum Policy {
     Group,
 }
 
+/// Turns the stored batches of a raw fetch into `records` (skipping control batches and records
+/// below `from`), checking each batch's CRC.
+fn decode_raw_batches(response: &mut FetchResponse, from: u64) -> Result<(), ClientError> {
+    let batches = std::mem::take(&mut response.batches);
+    for batch in weir_storage::codec::BatchIter::new(batches) {
+        let batch = batch.map_err(|e| ClientError::Corrupt(e.to_string()))?;
+        if batch.header().control {
+            continue;
+        }
+        let records = batch
+            .records()
+            .map_err(|e| ClientError::Corrupt(e.to_string()))?;
+        response
+            .records
+            .extend(records.into_iter().filter(|r| r.offset >= from).map(|r| {
+                weir_proto::v1::FetchedRecord {
+                    offset: r.offset,
+                    timestamp_ms: r.timestamp,
+                    key: r.key,
+                    value: r.value,
+                    headers: r
+                        .headers
+                        .into_iter()
+                        .map(|h| weir_proto::v1::Header {
+                            key: h.key,
+                            value: h.value,
+                        })
+                        .collect(),
+                }
+            }));
+    }
+    Ok(())
+}
+
 fn retryable(status: &Status, policy: Policy) -> bool {
     match status.code() {
         Code::Unavailable
@@ -801,10 +835,14 @@ impl Client {
             max_bytes,
             max_wait,
             self.deadline(),
+            false,
         )
         .await
     }
 
+    /// A fetch; with `raw` the broker answers with its stored batches, which are checked and
+    /// decoded here into `records` (the answer looks the same either way).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn fetch_until(
         &self,
         topic: &str,
@@ -813,8 +851,11 @@ impl Client {
         max_bytes: u32,
         max_wait: Duration,
         deadline: Instant,
+        raw: bool,
     ) -> Result<FetchResponse, ClientError> {
         let (from, offset, timestamp_ms) = start.wire();
+        // Raw batches start at or before the position; only an exact offset says where to cut.
+        let raw = raw && matches!(start, Start::Offset(_));
         let max_wait_ms = u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX);
         self.call(
             "fetch",
@@ -830,6 +871,7 @@ impl Client {
                     max_wait_ms,
                     from: from as i32,
                     timestamp_ms,
+                    raw_batches: raw,
                 };
                 async move {
                     Self::broker(channel)
@@ -840,6 +882,12 @@ impl Client {
             },
         )
         .await
+        .and_then(|mut response| {
+            if raw {
+                decode_raw_batches(&mut response, offset)?;
+            }
+            Ok(response)
+        })
     }
 
     /// One group heartbeat (joins with an empty `member_id`). NOT_FOUND means the coordinator

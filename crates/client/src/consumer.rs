@@ -887,6 +887,7 @@ async fn fetch_loop(
                 config.max_bytes,
                 config.max_wait,
                 deadline,
+                true,
             )
             .await
         {

@@ -33,6 +33,9 @@ pub enum ClientError {
     /// consumer outside any group); the message says what.
     #[error("{0}")]
     Usage(String),
+    /// Batches from the broker failed their check (CRC, format): data damaged on the way.
+    #[error("a fetched batch is damaged: {0}")]
+    Corrupt(String),
 }
 
 impl ClientError {
