@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 the operation failed (the message says why, with the server's
 //! status where there is one — for example "unknown topic"); 2 bad command line.
 
+mod bench;
 mod cluster;
 mod consume;
 mod group;
@@ -149,6 +150,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Read records, one value (or JSON object) per line on standard output.
     Consume(consume::ConsumeArgs),
+    /// Workload benchmark: producers and consumers on fresh topics, rates and latency
+    /// percentiles (or --replay-bytes: one partition's read-back rate); a table or --json.
+    Bench(bench::BenchArgs),
 }
 
 fn init_logging(default: &str) {
@@ -213,6 +217,10 @@ fn main() -> ExitCode {
             Command::Consume(args) => {
                 init_logging("warn");
                 consume::run(args).await
+            }
+            Command::Bench(args) => {
+                init_logging("warn");
+                bench::run(args).await
             }
         }
     });

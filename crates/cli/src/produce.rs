@@ -18,13 +18,23 @@ use weir_client::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord
 use crate::{Brokers, key_value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum AcksArg {
+pub(crate) enum AcksArg {
     /// A majority of replicas have the records on disk (offsets known).
     All,
     /// The partition leader checked and queued them.
     Leader,
     /// The receiving node checked the request.
     None,
+}
+
+impl From<AcksArg> for Acks {
+    fn from(acks: AcksArg) -> Self {
+        match acks {
+            AcksArg::All => Acks::All,
+            AcksArg::Leader => Acks::Leader,
+            AcksArg::None => Acks::None,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -107,11 +117,7 @@ pub(crate) async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         );
     }
     let config = ProducerConfig {
-        acks: match args.acks {
-            AcksArg::All => Acks::All,
-            AcksArg::Leader => Acks::Leader,
-            AcksArg::None => Acks::None,
-        },
+        acks: args.acks.into(),
         batch_size: args.batch_size,
         linger: Duration::from_millis(args.linger_ms),
         delivery_timeout: Duration::from_secs(args.timeout_secs),
