@@ -47,7 +47,8 @@ pub(crate) enum CompressionArg {
 pub(crate) enum ReaderArg {
     /// `weir_client::Consumer` (background long-poll fetcher, records through `poll`).
     Consumer,
-    /// `Client::fetch` in a loop, one request at a time (no consumer machinery).
+    /// `Client::fetch` in a loop, one request at a time, without the consumer machinery; the
+    /// broker decodes the records (what a client generated from the proto gets).
     Fetch,
 }
 
