@@ -473,6 +473,17 @@ impl Services {
         Ok(())
     }
 
+    /// The partition count of topic `name` (NOT_FOUND when unknown; UNAVAILABLE while only the
+    /// controller knows it yet — the next request will find it here).
+    async fn partition_count(&self, name: &str, hops: u32) -> Result<u32, Status> {
+        match self.topic(name, hops).await? {
+            Found::Here(topic) => Ok(topic.partitions.len() as u32),
+            Found::AskController(_) => Err(crate::status::unavailable(format!(
+                "topic {name:?} is not known on this node yet; retry shortly"
+            ))),
+        }
+    }
+
     /// Partition counts of `topics` (unknown ones are NOT_FOUND).
     async fn partition_counts(
         &self,
@@ -481,16 +492,7 @@ impl Services {
     ) -> Result<BTreeMap<String, u32>, Status> {
         let mut counts = BTreeMap::new();
         for name in topics {
-            let count = match self.topic(name, hops).await? {
-                Found::Here(topic) => topic.partitions.len() as u32,
-                Found::AskController(_) => {
-                    // Not yet known here: the controller has it, so the next heartbeat will.
-                    return Err(crate::status::unavailable(format!(
-                        "topic {name:?} is not known on this node yet; retry shortly"
-                    )));
-                }
-            };
-            counts.insert(name.clone(), count);
+            counts.insert(name.clone(), self.partition_count(name, hops).await?);
         }
         Ok(counts)
     }
@@ -655,14 +657,9 @@ impl Services {
         topics.extend(committed.keys().map(|(t, _)| t.clone()));
         let mut counts = BTreeMap::new();
         for name in &topics {
-            match self.topic(name, hops).await {
-                Ok(Found::Here(topic)) => {
-                    counts.insert(name.clone(), topic.partitions.len() as u32);
-                }
-                Ok(Found::AskController(_)) => {
-                    return Err(crate::status::unavailable(format!(
-                        "topic {name:?} is not known on this node yet; retry shortly"
-                    )));
+            match self.partition_count(name, hops).await {
+                Ok(count) => {
+                    counts.insert(name.clone(), count);
                 }
                 // A committed topic deleted since is left out.
                 Err(status) if status.code() == tonic::Code::NotFound => {}
@@ -781,15 +778,7 @@ impl Services {
     ) -> Result<Vec<PartitionOffset>, Status> {
         let to = StartFrom::try_from(request.to)
             .map_err(|_| Status::invalid_argument(format!("unknown position {}", request.to)))?;
-        let count = match self.topic(&request.topic, hops).await? {
-            Found::Here(topic) => topic.partitions.len() as u32,
-            Found::AskController(_) => {
-                return Err(crate::status::unavailable(format!(
-                    "topic {:?} is not known on this node yet; retry shortly",
-                    request.topic
-                )));
-            }
-        };
+        let count = self.partition_count(&request.topic, hops).await?;
         let partitions: Vec<u32> = if request.partitions.is_empty() {
             (0..count).collect()
         } else {
