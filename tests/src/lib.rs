@@ -3,6 +3,7 @@
 //! lives here.
 
 pub mod crash;
+pub mod docker;
 pub mod process_cluster;
 pub mod raft_cluster;
 pub mod workload;

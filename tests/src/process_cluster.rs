@@ -219,16 +219,7 @@ impl ProcessCluster {
 
     /// The directory of `topic`'s partition `partition` on node `id`, if the node has it.
     pub fn partition_dir(&self, id: u64, topic: &str, partition: u32) -> Option<PathBuf> {
-        let prefix = format!("{topic}-{partition}-");
-        std::fs::read_dir(self.data_dir(id).join("partitions"))
-            .ok()?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&prefix))
-            })
+        partition_dir(&self.data_dir(id), topic, partition)
     }
 
     /// (entry index, term, base offset, CRC) of every stored batch of a partition on node `id`
@@ -239,17 +230,54 @@ impl ProcessCluster {
         topic: &str,
         partition: u32,
     ) -> anyhow::Result<Vec<(u64, u64, u64, u32)>> {
-        let dir = self
-            .partition_dir(id, topic, partition)
-            .context("partition not on this node")?;
-        let log = PartitionLog::open(dir.join("log"), LogConfig::default())?;
-        let bounds = log.bounds()?;
-        crate::stored_entries(
-            &log,
-            bounds.first_index.unwrap_or(bounds.next_index),
-            bounds.next_index,
-        )
+        stored_entries_in(&self.data_dir(id), topic, partition)
     }
+}
+
+/// The directory of `topic`'s partition `partition` in a node's data directory, if it is there.
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> Option<PathBuf> {
+    let prefix = format!("{topic}-{partition}-");
+    std::fs::read_dir(data_dir.join("partitions"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+}
+
+/// (entry index, term, base offset, CRC) of every stored batch of a partition in a node's data
+/// directory (no node may have it open).
+pub fn stored_entries_in(
+    data_dir: &Path,
+    topic: &str,
+    partition: u32,
+) -> anyhow::Result<Vec<(u64, u64, u64, u32)>> {
+    let dir = partition_dir(data_dir, topic, partition).with_context(|| {
+        format!(
+            "partition {topic}/{partition} is not in {}",
+            data_dir.display()
+        )
+    })?;
+    let log = PartitionLog::open(dir.join("log"), LogConfig::default())?;
+    let bounds = log.bounds()?;
+    crate::stored_entries(
+        &log,
+        bounds.first_index.unwrap_or(bounds.next_index),
+        bounds.next_index,
+    )
+}
+
+/// The committed part of a replica's stored entries: those holding records below the high
+/// watermark `hw`, plus the control entries between them. Replicas must agree on it.
+pub fn committed_prefix(entries: &[(u64, u64, u64, u32)], hw: u64) -> Vec<(u64, u64, u64, u32)> {
+    entries
+        .iter()
+        .take_while(|(_, _, base, _)| *base < hw)
+        .copied()
+        .collect()
 }
 
 impl Drop for ProcessCluster {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use weir_client::Client;
-use weir_tests::process_cluster::ProcessCluster;
+use weir_tests::process_cluster::{ProcessCluster, committed_prefix};
 use weir_tests::workload::{Workload, verify_exactly_once};
 
 const TOPIC: &str = "orders";
@@ -156,14 +156,7 @@ async fn kill_test(default_rounds: u32) -> anyhow::Result<()> {
         let mut prefixes = Vec::new();
         for id in cluster.node_ids() {
             let entries = cluster.stored_entries(id, TOPIC, partition)?;
-            // Committed entries: those holding records below the high watermark, plus the
-            // control entries between them.
-            let committed: Vec<_> = entries
-                .iter()
-                .take_while(|(_, _, base, _)| *base < hw)
-                .copied()
-                .collect();
-            prefixes.push((id, committed));
+            prefixes.push((id, committed_prefix(&entries, hw)));
         }
         let (first_id, first) = &prefixes[0];
         ensure!(

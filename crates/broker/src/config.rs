@@ -5,6 +5,9 @@
 //! ```toml
 //! id = 1
 //! addr = "127.0.0.1:9092"          # serves clients and peers
+//! # advertised_addr = "weir-1:9092" # what peers and clients are told (default: addr)
+//! # external_addr = "0.0.0.0:19092"            # a second listener, for clients outside the
+//! # external_advertised_addr = "127.0.0.1:19092" # nodes' network (published container ports)
 //! data_dir = "/var/lib/weir"
 //! peers = ["1@10.0.0.1:9092", "2@10.0.0.2:9092", "3@10.0.0.3:9092"]   # initial controller voters
 //! # join = "10.0.0.1:9092"         # instead of peers: join a running cluster
@@ -82,6 +85,13 @@ pub struct NodeConfig {
     pub addr: String,
     /// The address to tell others (for example a container's DNS name).
     pub advertised_addr: Option<String>,
+    /// `host:port` of a second listener for clients outside the nodes' network (a container's
+    /// published port, a load balancer). It serves the client API, not peer traffic.
+    pub external_addr: Option<String>,
+    /// The address those clients use to reach `external_addr` (required with it when it listens
+    /// on every interface). Metadata asked on the external listener names every broker by its
+    /// external address, so clients that route to partition leaders reach them.
+    pub external_advertised_addr: Option<String>,
     pub data_dir: PathBuf,
     /// The initial controller voters, `ID@HOST:PORT` (1, 3 or 5 of them).
     pub peers: Vec<String>,
@@ -102,6 +112,8 @@ impl Default for NodeConfig {
             id: 1,
             addr: "127.0.0.1:9092".into(),
             advertised_addr: None,
+            external_addr: None,
+            external_advertised_addr: None,
             data_dir: PathBuf::from("weir-data"),
             peers: Vec::new(),
             join: None,
@@ -163,6 +175,13 @@ impl NodeConfig {
         self.advertised_addr.as_deref().unwrap_or(&self.addr)
     }
 
+    /// The address clients outside the nodes' network use, when there is an external listener.
+    pub fn external_advertised(&self) -> Option<&str> {
+        self.external_advertised_addr
+            .as_deref()
+            .or(self.external_addr.as_deref())
+    }
+
     /// The initial controller voters.
     pub fn voters(&self) -> Result<BTreeMap<NodeId, PeerNode>, ConfigError> {
         let mut voters = BTreeMap::new();
@@ -211,6 +230,41 @@ impl NodeConfig {
                     self.addr
                 ),
             ));
+        }
+        match (&self.external_addr, &self.external_advertised_addr) {
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "external_advertised_addr",
+                    "set external_addr too (the listener it advertises)",
+                ));
+            }
+            (Some(external), advertised) => {
+                if external.parse::<SocketAddr>().is_err() {
+                    check_host_port("external_addr", external)?;
+                }
+                match advertised {
+                    Some(advertised) => check_host_port("external_advertised_addr", advertised)?,
+                    None if external
+                        .parse::<SocketAddr>()
+                        .is_ok_and(|a| a.ip().is_unspecified()) =>
+                    {
+                        return Err(invalid(
+                            "external_advertised_addr",
+                            format!(
+                                "{external} listens on every interface; set the address external clients use"
+                            ),
+                        ));
+                    }
+                    None => {}
+                }
+                if external == &self.addr {
+                    return Err(invalid(
+                        "external_addr",
+                        format!("{external} is also addr; give the external listener its own port"),
+                    ));
+                }
+            }
+            (None, None) => {}
         }
         let voters = self.voters()?;
         if let Some(join) = &self.join {
@@ -307,6 +361,16 @@ mod tests {
             ("peers = [\"x@127.0.0.1:1\"]", "peers"),
             ("peers = [\"1@127.0.0.1:9999\"]", "peers"),
             ("join = \"h:1\"\npeers = [\"1@127.0.0.1:9092\"]", "join"),
+            (
+                "external_advertised_addr = \"127.0.0.1:19092\"",
+                "external_advertised_addr",
+            ),
+            (
+                "external_addr = \"0.0.0.0:19092\"",
+                "external_advertised_addr",
+            ),
+            ("external_addr = \"127.0.0.1:9092\"", "external_addr"),
+            ("external_addr = \"nowhere\"", "external_addr"),
         ];
         for (text, setting) in cases {
             let config: NodeConfig = toml::from_str(text).expect("parses");

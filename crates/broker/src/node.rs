@@ -1,11 +1,13 @@
 //! [`Node`]: one running Weir node — the peer transport, the controller replica, the partition
-//! reconciler and the gRPC server (client API and peer traffic on one address) — and its orderly
-//! shutdown.
+//! reconciler and the gRPC server (client API and peer traffic on one address, plus an optional
+//! external listener serving the client API to clients outside the nodes' network) — and its
+//! orderly shutdown.
 //!
-//! Start-up: bind the address, start serving (peers can reach the controller group at once),
+//! Start-up: bind the addresses, start serving (peers can reach the controller group at once),
 //! open the controller group (forming it on first start of an initial voter), then register this
-//! node as a broker — through any controller voter, or by joining through `join` — retrying until
-//! the controller accepts it.
+//! node as a broker — through any controller voter, or by joining a running cluster through
+//! `join` or, for a node that is not one of the initial voters in `peers`, through those voters —
+//! retrying until the controller accepts it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,7 @@ use weir_raft::{
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::metrics::BrokerMetrics;
-use crate::service::Services;
+use crate::service::{Listener, Services};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +59,12 @@ pub struct Node {
     config: NodeConfig,
     controller: Arc<Controller>,
     partitions: Arc<Partitions>,
-    stop_server: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    /// Stops the gRPC servers (internal and external listener).
+    stop_server: Option<tokio::sync::watch::Sender<bool>>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     local_addr: std::net::SocketAddr,
+    external_addr: Option<std::net::SocketAddr>,
     metrics_addr: Option<std::net::SocketAddr>,
     stop_metrics: Option<oneshot::Sender<()>>,
     health: tonic_health::server::HealthReporter,
@@ -99,6 +103,26 @@ impl Node {
             // An ephemeral port (tests): tell others the port actually bound.
             config.advertised_addr = Some(local_addr.to_string());
         }
+        let external_listener = match &config.external_addr {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Bind {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+                if config.external_advertised_addr.is_none()
+                    && addr.ends_with(":0")
+                    && let Ok(bound) = listener.local_addr()
+                {
+                    // An ephemeral port (tests), as for `addr`.
+                    config.external_advertised_addr = Some(bound.to_string());
+                }
+                Some(listener)
+            }
+            None => None,
+        };
+        let external_addr = external_listener.as_ref().and_then(|l| l.local_addr().ok());
         let transport = PeerTransport::new(config.id, faults);
         let registry = GroupRegistry::new();
 
@@ -139,6 +163,7 @@ impl Node {
             transport: Arc::clone(&transport),
             metrics: Arc::clone(&metrics),
             coordinator: Arc::clone(&coordinator),
+            listener: Listener::Internal,
         };
         let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
         let metrics_addr = match &config.metrics_addr {
@@ -168,38 +193,35 @@ impl Node {
         health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(weir_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| NodeError::Reflection(e.to_string()))?;
-        let (stop_server, stopped) = oneshot::channel::<()>();
-        // Accepted connections need TCP_NODELAY themselves: the builder's `tcp_nodelay` only
-        // covers listeners tonic binds. Without it, small answers (Raft acknowledgements,
-        // forwarded replies) sit out Nagle's algorithm against delayed ACKs: ~40 ms each.
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
+        let (stop_server, stopped) = tokio::sync::watch::channel(false);
+        let mut servers = Vec::new();
+        if let Some(listener) = external_listener {
+            let external = Services {
+                listener: Listener::External,
+                ..services.clone()
+            };
+            let routes = client_api_routes(external, health_service.clone())?;
+            let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
-                .add_service(peer_service)
-                .add_service(
-                    BrokerServer::new(services.clone())
-                        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-                        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
-                )
-                .add_service(AdminServer::new(services.clone()))
-                .add_service(GroupsServer::new(services))
-                .add_service(health_service)
-                .add_service(reflection)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(err) = result {
-                tracing::error!(error = %err, "gRPC server failed");
-            }
-        });
+                .add_routes(routes);
+            servers.push(tokio::spawn(serve(
+                router,
+                listener,
+                stopped.clone(),
+                Listener::External,
+            )));
+        }
+        let routes = client_api_routes(services, health_service)?;
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_routes(routes)
+            .add_service(peer_service);
+        servers.push(tokio::spawn(serve(
+            router,
+            listener,
+            stopped,
+            Listener::Internal,
+        )));
         let tasks = vec![
             tokio::spawn(report_health(health.clone(), Arc::clone(&controller))),
             tokio::spawn(Arc::clone(&partitions).run(Arc::clone(&controller))),
@@ -216,9 +238,10 @@ impl Node {
             controller,
             partitions,
             stop_server: Some(stop_server),
-            server: Some(server),
+            servers,
             tasks,
             local_addr,
+            external_addr,
             metrics_addr,
             stop_metrics: Some(stop_metrics),
             health,
@@ -232,6 +255,11 @@ impl Node {
     /// The address the server listens on.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.local_addr
+    }
+
+    /// The address the external listener listens on, if there is one.
+    pub fn external_addr(&self) -> Option<std::net::SocketAddr> {
+        self.external_addr
     }
 
     /// The address the metrics endpoint listens on, if enabled.
@@ -257,23 +285,71 @@ impl Node {
             task.abort();
         }
         if let Some(stop) = self.stop_server.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         if let Some(stop) = self.stop_metrics.take() {
             let _ = stop.send(());
         }
-        if let Some(server) = self.server.take() {
-            // In-flight requests get a moment; streams that never end do not hold us up.
-            if tokio::time::timeout(Duration::from_secs(3), server)
-                .await
-                .is_err()
-            {
-                tracing::warn!("gRPC server did not stop within 3 s");
-            }
+        // In-flight requests get a moment; streams that never end do not hold us up.
+        let servers = futures::future::join_all(self.servers.drain(..));
+        if tokio::time::timeout(Duration::from_secs(3), servers)
+            .await
+            .is_err()
+        {
+            tracing::warn!("gRPC server did not stop within 3 s");
         }
         self.partitions.shutdown().await;
         self.controller.shutdown().await;
         tracing::info!(node = self.config.id, "node stopped");
+    }
+}
+
+/// The client API (broker, admin, groups), gRPC health and reflection, as served on every
+/// listener.
+fn client_api_routes<H>(
+    services: Services,
+    health: tonic_health::pb::health_server::HealthServer<H>,
+) -> Result<tonic::service::Routes, NodeError>
+where
+    H: tonic_health::pb::health_server::Health,
+{
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(weir_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| NodeError::Reflection(e.to_string()))?;
+    let mut routes = tonic::service::Routes::builder();
+    routes
+        .add_service(
+            BrokerServer::new(services.clone())
+                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
+        )
+        .add_service(AdminServer::new(services.clone()))
+        .add_service(GroupsServer::new(services))
+        .add_service(health)
+        .add_service(reflection);
+    Ok(routes.routes())
+}
+
+/// Serves `router` on `listener` until `stop` turns true.
+async fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    which: Listener,
+) {
+    // Accepted connections need TCP_NODELAY themselves: the builder's `tcp_nodelay` only
+    // covers listeners tonic binds. Without it, small answers (Raft acknowledgements,
+    // forwarded replies) sit out Nagle's algorithm against delayed ACKs: ~40 ms each.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let result = router
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await;
+    if let Err(err) = result {
+        tracing::error!(error = %err, listener = ?which, "gRPC server failed");
     }
 }
 
@@ -294,32 +370,54 @@ async fn report_health(health: tonic_health::server::HealthReporter, controller:
 }
 
 /// Registers this node as a broker (or joins the cluster), retrying until it is in the metadata
-/// with its current address.
+/// with its current addresses.
 async fn register(config: NodeConfig, controller: Arc<Controller>, transport: Arc<PeerTransport>) {
     let addr = config.advertised().to_string();
+    let external = config.external_advertised().map(str::to_string);
+    // A node that is not one of the initial voters joins a running cluster: through `join`, or
+    // else through the voters in `peers` (so one peer list serves every node of, say, a
+    // StatefulSet that grows).
+    let join_targets: Vec<String> = match &config.join {
+        Some(join) => vec![join.clone()],
+        None => match config.voters() {
+            Ok(voters) if !voters.is_empty() && !voters.contains_key(&config.id) => {
+                voters.values().map(|peer| peer.addr.clone()).collect()
+            }
+            _ => Vec::new(),
+        },
+    };
     let mut delay = Duration::from_millis(100);
+    let mut attempt = 0usize;
     loop {
         let registered = controller
             .metadata()
             .brokers
             .get(&config.id)
-            .is_some_and(|b| b.addr == addr && b.rack == config.rack);
+            .is_some_and(|b| {
+                b.addr == addr && b.external_addr == external && b.rack == config.rack
+            });
         if registered {
             tracing::info!(node = config.id, "registered as a broker");
             return;
         }
-        let result = match &config.join {
-            Some(join) => join_through(join, &config, &transport).await,
-            None => controller
+        let result = if join_targets.is_empty() {
+            controller
                 .propose(MetadataCommand::RegisterBroker {
                     id: config.id,
                     addr: addr.clone(),
+                    external_addr: external.clone(),
                     rack: config.rack.clone(),
                 })
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
+                .map_err(|e| e.to_string())
+        } else {
+            let target = &join_targets[attempt % join_targets.len()];
+            join_through(target, &config, &transport)
+                .await
+                .map_err(|err| format!("joining through {target}: {err}"))
         };
+        attempt += 1;
         if let Err(err) = result {
             tracing::info!(node = config.id, error = %err, "registration not done yet; retrying");
             tokio::time::sleep(delay).await;
@@ -343,6 +441,7 @@ async fn join_through(
             id: config.id,
             address: config.advertised().to_string(),
             rack: config.rack.clone().unwrap_or_default(),
+            external_address: config.external_advertised().unwrap_or_default().to_string(),
         })
         .await
         .map(|_| ())

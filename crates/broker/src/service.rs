@@ -71,6 +71,18 @@ pub(crate) struct Services {
     pub(crate) transport: Arc<PeerTransport>,
     pub(crate) metrics: Arc<crate::metrics::BrokerMetrics>,
     pub(crate) coordinator: Arc<crate::groups::Coordinator>,
+    /// Which of the node's listeners these services answer on.
+    pub(crate) listener: Listener,
+}
+
+/// A node's listeners. The internal one serves peers and clients on the nodes' network; the
+/// optional external one serves clients that reach the node through another address (a
+/// container's published port, a load balancer), and its metadata answers name brokers by their
+/// external addresses, as Kafka's advertised listeners do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listener {
+    Internal,
+    External,
 }
 
 pub(crate) fn forward_hops<T>(request: &Request<T>) -> u32 {
@@ -763,7 +775,10 @@ impl Broker for Services {
                 .values()
                 .map(|b| BrokerInfo {
                     id: b.id,
-                    address: b.addr.clone(),
+                    address: match (self.listener, &b.external_addr) {
+                        (Listener::External, Some(external)) => external.clone(),
+                        _ => b.addr.clone(),
+                    },
                     rack: b.rack.clone().unwrap_or_default(),
                     alive: self.controller.is_alive(b.id),
                     decommissioning: b.decommissioning,
@@ -909,13 +924,31 @@ impl Admin for Services {
         if request.id == 0 {
             return Err(Status::invalid_argument("node id 0 is reserved"));
         }
-        tracing::info!(node = request.id, addr = %request.address, "join request");
+        for (field, value) in [
+            ("address", &request.address),
+            ("external_address", &request.external_address),
+        ] {
+            let optional = field == "external_address";
+            let port = value
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            let valid = matches!(port, Some((host, Ok(_))) if !host.is_empty())
+                || (optional && value.is_empty());
+            if !valid {
+                return Err(Status::invalid_argument(format!(
+                    "{field} {value:?} is not HOST:PORT"
+                )));
+            }
+        }
+        tracing::info!(node = request.id, addr = %request.address, external = %request.external_address, "join request");
         if let Some(mut leader) = self.controller_leader(hops)? {
             return leader.join_cluster(Self::forwarded(request, hops)).await;
         }
         let rack = (!request.rack.is_empty()).then(|| request.rack.clone());
+        let external =
+            (!request.external_address.is_empty()).then(|| request.external_address.clone());
         self.controller
-            .admit(request.id, &request.address, rack)
+            .admit(request.id, &request.address, external, rack)
             .await
             .map_err(from_controller)?;
         Ok(Response::new(JoinClusterResponse {}))

@@ -12,6 +12,7 @@ mod bench;
 mod cluster;
 mod consume;
 mod group;
+mod health;
 mod local;
 mod produce;
 mod server;
@@ -158,6 +159,9 @@ enum Command {
     /// Workload benchmark: producers and consumers on fresh topics, rates and latency
     /// percentiles (or --replay-bytes: one partition's read-back rate); a table or --json.
     Bench(bench::BenchArgs),
+    /// Ask one node for its gRPC health; exit 0 only when it is SERVING (container health
+    /// checks).
+    Health(health::HealthArgs),
 }
 
 fn init_logging(default: &str) {
@@ -226,6 +230,10 @@ fn main() -> ExitCode {
             Command::Bench(args) => {
                 init_logging("warn");
                 bench::run(args).await
+            }
+            Command::Health(args) => {
+                init_logging("warn");
+                health::run(args).await
             }
         }
     });

@@ -13,14 +13,25 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "WEIR_CONFIG")]
     config: Option<PathBuf>,
     /// This node's id (1 or more).
-    #[arg(long, env = "WEIR_ID")]
+    #[arg(long, env = "WEIR_ID", conflicts_with = "id_from_hostname")]
     id: Option<u64>,
+    /// Take the node id from the host name's trailing ordinal, plus one: `weir-0` is node 1,
+    /// `weir-2` node 3 (a Kubernetes StatefulSet's pods).
+    #[arg(long, env = "WEIR_ID_FROM_HOSTNAME")]
+    id_from_hostname: bool,
     /// Address to listen on, IP:PORT (clients and peers).
     #[arg(long, env = "WEIR_ADDR")]
     addr: Option<String>,
     /// Address other nodes and clients use, HOST:PORT (default: --addr).
     #[arg(long, env = "WEIR_ADVERTISED_ADDR")]
     advertised_addr: Option<String>,
+    /// A second listener, IP:PORT, for clients outside the nodes' network (a container's
+    /// published port): metadata asked there names brokers by their external addresses.
+    #[arg(long, env = "WEIR_EXTERNAL_ADDR")]
+    external_addr: Option<String>,
+    /// The address clients outside the nodes' network use, HOST:PORT (default: --external-addr).
+    #[arg(long, env = "WEIR_EXTERNAL_ADVERTISED_ADDR")]
+    external_advertised_addr: Option<String>,
     /// Data directory.
     #[arg(long, env = "WEIR_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -65,11 +76,22 @@ impl ServerArgs {
         if let Some(id) = self.id {
             config.id = id;
         }
+        if self.id_from_hostname {
+            let hostname = hostname()?;
+            config.id = id_from_hostname(&hostname)?;
+            tracing::info!(%hostname, id = config.id, "node id from the host name");
+        }
         if let Some(addr) = self.addr {
             config.addr = addr;
         }
         if let Some(advertised) = self.advertised_addr {
             config.advertised_addr = Some(advertised);
+        }
+        if let Some(external) = self.external_addr {
+            config.external_addr = Some(external);
+        }
+        if let Some(advertised) = self.external_advertised_addr {
+            config.external_advertised_addr = Some(advertised);
         }
         if let Some(dir) = self.data_dir {
             config.data_dir = dir;
@@ -94,6 +116,34 @@ impl ServerArgs {
     }
 }
 
+/// This machine's host name: `HOSTNAME` (set by Docker and Kubernetes), else the kernel's.
+fn hostname() -> anyhow::Result<String> {
+    if let Ok(name) = std::env::var("HOSTNAME")
+        && !name.trim().is_empty()
+    {
+        return Ok(name.trim().to_string());
+    }
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the host name (/proc/sys/kernel/hostname) for --id-from-hostname")?;
+    Ok(name.trim().to_string())
+}
+
+/// `weir-0` → 1: the number after the host name's last `-`, plus one (node ids start at 1).
+fn id_from_hostname(hostname: &str) -> anyhow::Result<u64> {
+    let ordinal = hostname
+        .rsplit_once('-')
+        .map(|(_, ordinal)| ordinal)
+        .and_then(|ordinal| ordinal.parse::<u64>().ok())
+        .with_context(|| {
+            format!(
+                "--id-from-hostname: host name {hostname:?} does not end in -ORDINAL (like weir-0)"
+            )
+        })?;
+    ordinal
+        .checked_add(1)
+        .with_context(|| format!("--id-from-hostname: ordinal {ordinal} is too large"))
+}
+
 /// Waits for SIGTERM or Ctrl-C.
 pub(crate) async fn stop_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -112,4 +162,19 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     stop_signal().await?;
     node.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::id_from_hostname;
+
+    #[test]
+    fn ids_come_from_statefulset_ordinals() {
+        assert_eq!(id_from_hostname("weir-0").expect("ordinal"), 1);
+        assert_eq!(id_from_hostname("my-weir-cluster-12").expect("ordinal"), 13);
+        for bad in ["weir", "weir-", "weir-x", "weir-0a", ""] {
+            let err = id_from_hostname(bad).expect_err(bad).to_string();
+            assert!(err.contains("-ORDINAL"), "{bad}: {err}");
+        }
+    }
 }

@@ -13,6 +13,7 @@
 //!   partition let the leader drop a retried batch it already wrote.
 //! - [`Consumer`] (module `consumer`): reads assigned partitions, or a consumer group's share of
 //!   its topics, with long-poll fetchers in the background; commits positions.
+//! - [`check_health`] (module `health`): one node's standard gRPC health status.
 //! - [`IdempotentBatcher`] (module `batch`): the low-level batch builder for callers that batch
 //!   themselves.
 //!
@@ -46,6 +47,7 @@ mod batch;
 mod client;
 mod consumer;
 mod error;
+mod health;
 mod metadata;
 mod producer;
 
@@ -53,6 +55,7 @@ pub use batch::IdempotentBatcher;
 pub use client::{Acks, Client, Start};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, ResetPolicy};
 pub use error::ClientError;
+pub use health::{NodeHealth, check_health};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 pub use weir_proto::partitioner::partition_for_key;
 pub use weir_proto::v1::{

@@ -68,9 +68,11 @@ impl Cache {
         self.brokers.get(&id).map(|addr| (id, addr.as_str()))
     }
 
-    /// Records a leader learnt from a `weir-leader` hint.
+    /// Records a leader learnt from a `weir-leader` hint. A hint names the leader's internal
+    /// address; a broker the metadata already named keeps the metadata's address, which is the
+    /// one for the listener this client uses (see `external_addr` in the node configuration).
     pub(crate) fn set_leader(&mut self, topic: &str, partition: u32, id: u64, addr: &str) {
-        self.brokers.insert(id, addr.to_string());
+        self.brokers.entry(id).or_insert_with(|| addr.to_string());
         if let Some(leaders) = self.topics.get_mut(topic)
             && let Some(slot) = leaders.get_mut(partition as usize)
         {
@@ -150,6 +152,10 @@ mod tests {
 
         cache.set_leader("t", 2, 4, "127.0.0.1:9004");
         assert_eq!(cache.leader("t", 2), Some((4, "127.0.0.1:9004")));
+        // A hint names the internal address; a broker the metadata named keeps the metadata's
+        // (the one for this client's listener).
+        cache.set_leader("t", 2, 3, "weir-3:9092");
+        assert_eq!(cache.leader("t", 2), Some((3, "127.0.0.1:9003")));
         cache.forget_leader("t", 0);
         assert_eq!(cache.leader("t", 0), None);
 

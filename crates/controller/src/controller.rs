@@ -307,6 +307,7 @@ impl Controller {
         &self,
         id: NodeId,
         addr: &str,
+        external_addr: Option<String>,
         rack: Option<String>,
     ) -> Result<(), ControllerError> {
         let (voters, learners) = self.group.members();
@@ -321,6 +322,7 @@ impl Controller {
         self.propose(MetadataCommand::RegisterBroker {
             id,
             addr: addr.to_string(),
+            external_addr,
             rack,
         })
         .await?;

@@ -32,6 +32,10 @@ pub struct BrokerRecord {
     pub id: NodeId,
     /// `host:port` for clients and peers.
     pub addr: String,
+    /// `host:port` for clients outside the nodes' network (a container's published port, for
+    /// example): the address metadata answers name to requests that arrive on the broker's
+    /// external listener. None: clients everywhere use `addr`.
+    pub external_addr: Option<String>,
     pub rack: Option<String>,
     /// Being drained: no new replicas are placed here, and its replicas move away.
     pub decommissioning: bool,
@@ -218,6 +222,7 @@ pub enum MetadataCommand {
     RegisterBroker {
         id: NodeId,
         addr: String,
+        external_addr: Option<String>,
         rack: Option<String>,
     },
     CreateTopic {
@@ -322,7 +327,12 @@ impl Metadata {
     pub fn apply(&mut self, command: MetadataCommand) -> Result<u64, MetadataError> {
         self.version += 1;
         match command {
-            MetadataCommand::RegisterBroker { id, addr, rack } => {
+            MetadataCommand::RegisterBroker {
+                id,
+                addr,
+                external_addr,
+                rack,
+            } => {
                 if id == 0 {
                     return Err(MetadataError::Invalid("broker id 0 is reserved".into()));
                 }
@@ -332,6 +342,7 @@ impl Metadata {
                     BrokerRecord {
                         id,
                         addr,
+                        external_addr,
                         rack,
                         decommissioning,
                     },
@@ -556,6 +567,7 @@ mod tests {
             m.apply(MetadataCommand::RegisterBroker {
                 id,
                 addr: format!("127.0.0.1:{}", 9000 + id),
+                external_addr: None,
                 rack: None,
             })
             .expect("registers");
@@ -625,6 +637,7 @@ mod tests {
         let command = MetadataCommand::RegisterBroker {
             id: 4,
             addr: "127.0.0.1:1".into(),
+            external_addr: Some("127.0.0.2:1".into()),
             rack: Some("r1".into()),
         };
         let batch = weir_storage::codec::ValidBatch::new(command_batch(&command).expect("encodes"))

@@ -240,6 +240,7 @@ mod tests {
             m.apply(MetadataCommand::RegisterBroker {
                 id: i as u64 + 1,
                 addr: format!("127.0.0.1:{}", 9000 + i),
+                external_addr: None,
                 rack: rack.map(str::to_string),
             })
             .expect("registers");
@@ -345,6 +346,7 @@ mod tests {
         m.apply(MetadataCommand::RegisterBroker {
             id: 4,
             addr: "127.0.0.1:1".into(),
+            external_addr: None,
             rack: None,
         })
         .expect("joined");

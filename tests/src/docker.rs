@@ -1,0 +1,324 @@
+//! The compose cluster of `deploy/` on this machine's Docker engine, for container fault tests:
+//! build the image from the `weir` binary under test (with `deploy/build-image.sh`, pulling
+//! nothing), bring `deploy/docker-compose.yml` up under a project name of its own with free
+//! loopback ports, inject faults into its containers (`docker kill`, `pause`/`unpause`, `network
+//! disconnect`/`connect`, `restart`), and copy each node's data directory out once it stopped.
+//!
+//! Invariant: everything a [`ComposeCluster`] creates — containers, the network, the named
+//! volumes and the image tag — is removed when it is dropped, also when the test panics.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+
+use crate::process_cluster::{free_ports, weir_binary};
+
+/// Why Docker cannot be used here, or `None` when an engine answers and Compose is installed.
+pub fn unavailable() -> Option<String> {
+    match Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Err(err) => return Some(format!("the docker command cannot run: {err}")),
+        Ok(out) if !out.status.success() => {
+            return Some(format!(
+                "no Docker engine answers: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(_) => {}
+    }
+    if compose_command().is_none() {
+        return Some("neither `docker compose` nor `docker-compose` is installed".into());
+    }
+    None
+}
+
+/// `docker compose` (v2) when it works, else `docker-compose` (v1).
+fn compose_command() -> Option<Vec<String>> {
+    let works = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works("docker", &["compose", "version"]) {
+        Some(vec!["docker".into(), "compose".into()])
+    } else if works("docker-compose", &["version"]) {
+        Some(vec!["docker-compose".into()])
+    } else {
+        None
+    }
+}
+
+fn run(command: &mut Command) -> anyhow::Result<Output> {
+    let shown = format!("{command:?}");
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {shown}"))?;
+    ensure!(
+        out.status.success(),
+        "{shown} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(out)
+}
+
+fn docker(args: &[&str]) -> anyhow::Result<String> {
+    let out = run(Command::new("docker").args(args))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The repository's root (the tests crate lives in `tests/`).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
+}
+
+/// The three-node compose cluster of `deploy/docker-compose.yml`.
+#[derive(Debug)]
+pub struct ComposeCluster {
+    project: String,
+    compose: Vec<String>,
+    image: String,
+    /// Node id → client port published on 127.0.0.1 (the node's external listener).
+    client_ports: Vec<u16>,
+    /// Node id → metrics port published on 127.0.0.1.
+    metrics_ports: Vec<u16>,
+}
+
+pub const NODES: u64 = 3;
+
+impl ComposeCluster {
+    /// Builds the image from the `weir` binary under test and starts the cluster (without
+    /// waiting for it to be healthy: see [`ComposeCluster::wait_healthy`]).
+    pub fn start() -> anyhow::Result<Self> {
+        let compose = compose_command().context("docker compose is not installed")?;
+        let project = format!("weirtest{}", std::process::id());
+        let image = format!("weir-test:{project}");
+        let ports = free_ports(2 * NODES as usize)?;
+        let cluster = Self {
+            project,
+            compose,
+            image,
+            client_ports: ports[..NODES as usize].to_vec(),
+            metrics_ports: ports[NODES as usize..].to_vec(),
+        };
+        // From here on, Drop cleans up whatever was created.
+        let binary = weir_binary()?;
+        let started = Instant::now();
+        run(Command::new(repo_root().join("deploy/build-image.sh"))
+            .arg("--binary")
+            .arg(&binary)
+            .args(["--tag", &cluster.image]))?;
+        eprintln!(
+            "docker: built {} in {:.1} s",
+            cluster.image,
+            started.elapsed().as_secs_f64()
+        );
+        cluster.compose(&["up", "-d"])?;
+        Ok(cluster)
+    }
+
+    fn compose_cmd(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.compose[0]);
+        command
+            .args(&self.compose[1..])
+            .arg("-p")
+            .arg(&self.project)
+            .arg("-f")
+            .arg(repo_root().join("deploy/docker-compose.yml"))
+            .args(args)
+            .env("WEIR_IMAGE", &self.image);
+        for (i, (client, metrics)) in self
+            .client_ports
+            .iter()
+            .zip(&self.metrics_ports)
+            .enumerate()
+        {
+            command
+                .env(format!("WEIR_PORT_{}", i + 1), client.to_string())
+                .env(format!("WEIR_METRICS_PORT_{}", i + 1), metrics.to_string());
+        }
+        command
+    }
+
+    fn compose(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = run(&mut self.compose_cmd(args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The client addresses (published on loopback) of every node.
+    pub fn brokers(&self) -> Vec<String> {
+        self.client_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// The client address of node `id`.
+    pub fn broker(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.client_ports[(id - 1) as usize])
+    }
+
+    /// The metrics address of node `id`.
+    pub fn metrics_addr(&self, id: u64) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.metrics_ports[(id - 1) as usize]))
+    }
+
+    /// The container of node `id`.
+    pub fn container(&self, id: u64) -> anyhow::Result<String> {
+        let container = self.compose(&["ps", "-q", &format!("weir-{id}")])?;
+        ensure!(!container.is_empty(), "node {id} has no container");
+        Ok(container)
+    }
+
+    /// The compose network the nodes talk over.
+    pub fn network(&self) -> String {
+        format!("{}_weir", self.project)
+    }
+
+    /// `docker kill` (SIGKILL) node `id`'s container.
+    pub fn kill(&self, id: u64) -> anyhow::Result<()> {
+        docker(&["kill", &self.container(id)?]).map(drop)
+    }
+
+    /// Starts node `id`'s container again (a no-op when the restart policy already did).
+    pub fn start_node(&self, id: u64) -> anyhow::Result<()> {
+        docker(&["start", &self.container(id)?]).map(drop)
+    }
+
+    /// `docker pause` (freezes every process of the container).
+    pub fn pause(&self, id: u64) -> anyhow::Result<()> {
+        docker(&["pause", &self.container(id)?]).map(drop)
+    }
+
+    pub fn unpause(&self, id: u64) -> anyhow::Result<()> {
+        docker(&["unpause", &self.container(id)?]).map(drop)
+    }
+
+    /// Cuts node `id` off the cluster's network (its peers and its published port).
+    pub fn disconnect(&self, id: u64) -> anyhow::Result<()> {
+        docker(&[
+            "network",
+            "disconnect",
+            &self.network(),
+            &self.container(id)?,
+        ])
+        .map(drop)
+    }
+
+    /// Connects node `id` back, under its service's DNS name.
+    pub fn connect(&self, id: u64) -> anyhow::Result<()> {
+        let alias = format!("weir-{id}");
+        docker(&[
+            "network",
+            "connect",
+            "--alias",
+            &alias,
+            &self.network(),
+            &self.container(id)?,
+        ])
+        .map(drop)
+    }
+
+    /// `docker restart` (SIGTERM, then start) node `id`.
+    pub fn restart(&self, id: u64) -> anyhow::Result<()> {
+        docker(&["restart", "--time", "20", &self.container(id)?]).map(drop)
+    }
+
+    /// Waits until every node reports SERVING on gRPC health through its published port.
+    pub async fn wait_healthy(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        for id in 1..=NODES {
+            let addr = self.broker(id);
+            loop {
+                let health = weir_client::check_health(&addr, Duration::from_secs(1)).await;
+                if matches!(health, Ok(weir_client::NodeHealth::Serving)) {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "node {id} ({addr}) is not SERVING after {within:?}: {health:?}\n{}",
+                        self.logs().unwrap_or_default()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last lines each node logged (for failure messages).
+    pub fn logs(&self) -> anyhow::Result<String> {
+        let out = run(&mut self.compose_cmd(&["logs", "--no-color", "--tail", "40"]))?;
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
+    /// Stops every node cleanly (SIGTERM) and copies each one's data directory to
+    /// `dest/node-<id>`.
+    pub fn stop_and_copy_data(&self, dest: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        let containers: Vec<String> = (1..=NODES)
+            .map(|id| self.container(id))
+            .collect::<anyhow::Result<_>>()?;
+        self.compose(&["stop", "--timeout", "20"])?;
+        let mut dirs = Vec::new();
+        for (i, container) in containers.iter().enumerate() {
+            let dir = dest.join(format!("node-{}", i + 1));
+            docker(&[
+                "cp",
+                &format!("{container}:/var/lib/weir"),
+                &dir.to_string_lossy(),
+            ])?;
+            dirs.push(dir);
+        }
+        Ok(dirs)
+    }
+}
+
+impl Drop for ComposeCluster {
+    fn drop(&mut self) {
+        // Unpause first: a paused container does not stop.
+        for id in 1..=NODES {
+            if let Ok(container) = self.container(id) {
+                let _ = Command::new("docker")
+                    .args(["unpause", &container])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        match run(&mut self.compose_cmd(&[
+            "down",
+            "--volumes",
+            "--remove-orphans",
+            "--timeout",
+            "5",
+        ])) {
+            Ok(_) => eprintln!(
+                "docker: removed project {} (containers, network, volumes)",
+                self.project
+            ),
+            Err(err) => eprintln!(
+                "docker: cleaning up project {} failed: {err:#}",
+                self.project
+            ),
+        }
+        let _ = Command::new("docker")
+            .args(["image", "rm", "--force", &self.image])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

@@ -1,0 +1,349 @@
+//! Container fault test: the compose cluster of `deploy/` (the image built from this build's
+//! `weir` with `deploy/build-image.sh`, nothing pulled) under producers writing unique values
+//! with acks=all and a consumer reading along, while the test `docker kill`s a partition leader,
+//! pauses and unpauses a node, disconnects one from the cluster's network and connects it back,
+//! and restarts every node in turn. At the end everything is read back through the published
+//! loopback ports: every acknowledged value exactly once, in order per partition; each replica's
+//! log end catches up with the high watermark; and, once the nodes stopped, every replica's
+//! stored log holds the same committed entries. A summary line goes to the test output.
+//!
+//! Skipped, with a message saying why, where no Docker engine answers. Everything the test
+//! creates (containers, network, volumes, image) is removed when it ends, also on failure.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use weir_client::{Client, Consumer, ConsumerConfig, Start};
+use weir_tests::docker::{ComposeCluster, NODES, unavailable};
+use weir_tests::process_cluster::{committed_prefix, stored_entries_in};
+use weir_tests::workload::{Workload, read_back};
+
+const TOPIC: &str = "faults";
+const PARTITIONS: u32 = 3;
+/// How long a paused or disconnected node stays out: several election timeouts.
+const OUTAGE: Duration = Duration::from_secs(6);
+/// How long the cluster may take to serve again after a fault.
+const RECOVERY: Duration = Duration::from_secs(90);
+
+/// What the reading consumer saw.
+#[derive(Debug, Default)]
+struct LiveReads {
+    read: AtomicUsize,
+    /// Offsets that came again, or went backwards, within one partition's stream.
+    repeated: AtomicUsize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compose_cluster_survives_kills_pauses_partitions_and_restarts() -> anyhow::Result<()> {
+    weir_tests::init_tracing();
+    if let Some(reason) = unavailable() {
+        eprintln!(
+            "SKIPPED compose_cluster_survives_kills_pauses_partitions_and_restarts: {reason}"
+        );
+        return Ok(());
+    }
+    let cluster = ComposeCluster::start()?;
+    cluster.wait_healthy(RECOVERY).await?;
+    let client = Arc::new(Client::new(&cluster.brokers())?);
+    client.create_topic(TOPIC, PARTITIONS, 3).await?;
+    wait_for_leaders(&client).await?;
+    let brokers = client.metadata(&[]).await?.brokers;
+    ensure!(
+        brokers.len() == NODES as usize
+            && brokers
+                .iter()
+                .all(|b| cluster.brokers().contains(&b.address)),
+        "metadata from the published port must name the published addresses: {brokers:?}"
+    );
+
+    let workload = Workload::start(Arc::clone(&client), TOPIC, PARTITIONS, 20);
+    let reads = Arc::new(LiveReads::default());
+    let stop_reading = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn(read_along(
+        Arc::clone(&client),
+        Arc::clone(&reads),
+        Arc::clone(&stop_reading),
+    ));
+    await_progress(&workload, &cluster, "start").await?;
+
+    let mut faults: Vec<String> = Vec::new();
+
+    // 1. SIGKILL the leader of partition 0; it comes back on its volume.
+    let leader = leader_of(&client, 0).await?;
+    cluster.kill(leader)?;
+    faults.push(format!("docker kill node {leader} (leader of {TOPIC}/0)"));
+    wait_new_leader(&client, 0, leader).await?;
+    await_progress(&workload, &cluster, "after the leader kill").await?;
+    cluster.start_node(leader)?;
+    cluster.wait_healthy(RECOVERY).await?;
+
+    // 2. Freeze the leader of partition 1 past its election timeout, then thaw it.
+    let leader = leader_of(&client, 1).await?;
+    cluster.pause(leader)?;
+    faults.push(format!(
+        "docker pause/unpause node {leader} (leader of {TOPIC}/1)"
+    ));
+    wait_new_leader(&client, 1, leader).await?;
+    tokio::time::sleep(OUTAGE).await;
+    await_progress(&workload, &cluster, "while a node is paused").await?;
+    cluster.unpause(leader)?;
+    cluster.wait_healthy(RECOVERY).await?;
+
+    // 3. Cut the leader of partition 2 off the network (a partition), then heal it.
+    let leader = leader_of(&client, 2).await?;
+    cluster.disconnect(leader)?;
+    faults.push(format!(
+        "docker network disconnect/connect node {leader} (leader of {TOPIC}/2)"
+    ));
+    wait_new_leader(&client, 2, leader).await?;
+    tokio::time::sleep(OUTAGE).await;
+    await_progress(&workload, &cluster, "while a node is cut off").await?;
+    cluster.connect(leader)?;
+    cluster.wait_healthy(RECOVERY).await?;
+
+    // 4. Restart every node in turn (SIGTERM, start), as a rolling upgrade does.
+    for id in 1..=NODES {
+        cluster.restart(id)?;
+        faults.push(format!("docker restart node {id}"));
+        cluster.wait_healthy(RECOVERY).await?;
+        await_progress(&workload, &cluster, &format!("after restarting node {id}")).await?;
+    }
+
+    // 5. SIGKILL whichever node leads partition 0 now, once more, while traffic runs.
+    let leader = leader_of(&client, 0).await?;
+    cluster.kill(leader)?;
+    faults.push(format!("docker kill node {leader} (leader of {TOPIC}/0)"));
+    wait_new_leader(&client, 0, leader).await?;
+    await_progress(&workload, &cluster, "after the second kill").await?;
+    cluster.start_node(leader)?;
+    cluster.wait_healthy(RECOVERY).await?;
+    await_progress(&workload, &cluster, "with every node back").await?;
+
+    let (batches, acked) = workload.stop().await?;
+    stop_reading.store(true, Ordering::Relaxed);
+    reader.await??;
+    let report = read_back(&client, TOPIC, &acked).await?;
+    eprintln!(
+        "docker fault test: acknowledged {}, read {}, lost {}, duplicated {}, out of order {:?}; \
+         {} batches; live consumer read {} (repeated {}); faults injected {}: {}",
+        report.acknowledged,
+        report.read,
+        report.lost,
+        report.duplicated,
+        report.out_of_order,
+        batches,
+        reads.read.load(Ordering::Relaxed),
+        reads.repeated.load(Ordering::Relaxed),
+        faults.len(),
+        faults.join("; ")
+    );
+    ensure!(
+        report.exactly_once(),
+        "acknowledged records lost, duplicated or reordered: {report:?}"
+    );
+    ensure!(
+        report.acknowledged > 1000,
+        "too few records acknowledged ({}) for a meaningful test",
+        report.acknowledged
+    );
+    ensure!(
+        reads.repeated.load(Ordering::Relaxed) == 0,
+        "the live consumer saw an offset twice"
+    );
+    ensure!(
+        reads.read.load(Ordering::Relaxed) > 0,
+        "the live consumer read nothing"
+    );
+
+    // Every replica catches up with the high watermark ...
+    wait_replicas_caught_up(&cluster, &report.high_watermarks).await?;
+    // ... and, the nodes stopped, every replica stores the same committed log.
+    let copies = tempfile::tempdir()?;
+    let data_dirs = cluster.stop_and_copy_data(copies.path())?;
+    for partition in 0..PARTITIONS {
+        let hw = report.high_watermarks[&partition];
+        let mut prefixes = Vec::new();
+        for dir in &data_dirs {
+            let entries = stored_entries_in(dir, TOPIC, partition)?;
+            prefixes.push(committed_prefix(&entries, hw));
+        }
+        ensure!(
+            !prefixes[0].is_empty(),
+            "partition {partition}: no committed entries"
+        );
+        for (i, prefix) in prefixes.iter().enumerate().skip(1) {
+            ensure!(
+                prefix == &prefixes[0],
+                "partition {partition}: node {}'s committed log differs from node 1's",
+                i + 1
+            );
+        }
+    }
+    eprintln!(
+        "docker fault test: all {NODES} replicas of {PARTITIONS} partitions store the same committed log"
+    );
+    Ok(())
+}
+
+/// Reads every partition from the start while the faults happen, checking that no partition's
+/// stream repeats an offset.
+async fn read_along(
+    client: Arc<Client>,
+    reads: Arc<LiveReads>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let mut consumer = Consumer::new(client, ConsumerConfig::default());
+    consumer.assign(TOPIC, &[], Start::Earliest).await?;
+    let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        let records = match tokio::time::timeout(Duration::from_secs(1), consumer.poll()).await {
+            Ok(records) => records?,
+            Err(_) => continue,
+        };
+        for record in records {
+            let expected = next.entry(record.partition).or_insert(0);
+            if record.offset < *expected {
+                reads.repeated.fetch_add(1, Ordering::Relaxed);
+            }
+            *expected = record.offset + 1;
+            reads.read.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    consumer.close().await?;
+    Ok(())
+}
+
+/// The node leading `partition` of the topic.
+async fn leader_of(client: &Client, partition: u32) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let metadata = client.metadata(&[TOPIC.to_string()]).await?;
+        let leader = metadata.topics[0]
+            .partitions
+            .iter()
+            .find(|p| p.partition == partition)
+            .map_or(0, |p| p.leader);
+        if leader != 0 {
+            return Ok(leader);
+        }
+        if Instant::now() >= deadline {
+            bail!("{TOPIC}/{partition} has no leader after {RECOVERY:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until a node other than `old` leads `partition`: the fault forced a failover.
+async fn wait_new_leader(client: &Client, partition: u32, old: u64) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let leader = leader_of(client, partition).await?;
+        if leader != old {
+            return Ok(leader);
+        }
+        if Instant::now() >= deadline {
+            bail!("{TOPIC}/{partition} is still led by node {old} after {RECOVERY:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_for_leaders(client: &Client) -> anyhow::Result<()> {
+    for partition in 0..PARTITIONS {
+        leader_of(client, partition).await?;
+    }
+    Ok(())
+}
+
+/// Waits until the producers had more values acknowledged: the cluster serves writes.
+async fn await_progress(
+    workload: &Workload,
+    cluster: &ComposeCluster,
+    when: &str,
+) -> anyhow::Result<()> {
+    let before = workload.acknowledged().await;
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        if workload.acknowledged().await >= before + 200 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "no writes acknowledged {when} within {RECOVERY:?}\n{}",
+                cluster.logs().unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every node's log end offset (its metrics, through the published port) reaches
+/// the high watermark of each partition it holds, on every node.
+async fn wait_replicas_caught_up(
+    cluster: &ComposeCluster,
+    high_watermarks: &BTreeMap<u32, u64>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let mut behind = Vec::new();
+        for id in 1..=NODES {
+            let text = weir_tests::scrape_metrics(Some(cluster.metrics_addr(id)))
+                .await
+                .with_context(|| format!("metrics of node {id}"))?;
+            let ends = log_ends(&text);
+            for (&partition, &hw) in high_watermarks {
+                match ends.get(&partition) {
+                    Some(&end) if end >= hw => {}
+                    other => {
+                        behind.push(format!("node {id} {TOPIC}/{partition}: {other:?} < {hw}"))
+                    }
+                }
+            }
+        }
+        if behind.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("replicas did not catch up: {}", behind.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `weir_partition_log_end_offset` of the test topic's partitions, from Prometheus text.
+fn log_ends(metrics: &str) -> BTreeMap<u32, u64> {
+    let topic_label = format!("topic=\"{TOPIC}\"");
+    let mut ends = BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("weir_partition_log_end_offset{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        if !labels.split(',').any(|l| l == topic_label) {
+            continue;
+        }
+        let partition = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("partition=\""))
+            .and_then(|p| p.trim_end_matches('"').parse::<u32>().ok());
+        if let (Some(partition), Ok(value)) = (partition, value.trim().parse::<u64>()) {
+            ends.insert(partition, value);
+        }
+    }
+    ends
+}
+
+#[test]
+fn log_ends_parse_prometheus_text() {
+    let text = "# HELP x\n\
+        weir_partition_log_end_offset{topic=\"faults\",partition=\"0\"} 17\n\
+        weir_partition_log_end_offset{topic=\"other\",partition=\"0\"} 99\n\
+        weir_partition_log_end_offset{topic=\"faults\",partition=\"2\"} 5\n";
+    let ends = log_ends(text);
+    assert_eq!(ends, BTreeMap::from([(0, 17), (2, 5)]));
+}
