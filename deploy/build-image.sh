@@ -41,6 +41,8 @@ trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$STAGE/rootfs/etc" "$STAGE/rootfs/tmp" "$STAGE/data"
 chmod 1777 "$STAGE/rootfs/tmp"
 cp "$BINARY" "$STAGE/rootfs/weir"
+# Debug info stays in target/; the image gets the code only.
+if command -v strip >/dev/null; then strip --strip-debug "$STAGE/rootfs/weir"; fi
 
 # The dynamic loader and every library the binary links, at the paths the binary looks for them.
 libraries=$(ldd "$BINARY" | awk '/=> \// { print $3 } /^\t\/[^ ]+ \(/ { print $1 }')
@@ -59,7 +61,11 @@ cp "$ROOT/deploy/Dockerfile" "$STAGE/Dockerfile"
 echo "==> docker build -t $TAG (FROM scratch; $(echo "$libraries" | wc -w) libraries)" >&2
 # DOCKER_BUILDKIT=0: the classic builder needs nothing but the engine (BuildKit may want to pull
 # its frontend image).
-DOCKER_BUILDKIT=0 docker build --quiet --pull=false -t "$TAG" "$STAGE" >/dev/null
+if ! DOCKER_BUILDKIT=0 docker build --quiet --pull=false -t "$TAG" "$STAGE" >"$STAGE/build.log" 2>&1; then
+    cat "$STAGE/build.log" >&2
+    echo "build-image.sh: docker build failed" >&2
+    exit 1
+fi
 # Prove the image runs before anyone depends on it.
 docker run --rm "$TAG" --version
 echo "built $TAG" >&2

@@ -322,3 +322,159 @@ impl Drop for ComposeCluster {
             .status();
     }
 }
+
+/// Containers started one by one with `docker run` on a network of their own, the way a
+/// Kubernetes StatefulSet runs pods: each node is `weir-<ordinal>` with the DNS name
+/// `weir-<ordinal>.weir-headless` and the settings of `deploy/kubernetes/weir.yaml`.
+///
+/// Invariant: dropping it removes every container (with its anonymous volume), the network and
+/// the image tag.
+#[derive(Debug)]
+pub struct StatefulSetLike {
+    prefix: String,
+    network: String,
+    image: String,
+    containers: Vec<String>,
+}
+
+impl StatefulSetLike {
+    /// Builds the image from the `weir` binary under test and creates the network.
+    pub fn new() -> anyhow::Result<Self> {
+        let prefix = format!("weirsts{}", std::process::id());
+        let set = Self {
+            network: format!("{prefix}-net"),
+            image: format!("weir-test:{prefix}"),
+            prefix,
+            containers: Vec::new(),
+        };
+        let binary = weir_binary()?;
+        run(Command::new(repo_root().join("deploy/build-image.sh"))
+            .arg("--binary")
+            .arg(&binary)
+            .args(["--tag", &set.image]))?;
+        docker(&["network", "create", &set.network])?;
+        Ok(set)
+    }
+
+    /// The peer list of the manifest's ConfigMap: the first three pods are the voters.
+    pub const PEERS: &'static str =
+        "1@weir-0.weir-headless:9092,2@weir-1.weir-headless:9092,3@weir-2.weir-headless:9092";
+
+    /// Starts pod `weir-<ordinal>` with the manifest's environment.
+    pub fn start_pod(&mut self, ordinal: u32) -> anyhow::Result<()> {
+        let pod = format!("weir-{ordinal}");
+        let name = format!("{}-{pod}", self.prefix);
+        let dns = format!("{pod}.weir-headless");
+        docker(&[
+            "run",
+            "--detach",
+            "--name",
+            &name,
+            "--hostname",
+            &pod,
+            "--network",
+            &self.network,
+            "--network-alias",
+            &dns,
+            "--env",
+            "WEIR_ID_FROM_HOSTNAME=true",
+            "--env",
+            "WEIR_ADDR=0.0.0.0:9092",
+            "--env",
+            &format!("WEIR_ADVERTISED_ADDR={dns}:9092"),
+            "--env",
+            &format!("WEIR_PEERS={}", Self::PEERS),
+            "--env",
+            "WEIR_DATA_DIR=/var/lib/weir",
+            &self.image,
+            "server",
+        ])?;
+        self.containers.push(name);
+        Ok(())
+    }
+
+    /// Stops pod `weir-<ordinal>` and deletes it with its volume (a scale-in, PVC deleted).
+    pub fn delete_pod(&mut self, ordinal: u32) -> anyhow::Result<()> {
+        let name = format!("{}-weir-{ordinal}", self.prefix);
+        docker(&["stop", "--time", "20", &name])?;
+        docker(&["rm", "--volumes", &name])?;
+        self.containers.retain(|c| c != &name);
+        Ok(())
+    }
+
+    /// Runs `weir ARGS` in a throwaway container on the network (as `kubectl run` does), with
+    /// `stdin` as its standard input; returns its standard output, failing on a non-zero exit.
+    pub fn weir(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+        use std::io::Write;
+        let mut command = Command::new("docker");
+        command
+            .args(["run", "--rm", "--interactive", "--network", &self.network])
+            .arg(&self.image)
+            .args(args)
+            .args([
+                "--brokers",
+                "weir-0.weir-headless:9092,weir-1.weir-headless:9092",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let shown = format!("weir {}", args.join(" "));
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("running {shown}"))?;
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin.unwrap_or_default().as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "{shown} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
+    /// The last lines each pod logged (for failure messages).
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for name in &self.containers {
+            if let Ok(out) = Command::new("docker")
+                .args(["logs", "--tail", "30", name])
+                .stdin(Stdio::null())
+                .output()
+            {
+                all.push_str(&format!(
+                    "--- {name}\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        all
+    }
+}
+
+impl Drop for StatefulSetLike {
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| {
+            Command::new("docker")
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        for name in &self.containers {
+            quiet(&["rm", "--force", "--volumes", name]);
+        }
+        let removed = quiet(&["network", "rm", &self.network]);
+        quiet(&["image", "rm", "--force", &self.image]);
+        eprintln!(
+            "docker: removed {} container(s) and their volumes; network {} removed: {removed}",
+            self.containers.len(),
+            self.network
+        );
+    }
+}

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use weir_client::{Client, Consumer, ConsumerConfig, Start};
-use weir_tests::docker::{ComposeCluster, NODES, unavailable};
+use weir_tests::docker::{ComposeCluster, NODES, StatefulSetLike, unavailable};
 use weir_tests::process_cluster::{committed_prefix, stored_entries_in};
 use weir_tests::workload::{Workload, read_back};
 
@@ -27,6 +27,21 @@ const PARTITIONS: u32 = 3;
 const OUTAGE: Duration = Duration::from_secs(6);
 /// How long the cluster may take to serve again after a fault.
 const RECOVERY: Duration = Duration::from_secs(90);
+
+/// Prints a line for the test output and appends it to `target/tmp/docker-tests.log`, which
+/// `.ci/run` shows after the tests (cargo hides a passing test's output).
+fn report(line: &str) {
+    use std::io::Write;
+    eprintln!("{line}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("docker-tests.log");
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(file, "{line}");
+    }
+}
 
 /// What the reading consumer saw.
 #[derive(Debug, Default)]
@@ -125,29 +140,29 @@ async fn compose_cluster_survives_kills_pauses_partitions_and_restarts() -> anyh
     let (batches, acked) = workload.stop().await?;
     stop_reading.store(true, Ordering::Relaxed);
     reader.await??;
-    let report = read_back(&client, TOPIC, &acked).await?;
-    eprintln!(
+    let readback = read_back(&client, TOPIC, &acked).await?;
+    report(&format!(
         "docker fault test: acknowledged {}, read {}, lost {}, duplicated {}, out of order {:?}; \
          {} batches; live consumer read {} (repeated {}); faults injected {}: {}",
-        report.acknowledged,
-        report.read,
-        report.lost,
-        report.duplicated,
-        report.out_of_order,
+        readback.acknowledged,
+        readback.read,
+        readback.lost,
+        readback.duplicated,
+        readback.out_of_order,
         batches,
         reads.read.load(Ordering::Relaxed),
         reads.repeated.load(Ordering::Relaxed),
         faults.len(),
         faults.join("; ")
+    ));
+    ensure!(
+        readback.exactly_once(),
+        "acknowledged records lost, duplicated or reordered: {readback:?}"
     );
     ensure!(
-        report.exactly_once(),
-        "acknowledged records lost, duplicated or reordered: {report:?}"
-    );
-    ensure!(
-        report.acknowledged > 1000,
+        readback.acknowledged > 1000,
         "too few records acknowledged ({}) for a meaningful test",
-        report.acknowledged
+        readback.acknowledged
     );
     ensure!(
         reads.repeated.load(Ordering::Relaxed) == 0,
@@ -159,12 +174,12 @@ async fn compose_cluster_survives_kills_pauses_partitions_and_restarts() -> anyh
     );
 
     // Every replica catches up with the high watermark ...
-    wait_replicas_caught_up(&cluster, &report.high_watermarks).await?;
+    wait_replicas_caught_up(&cluster, &readback.high_watermarks).await?;
     // ... and, the nodes stopped, every replica stores the same committed log.
     let copies = tempfile::tempdir()?;
     let data_dirs = cluster.stop_and_copy_data(copies.path())?;
     for partition in 0..PARTITIONS {
-        let hw = report.high_watermarks[&partition];
+        let hw = readback.high_watermarks[&partition];
         let mut prefixes = Vec::new();
         for dir in &data_dirs {
             let entries = stored_entries_in(dir, TOPIC, partition)?;
@@ -182,9 +197,9 @@ async fn compose_cluster_survives_kills_pauses_partitions_and_restarts() -> anyh
             );
         }
     }
-    eprintln!(
+    report(&format!(
         "docker fault test: all {NODES} replicas of {PARTITIONS} partitions store the same committed log"
-    );
+    ));
     Ok(())
 }
 
@@ -346,4 +361,132 @@ fn log_ends_parse_prometheus_text() {
         weir_partition_log_end_offset{topic=\"faults\",partition=\"2\"} 5\n";
     let ends = log_ends(text);
     assert_eq!(ends, BTreeMap::from([(0, 17), (2, 5)]));
+}
+
+/// The Kubernetes manifest's way of running nodes, on Docker: pods `weir-0..2` take node ids
+/// 1..3 from their host names and find each other as `weir-N.weir-headless`; a fourth pod
+/// (`weir-3`, node 4) joins through the peer list by itself; `weir cluster rebalance` moves
+/// replicas onto it; `weir cluster remove-node` drains it before it is deleted. The records
+/// written before stay readable throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_style_nodes_take_ids_from_host_names_and_scale_out_and_in()
+-> anyhow::Result<()> {
+    weir_tests::init_tracing();
+    if let Some(reason) = unavailable() {
+        eprintln!(
+            "SKIPPED statefulset_style_nodes_take_ids_from_host_names_and_scale_out_and_in: {reason}"
+        );
+        return Ok(());
+    }
+    let mut set = StatefulSetLike::new()?;
+    for ordinal in 0..3 {
+        set.start_pod(ordinal)?;
+    }
+    let status = wait_status(&set, "three nodes with ids 1 to 3", |s| {
+        alive_ids(s) == [1, 2, 3]
+    })
+    .await?;
+    ensure!(status["controller_leader"].as_u64().is_some());
+
+    set.weir(
+        &[
+            "topic",
+            "create",
+            "orders",
+            "--partitions",
+            "6",
+            "--replication-factor",
+            "3",
+        ],
+        None,
+    )?;
+    let lines: String = (1..=300).map(|i| format!("order-{i}\n")).collect();
+    set.weir(&["produce", "orders"], Some(&lines))?;
+    let read_all = |set: &StatefulSetLike| -> anyhow::Result<usize> {
+        let out = set.weir(
+            &["consume", "orders", "--from", "earliest", "--count", "300"],
+            None,
+        )?;
+        Ok(out.lines().filter(|l| l.starts_with("order-")).count())
+    };
+    ensure!(read_all(&set)? == 300, "300 records before scaling");
+
+    // Scale out: weir-3 becomes node 4 and joins through the peers; a rebalance gives it
+    // replicas while the cluster serves.
+    set.start_pod(3)?;
+    wait_status(&set, "node 4 joined", |s| alive_ids(s) == [1, 2, 3, 4]).await?;
+    set.weir(&["cluster", "rebalance", "--wait"], None)?;
+    let status = wait_status(&set, "node 4 holds replicas", |s| replicas_of(s, 4) > 0).await?;
+    report(&format!(
+        "statefulset test: after the rebalance node 4 holds {} replicas",
+        replicas_of(&status, 4)
+    ));
+    ensure!(read_all(&set)? == 300, "300 records after scaling out");
+
+    // Scale in: drain node 4, then delete its pod and volume.
+    set.weir(&["cluster", "remove-node", "4", "--wait"], None)?;
+    // Leaders of the partitions that moved off node 4 are elected right after the move.
+    wait_status(&set, "node 4 drained", |s| {
+        replicas_of(s, 4) == 0 && s["partitions_without_leader"].as_u64() == Some(0)
+    })
+    .await?;
+    set.delete_pod(3)?;
+    let status = wait_status(&set, "no under-replicated partitions without node 4", |s| {
+        s["under_replicated"].as_array().is_some_and(Vec::is_empty)
+            && s["partitions_without_leader"].as_u64() == Some(0)
+    })
+    .await?;
+    ensure!(replicas_of(&status, 1) + replicas_of(&status, 2) + replicas_of(&status, 3) > 0);
+    ensure!(read_all(&set)? == 300, "300 records after scaling in");
+    report("statefulset test: ids from host names, join, rebalance and drain all worked");
+    Ok(())
+}
+
+/// Polls `weir cluster status --output json` until `done` holds.
+async fn wait_status(
+    set: &StatefulSetLike,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let last = match set.weir(&["cluster", "status", "--output", "json"], None) {
+            Ok(out) => {
+                let status: serde_json::Value = serde_json::from_str(&out)
+                    .with_context(|| format!("cluster status is not JSON: {out}"))?;
+                if done(&status) {
+                    return Ok(status);
+                }
+                out
+            }
+            Err(err) => format!("{err:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("waiting for {what}: last status {last}\n{}", set.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Ids of the brokers `cluster status` shows alive.
+fn alive_ids(status: &serde_json::Value) -> Vec<u64> {
+    status["brokers"]
+        .as_array()
+        .map(|brokers| {
+            brokers
+                .iter()
+                .filter(|b| b["alive"].as_bool() == Some(true))
+                .filter_map(|b| b["id"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Replicas `cluster status` counts on broker `id`.
+fn replicas_of(status: &serde_json::Value, id: u64) -> u64 {
+    status["brokers"]
+        .as_array()
+        .and_then(|brokers| brokers.iter().find(|b| b["id"].as_u64() == Some(id)))
+        .and_then(|b| b["replicas"].as_u64())
+        .unwrap_or(0)
 }
