@@ -257,7 +257,7 @@ impl NodeConfig {
                     }
                     None => {}
                 }
-                if external == &self.addr {
+                if external == &self.addr && !external.ends_with(":0") {
                     return Err(invalid(
                         "external_addr",
                         format!("{external} is also addr; give the external listener its own port"),
