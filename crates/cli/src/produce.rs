@@ -59,8 +59,8 @@ pub(crate) struct ProduceArgs {
     /// What an acknowledgement means.
     #[arg(long, value_enum, default_value = "all")]
     acks: AcksArg,
-    /// A batch closes at this many bytes.
-    #[arg(long, default_value_t = 64 << 10)]
+    /// A batch closes at this many bytes (it leaves earlier when its linger ends).
+    #[arg(long, default_value_t = 1 << 20)]
     batch_size: usize,
     /// How long a batch waits for more records, in milliseconds.
     #[arg(long, default_value_t = 5)]

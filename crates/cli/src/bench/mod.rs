@@ -94,8 +94,8 @@ pub(crate) struct BenchArgs {
     /// Batch compression (the filler is random bytes, so lz4 only costs).
     #[arg(long, value_enum, default_value = "none")]
     compression: CompressionArg,
-    /// A batch closes at this many bytes of records.
-    #[arg(long, default_value = "64K", value_parser = parse_size)]
+    /// A batch closes at this many bytes of records (the client's default).
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
     batch_size: u64,
     /// How long a batch waits for more records, in milliseconds.
     #[arg(long, default_value_t = 5)]
