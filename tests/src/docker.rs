@@ -37,20 +37,23 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// Runs `program args` with no input or output; true when it ran and succeeded. For probes and
+/// best-effort clean-up.
+fn quietly(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// `docker compose` (v2) when it works, else `docker-compose` (v1).
 fn compose_command() -> Option<Vec<String>> {
-    let works = |program: &str, args: &[&str]| {
-        Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if works("docker", &["compose", "version"]) {
+    if quietly("docker", &["compose", "version"]) {
         Some(vec!["docker".into(), "compose".into()])
-    } else if works("docker-compose", &["version"]) {
+    } else if quietly("docker-compose", &["version"]) {
         Some(vec!["docker-compose".into()])
     } else {
         None
@@ -290,12 +293,7 @@ impl Drop for ComposeCluster {
         // Unpause first: a paused container does not stop.
         for id in 1..=NODES {
             if let Ok(container) = self.container(id) {
-                let _ = Command::new("docker")
-                    .args(["unpause", &container])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
+                quietly("docker", &["unpause", &container]);
             }
         }
         match run(&mut self.compose_cmd(&[
@@ -314,12 +312,7 @@ impl Drop for ComposeCluster {
                 self.project
             ),
         }
-        let _ = Command::new("docker")
-            .args(["image", "rm", "--force", &self.image])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        quietly("docker", &["image", "rm", "--force", &self.image]);
     }
 }
 
@@ -457,15 +450,7 @@ impl StatefulSetLike {
 
 impl Drop for StatefulSetLike {
     fn drop(&mut self) {
-        let quiet = |args: &[&str]| {
-            Command::new("docker")
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
+        let quiet = |args: &[&str]| quietly("docker", args);
         for name in &self.containers {
             quiet(&["rm", "--force", "--volumes", name]);
         }

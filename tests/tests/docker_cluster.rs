@@ -96,28 +96,30 @@ async fn compose_cluster_survives_kills_pauses_partitions_and_restarts() -> anyh
     cluster.wait_healthy(RECOVERY).await?;
 
     // 2. Freeze the leader of partition 1 past its election timeout, then thaw it.
-    let leader = leader_of(&client, 1).await?;
-    cluster.pause(leader)?;
-    faults.push(format!(
-        "docker pause/unpause node {leader} (leader of {TOPIC}/1)"
-    ));
-    wait_new_leader(&client, 1, leader).await?;
-    tokio::time::sleep(OUTAGE).await;
-    await_progress(&workload, &cluster, "while a node is paused").await?;
-    cluster.unpause(leader)?;
-    cluster.wait_healthy(RECOVERY).await?;
+    let fault = leader_outage(
+        &client,
+        &workload,
+        &cluster,
+        1,
+        "pause/unpause",
+        |c, id| c.pause(id),
+        |c, id| c.unpause(id),
+    )
+    .await?;
+    faults.push(fault);
 
     // 3. Cut the leader of partition 2 off the network (a partition), then heal it.
-    let leader = leader_of(&client, 2).await?;
-    cluster.disconnect(leader)?;
-    faults.push(format!(
-        "docker network disconnect/connect node {leader} (leader of {TOPIC}/2)"
-    ));
-    wait_new_leader(&client, 2, leader).await?;
-    tokio::time::sleep(OUTAGE).await;
-    await_progress(&workload, &cluster, "while a node is cut off").await?;
-    cluster.connect(leader)?;
-    cluster.wait_healthy(RECOVERY).await?;
+    let fault = leader_outage(
+        &client,
+        &workload,
+        &cluster,
+        2,
+        "network disconnect/connect",
+        |c, id| c.disconnect(id),
+        |c, id| c.connect(id),
+    )
+    .await?;
+    faults.push(fault);
 
     // 4. Restart every node in turn (SIGTERM, start), as a rolling upgrade does.
     for id in 1..=NODES {
@@ -201,6 +203,35 @@ async fn compose_cluster_survives_kills_pauses_partitions_and_restarts() -> anyh
         "docker fault test: all {NODES} replicas of {PARTITIONS} partitions store the same committed log"
     ));
     Ok(())
+}
+
+/// Takes the leader of `partition` out with `cut`, waits until another node leads it and writes
+/// go on without the old leader for [`OUTAGE`], then brings it back with `heal` and waits until
+/// every node serves. Returns the fault's description.
+async fn leader_outage(
+    client: &Client,
+    workload: &Workload,
+    cluster: &ComposeCluster,
+    partition: u32,
+    what: &str,
+    cut: impl Fn(&ComposeCluster, u64) -> anyhow::Result<()>,
+    heal: impl Fn(&ComposeCluster, u64) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
+    let leader = leader_of(client, partition).await?;
+    cut(cluster, leader)?;
+    wait_new_leader(client, partition, leader).await?;
+    tokio::time::sleep(OUTAGE).await;
+    await_progress(
+        workload,
+        cluster,
+        &format!("during docker {what} of node {leader}"),
+    )
+    .await?;
+    heal(cluster, leader)?;
+    cluster.wait_healthy(RECOVERY).await?;
+    Ok(format!(
+        "docker {what} node {leader} (leader of {TOPIC}/{partition})"
+    ))
 }
 
 /// Reads every partition from the start while the faults happen, checking that no partition's

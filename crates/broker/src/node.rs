@@ -89,12 +89,7 @@ impl Node {
             path: config.data_dir.clone(),
             source,
         })?;
-        let listener = TcpListener::bind(&config.addr)
-            .await
-            .map_err(|source| NodeError::Bind {
-                addr: config.addr.clone(),
-                source,
-            })?;
+        let listener = bind(&config.addr).await?;
         let local_addr = listener.local_addr().map_err(|source| NodeError::Bind {
             addr: config.addr.clone(),
             source,
@@ -105,12 +100,7 @@ impl Node {
         }
         let external_listener = match &config.external_addr {
             Some(addr) => {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| NodeError::Bind {
-                        addr: addr.clone(),
-                        source,
-                    })?;
+                let listener = bind(addr).await?;
                 if config.external_advertised_addr.is_none()
                     && addr.ends_with(":0")
                     && let Ok(bound) = listener.local_addr()
@@ -168,12 +158,7 @@ impl Node {
         let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
         let metrics_addr = match &config.metrics_addr {
             Some(addr) => {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| NodeError::Bind {
-                        addr: addr.clone(),
-                        source,
-                    })?;
+                let listener = bind(addr).await?;
                 let bound = listener.local_addr().ok();
                 tokio::spawn(crate::metrics::serve(
                     listener,
@@ -302,6 +287,16 @@ impl Node {
         self.controller.shutdown().await;
         tracing::info!(node = self.config.id, "node stopped");
     }
+}
+
+/// Listens on `addr` (`IP:PORT`, or a host name resolved here).
+async fn bind(addr: &str) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// The client API (broker, admin, groups), gRPC health and reflection, as served on every
