@@ -56,12 +56,18 @@ async fn metadata_names_brokers_by_the_listener_asked() -> anyhow::Result<()> {
         metadata_addresses(&external).await?,
         vec![ADVERTISED_EXTERNAL.to_string()]
     );
-    // Health is served on both listeners.
+    // Health is served on both listeners (SERVING once the node has loaded the metadata, which
+    // the health reporter notices within 100 ms).
     for addr in [&internal, &external] {
-        assert_eq!(
-            weir_client::check_health(addr, std::time::Duration::from_secs(5)).await?,
-            NodeHealth::Serving
-        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let health = loop {
+            let health = weir_client::check_health(addr, std::time::Duration::from_secs(5)).await?;
+            if health == NodeHealth::Serving || std::time::Instant::now() >= deadline {
+                break health;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert_eq!(health, NodeHealth::Serving, "{addr}");
     }
     node.shutdown().await;
     Ok(())
