@@ -91,6 +91,37 @@ fn bad_server_settings_fail_with_the_setting_named() -> anyhow::Result<()> {
             vec!["server", "--config", "/nonexistent/weir.toml"],
             "/nonexistent/weir.toml",
         ),
+        (
+            vec![
+                "server",
+                "--external-advertised-addr",
+                "127.0.0.1:19092",
+                "--data-dir",
+                data,
+            ],
+            "external_advertised_addr",
+        ),
+        (
+            vec![
+                "server",
+                "--external-addr",
+                "0.0.0.0:19092",
+                "--data-dir",
+                data,
+            ],
+            "external_advertised_addr",
+        ),
+        (
+            vec![
+                "server",
+                "--id",
+                "2",
+                "--id-from-hostname",
+                "--data-dir",
+                data,
+            ],
+            "cannot be used with",
+        ),
     ];
     for (args, mentions) in cases {
         let run = weir(&binary, &args, None)?;
@@ -101,6 +132,16 @@ fn bad_server_settings_fail_with_the_setting_named() -> anyhow::Result<()> {
             run.stderr
         );
     }
+    // --id-from-hostname on a host name without an ordinal.
+    let unnamed = Command::new(&binary)
+        .args(["server", "--id-from-hostname", "--data-dir", data])
+        .env("HOSTNAME", "broker")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&unnamed.stderr);
+    ensure!(
+        unnamed.status.code() == Some(1) && stderr.contains("\"broker\" does not end in -ORDINAL"),
+        "{stderr}"
+    );
     let config = dir.path().join("node.toml");
     std::fs::write(&config, "id = 1\nbogus_setting = true\n")?;
     let run = weir(
@@ -366,8 +407,33 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         missing.stderr
     );
 
+    // Every node reports SERVING to `weir health` (the containers' health check).
+    for i in 0..3 {
+        let addr = format!("127.0.0.1:{}", base + i);
+        let health = weir(&binary, &["health", "--addr", &addr], None)?;
+        ensure!(
+            health.code == Some(0) && health.stdout.contains("SERVING"),
+            "weir health {addr}: {} {}",
+            health.stdout,
+            health.stderr
+        );
+    }
+
     let stopped = stop_local(local)?;
     ensure!(stopped.contains("stopped"), "{stopped}");
+    // A stopped node fails the check, and the message names it.
+    let addr = format!("127.0.0.1:{base}");
+    let health = weir(
+        &binary,
+        &["health", "--addr", &addr, "--timeout", "1"],
+        None,
+    )?;
+    ensure!(
+        health.code == Some(1) && health.stderr.contains(&addr),
+        "weir health of a stopped node: {:?} {}",
+        health.code,
+        health.stderr
+    );
 
     // Restarted on the same data, the cluster serves the same records.
     let local = start_local()?;
