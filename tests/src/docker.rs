@@ -87,6 +87,21 @@ fn repo_root() -> PathBuf {
         .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
 }
 
+/// Builds image `tag` from the `weir` binary under test with `deploy/build-image.sh`.
+fn build_image(tag: &str) -> anyhow::Result<()> {
+    let binary = weir_binary()?;
+    let started = Instant::now();
+    run(Command::new(repo_root().join("deploy/build-image.sh"))
+        .arg("--binary")
+        .arg(&binary)
+        .args(["--tag", tag]))?;
+    eprintln!(
+        "docker: built {tag} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// The three-node compose cluster of `deploy/docker-compose.yml`.
 #[derive(Debug)]
 pub struct ComposeCluster {
@@ -117,17 +132,7 @@ impl ComposeCluster {
             metrics_ports: ports[NODES as usize..].to_vec(),
         };
         // From here on, Drop cleans up whatever was created.
-        let binary = weir_binary()?;
-        let started = Instant::now();
-        run(Command::new(repo_root().join("deploy/build-image.sh"))
-            .arg("--binary")
-            .arg(&binary)
-            .args(["--tag", &cluster.image]))?;
-        eprintln!(
-            "docker: built {} in {:.1} s",
-            cluster.image,
-            started.elapsed().as_secs_f64()
-        );
+        build_image(&cluster.image)?;
         cluster.compose(&["up", "-d"])?;
         Ok(cluster)
     }
@@ -340,11 +345,7 @@ impl StatefulSetLike {
             prefix,
             containers: Vec::new(),
         };
-        let binary = weir_binary()?;
-        run(Command::new(repo_root().join("deploy/build-image.sh"))
-            .arg("--binary")
-            .arg(&binary)
-            .args(["--tag", &set.image]))?;
+        build_image(&set.image)?;
         docker(&["network", "create", &set.network])?;
         Ok(set)
     }

@@ -264,6 +264,16 @@ async fn read_along(
 
 /// The node leading `partition` of the topic.
 async fn leader_of(client: &Client, partition: u32) -> anyhow::Result<u64> {
+    leader_other_than(client, partition, 0).await
+}
+
+/// Waits until a node other than `old` leads `partition`: after a fault, the failover.
+async fn wait_new_leader(client: &Client, partition: u32, old: u64) -> anyhow::Result<u64> {
+    leader_other_than(client, partition, old).await
+}
+
+/// Waits until `partition` has a leader other than `old` (0: any leader) and returns it.
+async fn leader_other_than(client: &Client, partition: u32, old: u64) -> anyhow::Result<u64> {
     let deadline = Instant::now() + RECOVERY;
     loop {
         let metadata = client.metadata(&[TOPIC.to_string()]).await?;
@@ -272,26 +282,11 @@ async fn leader_of(client: &Client, partition: u32) -> anyhow::Result<u64> {
             .iter()
             .find(|p| p.partition == partition)
             .map_or(0, |p| p.leader);
-        if leader != 0 {
+        if leader != 0 && leader != old {
             return Ok(leader);
         }
         if Instant::now() >= deadline {
-            bail!("{TOPIC}/{partition} has no leader after {RECOVERY:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits until a node other than `old` leads `partition`: the fault forced a failover.
-async fn wait_new_leader(client: &Client, partition: u32, old: u64) -> anyhow::Result<u64> {
-    let deadline = Instant::now() + RECOVERY;
-    loop {
-        let leader = leader_of(client, partition).await?;
-        if leader != old {
-            return Ok(leader);
-        }
-        if Instant::now() >= deadline {
-            bail!("{TOPIC}/{partition} is still led by node {old} after {RECOVERY:?}");
+            bail!("{TOPIC}/{partition}: no leader other than node {old} after {RECOVERY:?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

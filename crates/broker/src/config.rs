@@ -145,7 +145,9 @@ pub fn parse_peer(text: &str) -> Result<(NodeId, String), ConfigError> {
     Ok((id, addr.trim().to_string()))
 }
 
-fn check_host_port(setting: &'static str, addr: &str) -> Result<(), ConfigError> {
+/// Checks that `addr` is `HOST:PORT` (a non-empty host and a valid port); the error names
+/// `setting`.
+pub(crate) fn check_host_port(setting: &'static str, addr: &str) -> Result<(), ConfigError> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| invalid(setting, format!("{addr:?} is not HOST:PORT")))?;

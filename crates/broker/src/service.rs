@@ -928,13 +928,8 @@ impl Admin for Services {
             ("address", &request.address),
             ("external_address", &request.external_address),
         ] {
-            let optional = field == "external_address";
-            let port = value
-                .rsplit_once(':')
-                .map(|(host, port)| (host, port.parse::<u16>()));
-            let valid = matches!(port, Some((host, Ok(_))) if !host.is_empty())
-                || (optional && value.is_empty());
-            if !valid {
+            let optional = field == "external_address" && value.is_empty();
+            if !optional && crate::config::check_host_port(field, value).is_err() {
                 return Err(Status::invalid_argument(format!(
                     "{field} {value:?} is not HOST:PORT"
                 )));

@@ -247,6 +247,30 @@ impl Check {
         self.next = self.next.max(offset + 1);
     }
 
+    /// Checks a batch of records read, `(offset, value length)`, and counts them live.
+    fn records(&mut self, live: &Live, records: impl Iterator<Item = (u64, u64)>) {
+        let (mut count, mut bytes) = (0, 0);
+        for (offset, len) in records {
+            self.record(offset, len);
+            count += 1;
+            bytes += len;
+        }
+        Live::add(&live.consumed, count);
+        Live::add(&live.consumed_bytes, bytes);
+    }
+
+    /// True, with the error recorded, once reading has gone past `deadline`.
+    fn out_of_time(&mut self, deadline: Instant) -> bool {
+        if Instant::now() < deadline {
+            return false;
+        }
+        self.errors.consume_error(format!(
+            "replay: reading stopped at offset {} of {} after --drain-timeout",
+            self.next, self.records
+        ));
+        true
+    }
+
     fn done(&self) -> bool {
         self.next >= self.records
     }
@@ -280,25 +304,16 @@ async fn read_consumer(
         .await
         .with_context(|| format!("replay: assigning {topic}/0"))?;
     let mut end = start;
-    while !check.done() {
-        if Instant::now() >= deadline {
-            check.errors.consume_error(format!(
-                "replay: reading stopped at offset {} of {} after --drain-timeout",
-                check.next, check.records
-            ));
-            break;
-        }
+    while !check.done() && !check.out_of_time(deadline) {
         match consumer.poll_records(REPLAY_POLL_RECORDS).await {
             Ok(records) => {
-                let mut bytes = 0;
-                for record in &records {
-                    let len = record.value.as_ref().map_or(0, |v| v.len() as u64);
-                    bytes += len;
-                    check.record(record.offset, len);
-                }
+                check.records(
+                    live,
+                    records
+                        .iter()
+                        .map(|r| (r.offset, r.value.as_ref().map_or(0, |v| v.len() as u64))),
+                );
                 end = Instant::now();
-                Live::add(&live.consumed, records.len() as u64);
-                Live::add(&live.consumed_bytes, bytes);
             }
             Err(err) => {
                 Live::add(&live.errors, 1);
@@ -322,28 +337,20 @@ async fn read_fetch(
     let start = Instant::now();
     let deadline = start + settings.drain_timeout;
     let mut end = start;
-    while !check.done() {
-        if Instant::now() >= deadline {
-            check.errors.consume_error(format!(
-                "replay: reading stopped at offset {} of {} after --drain-timeout",
-                check.next, check.records
-            ));
-            break;
-        }
+    while !check.done() && !check.out_of_time(deadline) {
         match client
             .fetch(topic, 0, check.next, settings.fetch_max_bytes)
             .await
         {
             Ok(answer) => {
-                let mut bytes = 0;
-                for record in &answer.records {
-                    let len = record.value.as_ref().map_or(0, |v| v.len() as u64);
-                    bytes += len;
-                    check.record(record.offset, len);
-                }
+                check.records(
+                    live,
+                    answer
+                        .records
+                        .iter()
+                        .map(|r| (r.offset, r.value.as_ref().map_or(0, |v| v.len() as u64))),
+                );
                 end = Instant::now();
-                Live::add(&live.consumed, answer.records.len() as u64);
-                Live::add(&live.consumed_bytes, bytes);
                 if answer.records.is_empty() {
                     check.next = check.next.max(answer.next_offset);
                 }

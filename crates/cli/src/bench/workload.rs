@@ -381,12 +381,12 @@ impl Shared<'_> {
         let mut producers = Vec::new();
         for p in produced {
             totals.sent += p.sent;
-            totals.published += p.acked;
-            totals.publish_failed += p.errors.publish;
-            publish.messages += p.window_messages;
-            publish.bytes += p.window_bytes;
-            publish_latency.merge(&p.latency)?;
-            errors.absorb(p.errors);
+            totals.published += p.tally.acked;
+            totals.publish_failed += p.tally.errors.publish;
+            publish.messages += p.tally.window_messages;
+            publish.bytes += p.tally.window_bytes;
+            publish_latency.merge(&p.tally.latency)?;
+            errors.absorb(p.tally.errors);
             producers.push((p.topic, p.producer));
         }
 
@@ -463,9 +463,9 @@ impl Shared<'_> {
         let mut producers = Vec::new();
         while let Some(done) = tasks.join_next().await {
             let p = done.context("a producer task failed")??;
-            write.messages += p.acked;
-            write.bytes += p.acked_bytes;
-            errors.absorb(p.errors);
+            write.messages += p.tally.acked;
+            write.bytes += p.tally.acked_bytes;
+            errors.absorb(p.tally.errors);
             producers.push((p.topic, p.producer));
         }
         write.seconds = seconds(start.elapsed());
@@ -571,14 +571,8 @@ struct Produced {
     producer: Producer,
     /// Records `send` accepted.
     sent: u64,
-    /// Records acknowledged, and their value bytes.
-    acked: u64,
-    acked_bytes: u64,
-    /// Acknowledged inside the window.
-    window_messages: u64,
-    window_bytes: u64,
-    latency: Latency,
-    errors: Errors,
+    /// Its acknowledgements, with the sender's own errors added to the tally's.
+    tally: Tally,
 }
 
 /// Sends records per the job's schedule, then flushes; acknowledgements are tallied by a task
@@ -642,21 +636,18 @@ async fn produce(job: ProduceJob) -> anyhow::Result<Produced> {
     if let Err(err) = producer.flush().await {
         errors.publish_error(format!("flushing a producer of {topic}: {err}"));
     }
-    let tallied = tally.await.context("the acknowledgement tally failed")??;
-    errors.absorb(tallied.errors);
+    let mut tally = tally.await.context("the acknowledgement tally failed")??;
+    errors.absorb(tally.errors);
+    tally.errors = errors;
     Ok(Produced {
         topic,
         producer,
         sent,
-        acked: tallied.acked,
-        acked_bytes: tallied.acked_bytes,
-        window_messages: tallied.window_messages,
-        window_bytes: tallied.window_bytes,
-        latency: tallied.latency,
-        errors,
+        tally,
     })
 }
 
+/// A producer's acknowledgements: all of them, and those inside the measured window.
 struct Tally {
     acked: u64,
     acked_bytes: u64,
