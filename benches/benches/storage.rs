@@ -57,7 +57,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
-use weir_storage::codec::{BatchBuilder, Compression, HEADER_LEN, ValidBatch};
+use weir_format::batch::{BatchBuilder, Compression, HEADER_LEN, ValidBatch};
 use weir_storage::{Durability, LogConfig, PartitionLog};
 
 const KIB: usize = 1024;

@@ -11,7 +11,7 @@
 use std::fmt;
 
 use anyhow::{Context, bail, ensure};
-use weir_storage::codec::{
+use weir_format::batch::{
     BatchBuilder, Compression, ProducerInfo, ValidBatch, encode_control_batch,
 };
 use weir_storage::{Durability, LogConfig};
@@ -21,7 +21,7 @@ pub const CHILD_THREADS: u32 = 3;
 
 /// Bytes `[LENGTH_MAGIC_END, STAMP_END)` of a batch header hold the CRC and the fields the log
 /// stamps on append (base offset, term, entry index); everything else is the batch as its
-/// producer built it (see the layout table in `weir_storage::codec`).
+/// producer built it (see the layout table in `weir_format::batch`).
 const LENGTH_MAGIC_END: usize = 5;
 const STAMP_END: usize = 33;
 
@@ -312,7 +312,7 @@ fn fields(line: &str, tag: &str, count: usize) -> anyhow::Result<Vec<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_storage::codec::Stamp;
+    use weir_format::batch::Stamp;
 
     #[test]
     fn batches_are_deterministic_and_identified_after_stamping() {

@@ -21,13 +21,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use tokio::net::TcpListener;
+use weir_format::batch::{BatchBuilder, Compression, ValidBatch};
 use weir_proto::peer::peer_server::PeerServer;
 use weir_raft::{
     Applied, FaultPlan, Group, GroupConfig, GroupError, GroupRegistry, MAX_PEER_MESSAGE_BYTES,
     NodeId, PartitionState, PeerNode, PeerService, PeerTransport, RaftTiming, SnapshotPoint,
 };
 use weir_storage::LogConfig;
-use weir_storage::codec::{BatchBuilder, Compression, ValidBatch};
 
 /// Raft timing for tests: fast elections, but slow enough for a loaded 2-core CI machine.
 pub fn test_timing() -> RaftTiming {

@@ -7,13 +7,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tonic::Code;
 use weir_broker::Node;
+use weir_format::batch::{BatchBuilder, Compression, encode_control_batch};
 use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::broker_client::BrokerClient;
 use weir_proto::v1::{
     CreateTopicRequest, DeleteTopicRequest, FetchRequest, ListOffsetsRequest, ProduceRequest,
     ReassignPartitionRequest, Record,
 };
-use weir_storage::codec::{BatchBuilder, Compression, encode_control_batch};
 
 fn record(value: &str) -> Record {
     Record {

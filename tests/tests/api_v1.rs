@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tonic::Code;
 use tonic::transport::Channel;
 use weir_broker::Node;
-use weir_proto::partitioner::partition_for_key;
+use weir_format::partitioner::partition_for_key;
 use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::broker_client::BrokerClient;
 use weir_proto::v1::groups_client::GroupsClient;
@@ -486,7 +486,7 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
     assert!(raw.records.is_empty());
     assert_eq!(raw.next_offset, decoded.next_offset);
     let mut from_raw = Vec::new();
-    for batch in weir_storage::codec::BatchIter::new(raw.batches.clone()) {
+    for batch in weir_format::batch::BatchIter::new(raw.batches.clone()) {
         let batch = batch?;
         if batch.header().control {
             continue;

@@ -871,14 +871,12 @@ async fn membership_change_under_load() -> anyhow::Result<()> {
 
 /// A batch of one record from idempotent producer 7 with sequence `sequence`.
 fn idempotent_batch(sequence: i32, value: &str) -> bytes::Bytes {
-    let mut builder = weir_storage::codec::BatchBuilder::new(
-        weir_storage::codec::Compression::None,
-    )
-    .producer(weir_storage::codec::ProducerInfo {
-        producer_id: 7,
-        producer_epoch: 0,
-        base_sequence: sequence,
-    });
+    let mut builder = weir_format::batch::BatchBuilder::new(weir_format::batch::Compression::None)
+        .producer(weir_format::batch::ProducerInfo {
+            producer_id: 7,
+            producer_epoch: 0,
+            base_sequence: sequence,
+        });
     builder.push(1_700_000_000_000, None, Some(value.as_bytes()), &[]);
     builder.build().unwrap_or_default()
 }

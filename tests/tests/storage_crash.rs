@@ -17,7 +17,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 
-use weir_storage::codec::{Compression, Stamp, ValidBatch, check_batch};
+use weir_format::batch::{Compression, Stamp, ValidBatch, check_batch};
 use weir_storage::{PartitionLog, TailRepair};
 use weir_tests::crash::{
     DurableLine, Origin, ReadyLine, SplitMix64, content_hash, crash_log_config, identify,

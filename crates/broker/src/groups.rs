@@ -24,7 +24,8 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use weir_controller::{OFFSETS_TOPIC, PartitionReplica, TopicRecord};
-use weir_proto::partitioner::partition_for_key;
+use weir_format::batch::{BatchBuilder, Compression};
+use weir_format::partitioner::partition_for_key;
 use weir_proto::v1::groups_client::GroupsClient;
 use weir_proto::v1::groups_server::Groups;
 use weir_proto::v1::{
@@ -34,7 +35,6 @@ use weir_proto::v1::{
     ListGroupsResponse, ListOffsetsRequest, PartitionLag, PartitionOffset, ResetOffsetsRequest,
     ResetOffsetsResponse, StartFrom, TopicPartitions,
 };
-use weir_storage::codec::{BatchBuilder, Compression};
 
 use crate::service::{Found, MAX_FORWARD_HOPS, Services, forward_hops, now_ms};
 use crate::status::{from_controller, from_group, from_storage};

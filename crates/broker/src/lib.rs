@@ -20,4 +20,5 @@ mod status;
 
 pub use config::{ConfigError, NodeConfig, RaftSettings, parse_peer};
 pub use node::{Node, NodeError};
-pub use status::LEADER_TRAILER;
+pub use weir_format::wire::LEADER_TRAILER;
+pub use weir_storage::Durability;

@@ -17,13 +17,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use weir_controller::{TopicCompression, TopicRecord};
-use weir_proto::partitioner::partition_for_key;
+use weir_format::batch::{BatchBuilder, BatchHeader, Compression, ProducerInfo, ValidBatch};
+use weir_format::partitioner::partition_for_key;
 use weir_proto::v1::{
     Acks, InitProducerRequest, InitProducerResponse, PartitionOffsets, ProduceRequest,
     ProduceResponse,
 };
 use weir_raft::WaitFor;
-use weir_storage::codec::{BatchBuilder, BatchHeader, Compression, ProducerInfo, ValidBatch};
 
 use crate::service::{Found, Services, WRITE_TIMEOUT, forward_hops, now_ms};
 use crate::status::{from_controller, from_group};

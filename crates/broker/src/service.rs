@@ -28,14 +28,12 @@ use weir_raft::PeerTransport;
 
 use crate::status::{from_controller, from_group, from_metadata, from_storage};
 
-/// Request metadata key marking a request another node forwarded (never forwarded again).
-pub(crate) const FORWARDED: &str = "weir-forwarded";
+pub(crate) use weir_format::wire::FORWARDED_HEADER as FORWARDED;
 /// How long a write may wait for replication (elections included).
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a leader may take to confirm its leadership for a read.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
-/// How many times a request may be forwarded between nodes.
-pub(crate) const MAX_FORWARD_HOPS: u32 = 2;
+pub(crate) use weir_format::wire::MAX_FORWARD_HOPS;
 /// Longest long poll of a fetch.
 const MAX_FETCH_WAIT_MS: u32 = 30_000;
 /// The long poll of each fetch behind a Subscribe stream.

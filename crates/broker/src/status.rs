@@ -28,8 +28,7 @@ pub(crate) fn unavailable(message: impl Into<String>) -> Status {
     unavailable_after(message, RETRY_DELAY)
 }
 
-/// Trailer naming the partition leader on FAILED_PRECONDITION: `ID@HOST:PORT`.
-pub const LEADER_TRAILER: &str = "weir-leader";
+use weir_format::wire::LEADER_TRAILER;
 
 pub(crate) fn not_leader(leader: Option<u64>, addr: Option<&str>) -> Status {
     let mut status = Status::failed_precondition(match (leader, addr) {

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use weir_broker::Durability;
 use weir_broker::{Node, NodeConfig};
-use weir_storage::Durability;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServerArgs {

@@ -23,8 +23,8 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use weir_proto::partitioner::partition_for_key;
-use weir_storage::codec::{BatchBuilder, Compression, ProducerInfo};
+use weir_format::batch::{BatchBuilder, Compression, ProducerInfo};
+use weir_format::partitioner::partition_for_key;
 
 /// A partition of a topic.
 pub(crate) type TopicPartition = (String, u32);

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use weir_storage::codec::{BatchBuilder, Compression, ProducerInfo};
+use weir_format::batch::{BatchBuilder, Compression, ProducerInfo};
 
 /// A producer identity with per-partition sequence numbers, so retried batches are recognised.
 #[derive(Debug)]
@@ -73,7 +73,7 @@ impl IdempotentBatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_storage::codec::BatchHeader;
+    use weir_format::batch::BatchHeader;
 
     #[test]
     fn sequences_follow_per_partition() {

@@ -39,12 +39,9 @@ use weir_proto::v1::{
 use crate::ClientError;
 use crate::metadata::{Cache, parse_leader_hint};
 
-/// Largest message the client sends or accepts.
-const MAX_MESSAGE_BYTES: usize = 256 << 20;
+use weir_format::wire::{LEADER_TRAILER, MAX_MESSAGE_BYTES};
 /// How long one attempt may take before it counts as failed (long polls included).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
-/// Name of the trailer naming a partition's leader (see the proto's error codes).
-const LEADER_TRAILER: &str = "weir-leader";
 /// Redirects followed in a row without waiting (leadership can move while we chase it).
 const MAX_QUICK_REDIRECTS: u32 = 3;
 
@@ -119,7 +116,7 @@ enum Policy {
 /// below `from`), checking each batch's CRC.
 fn decode_raw_batches(response: &mut FetchResponse, from: u64) -> Result<(), ClientError> {
     let batches = std::mem::take(&mut response.batches);
-    for batch in weir_storage::codec::BatchIter::new(batches) {
+    for batch in weir_format::batch::BatchIter::new(batches) {
         let batch = batch.map_err(|e| ClientError::Corrupt(e.to_string()))?;
         if batch.header().control {
             continue;
@@ -708,7 +705,7 @@ impl Client {
     }
 
     /// Produces one batch (built with [`crate::IdempotentBatcher`] or
-    /// [`weir_storage::codec::BatchBuilder`]) to a partition with acks = all, retrying until it
+    /// [`weir_format::batch::BatchBuilder`]) to a partition with acks = all, retrying until it
     /// is acknowledged or [`Client::retry_for`] passes. A batch carrying a producer id is
     /// written at most once, however often it is retried; a retry of a batch the leader already
     /// wrote answers with `base_offset: None` and `record_count: 0`.

@@ -17,7 +17,7 @@
 //! - [`IdempotentBatcher`] (module `batch`): the low-level batch builder for callers that batch
 //!   themselves.
 //!
-//! Batches are built on the client in Weir's batch format ([`weir_storage::codec`]) and travel to
+//! Batches are built on the client in Weir's batch format ([`weir_format::batch`]) and travel to
 //! the log as they are. Keys map to partitions with [`partition_for_key`], Kafka's default
 //! partitioner, as the wire contract prescribes.
 //!
@@ -57,10 +57,10 @@ pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, ResetPolicy};
 pub use error::ClientError;
 pub use health::{NodeHealth, check_health};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
-pub use weir_proto::partitioner::partition_for_key;
+pub use weir_format::batch::Compression;
+pub use weir_format::partitioner::partition_for_key;
 pub use weir_proto::v1::{
     BrokerInfo, DescribeGroupResponse, FetchResponse, FetchedRecord, GroupMember, GroupSummary,
     HeartbeatRequest, HeartbeatResponse, ListOffsetsResponse, MetadataResponse, PartitionInfo,
     PartitionLag, PartitionOffset, ProduceResponse, TopicInfo, TopicPartitions,
 };
-pub use weir_storage::codec::Compression;

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use weir_storage::codec::{Compression, ProducerInfo};
+use weir_format::batch::{Compression, ProducerInfo};
 
 use crate::accumulator::{Accumulator, ReadyBatch, Sequences, TopicPartition, record_size};
 use crate::{Acks, Client, ClientError};
@@ -459,7 +459,7 @@ impl Sender {
             let mut batch = batch;
             let builder = std::mem::replace(
                 &mut batch.builder,
-                weir_storage::codec::BatchBuilder::new(Compression::None),
+                weir_format::batch::BatchBuilder::new(Compression::None),
             );
             let count = builder.record_count();
             let result = match builder.producer(info).build() {

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use weir_format::batch::{BatchBuilder, BatchHeader, Compression, decode_records};
 use weir_raft::GroupState;
 use weir_raft::NodeId;
-use weir_storage::codec::{BatchBuilder, BatchHeader, Compression, decode_records};
 
 /// The internal topic that stores consumer groups' committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -519,7 +519,7 @@ pub type CommandReply = (u64, Result<u64, MetadataError>);
 impl GroupState for MetadataState {
     fn apply(&mut self, header: &BatchHeader, batch: &Bytes) -> Bytes {
         let result: Result<u64, MetadataError> = (|| {
-            let records = decode_records(header, batch.slice(weir_storage::codec::HEADER_LEN..))
+            let records = decode_records(header, batch.slice(weir_format::batch::HEADER_LEN..))
                 .map_err(|e| MetadataError::Invalid(format!("undecodable command batch: {e}")))?;
             let value = records
                 .first()
@@ -640,7 +640,7 @@ mod tests {
             external_addr: Some("127.0.0.2:1".into()),
             rack: Some("r1".into()),
         };
-        let batch = weir_storage::codec::ValidBatch::new(command_batch(&command).expect("encodes"))
+        let batch = weir_format::batch::ValidBatch::new(command_batch(&command).expect("encodes"))
             .expect("valid");
         let reply = state.apply(batch.header(), batch.bytes());
         let reply: CommandReply = postcard::from_bytes(&reply).expect("reply decodes");

@@ -1,11 +1,9 @@
 //! # weir-proto
 //!
 //! Rust types and tonic services generated from `proto/` at the workspace root: the public client
-//! API (`weir.v1`) and the node-to-node replication service (`weir.peer.v1`), plus the one rule of
-//! the contract that is code rather than messages: the key → partition hash ([`partitioner`]).
-//! The contract itself is the `.proto` files.
-
-pub mod partitioner;
+//! API (`weir.v1`) and the node-to-node replication service (`weir.peer.v1`). The contract itself
+//! is the `.proto` files; the rules of it that are code (batch format, partitioner, metadata keys,
+//! size limits) live in `weir-format`.
 
 /// The public client API.
 #[allow(unreachable_pub, missing_debug_implementations, clippy::all)]

@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use weir_storage::codec::{ValidBatch, encode_control_batch};
+use weir_format::batch::{ValidBatch, encode_control_batch};
 
 use crate::types::{Entry, Membership, Payload, log_id};
 
@@ -26,7 +26,7 @@ pub enum EntryDecodeError {
     #[error("control batch at entry index {index} does not decode: {reason}")]
     BadControl { index: u64, reason: String },
     #[error(transparent)]
-    Codec(#[from] weir_storage::codec::CodecError),
+    Codec(#[from] weir_format::batch::CodecError),
 }
 
 /// The timestamp of every control batch.
@@ -79,7 +79,7 @@ pub fn batch_to_entry(batch: &ValidBatch) -> Result<Entry, EntryDecodeError> {
 pub fn wire_bytes(entry: &Entry) -> Result<Bytes, postcard::Error> {
     let bytes = entry_to_batch(entry)?;
     match ValidBatch::new(bytes.clone()) {
-        Ok(batch) => Ok(batch.restamped(weir_storage::codec::Stamp {
+        Ok(batch) => Ok(batch.restamped(weir_format::batch::Stamp {
             base_offset: batch.header().base_offset,
             term: entry.log_id.leader_id.term,
             index: entry.log_id.index,

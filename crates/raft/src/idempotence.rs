@@ -19,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use tokio::sync::watch;
-use weir_storage::codec::BatchHeader;
+use weir_format::batch::BatchHeader;
 
 use crate::error::GroupError;
 use crate::partition::ProducerEntry;
@@ -219,7 +219,7 @@ mod tests {
             base_offset: 0,
             term: 0,
             index: 0,
-            compression: weir_storage::codec::Compression::None,
+            compression: weir_format::batch::Compression::None,
             control: false,
             record_count: records,
             first_timestamp: 0,

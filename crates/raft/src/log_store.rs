@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, RaftLogReader};
 use serde::{Deserialize, Serialize};
-use weir_storage::codec::ValidBatch;
+use weir_format::batch::ValidBatch;
 use weir_storage::{PartitionLog, StorageError};
 
 use crate::entry::{batch_to_entry, entry_to_batch};

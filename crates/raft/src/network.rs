@@ -33,8 +33,8 @@ use weir_proto::peer::{AppendEntriesRequest as WireAppend, RaftReply, RaftReques
 use crate::entry::wire_bytes;
 use crate::types::{LogId, NodeId, PeerNode, SnapshotMeta, TypeConfig, Vote};
 
-/// Largest gRPC message between peers (a batch may be up to 128 MiB by format).
-pub const MAX_PEER_MESSAGE_BYTES: usize = 256 << 20;
+/// Largest gRPC message between peers: the one limit of the wire contract.
+pub use weir_format::wire::MAX_MESSAGE_BYTES as MAX_PEER_MESSAGE_BYTES;
 
 /// What to do with one message on a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use weir_storage::codec::BatchHeader;
+use weir_format::batch::BatchHeader;
 
 use crate::error::GroupError;
 use crate::group::Group;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use openraft::Snapshot;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use tonic::{Request, Response, Status};
+use weir_format::batch::ValidBatch;
 use weir_proto::peer::peer_server::Peer;
 use weir_proto::peer::{AppendEntriesRequest as WireAppend, RaftReply, RaftRequest};
-use weir_storage::codec::ValidBatch;
 
 use crate::entry::batch_to_entry;
 use crate::group::{GroupHandle, GroupRegistry};

@@ -24,7 +24,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use weir_storage::codec::BatchHeader;
+use weir_format::batch::BatchHeader;
 
 use crate::files;
 use crate::log_store::{LogBoundary, LogStore, SharedBoundary};

@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use weir_storage::codec::{BatchBuilder, Compression, ValidBatch};
+use weir_format::batch::{BatchBuilder, Compression, ValidBatch};
 use weir_storage::{LogConfig, PartitionLog, StorageError};
 
 fn config() -> LogConfig {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{HEADER_LEN, MAX_BATCH_LEN};
 use crate::error::{Result, StorageError};
+use weir_format::batch::{HEADER_LEN, MAX_BATCH_LEN};
 
 /// When appended data reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::codec::CodecError;
+use weir_format::batch::CodecError;
 
 /// What can go wrong in a partition log. Callers map these to their own statuses (the broker maps
 /// them to gRPC codes in one place); nothing here knows about transports.

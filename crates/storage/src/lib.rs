@@ -4,13 +4,14 @@
 //! gRPC or tokio: it stores batches, assigns offsets and entry indexes, finds data by offset,
 //! entry index or time, keeps itself within retention, and survives crashes.
 //!
-//! - [`codec`]: the batch and record format (pure; fuzzed).
+//! Batches are in the format of [`weir_format::batch`] (pure, shared with the client; fuzzed there).
 //! - [`PartitionLog`]: a directory of segments with append, read, truncation at both ends,
 //!   retention and recovery.
 //! - [`Durability`]: when appends reach the disk (`always` with group commit by default).
 //!
 //! ```
-//! use weir_storage::{codec::{BatchBuilder, Compression, ValidBatch}, LogConfig, PartitionLog};
+//! use weir_format::batch::{BatchBuilder, Compression, ValidBatch};
+//! use weir_storage::{LogConfig, PartitionLog};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
 //! let log = PartitionLog::open(dir.path(), LogConfig::default())?;
@@ -23,7 +24,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod codec;
 mod config;
 mod durability;
 mod error;

@@ -30,7 +30,6 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 
-use crate::codec::{HEADER_LEN, ValidBatch};
 use crate::config::LogConfig;
 use crate::durability::{DurableCallback, Syncer, Watermark, sync_dir};
 use crate::error::{Result, StorageError};
@@ -39,6 +38,7 @@ use crate::segment::{
     Continuation, IndexRebuild, Located, NO_INDEX, ReadBounds, Segment, SegmentPaths, TailRepair,
     remove_if_present,
 };
+use weir_format::batch::{HEADER_LEN, ValidBatch};
 
 /// The lock file that keeps a second process out of a partition directory.
 pub const LOCK_FILE: &str = ".lock";
@@ -306,7 +306,7 @@ impl PartitionLog {
             });
         }
         self.guard(self.maybe_roll(state, batch.bytes().len() as u64))?;
-        let stamp = crate::codec::Stamp {
+        let stamp = weir_format::batch::Stamp {
             base_offset: state.next.next_offset,
             term,
             index: state.next.next_index,

@@ -19,9 +19,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use memmap2::Mmap;
 
-use crate::codec::{self, BatchHeader, CodecError, HEADER_LEN, ValidBatch};
 use crate::error::{Result, StorageError};
 use crate::index::{IndexProblem, OffsetIndex, TimeIndex};
+use weir_format::batch::{self as codec, BatchHeader, CodecError, HEADER_LEN, ValidBatch};
 
 /// File names of a segment.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use weir_storage::codec::{BatchBuilder, Compression, ValidBatch, encode_control_batch};
+use weir_format::batch::{BatchBuilder, Compression, ValidBatch, encode_control_batch};
 use weir_storage::{Durability, LogConfig, PartitionLog, StorageError};
 
 fn batch(first_value: u64, count: u64, timestamp: i64) -> ValidBatch {
@@ -438,7 +438,7 @@ fn verify_reads_every_batch_and_stops_the_log_on_damage() {
     let first = dir.path().join(format!("{:020}.log", 0));
     let mut bytes = std::fs::read(&first).unwrap();
     let second = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
-    bytes[second + weir_storage::codec::HEADER_LEN + 3] ^= 0x10;
+    bytes[second + weir_format::batch::HEADER_LEN + 3] ^= 0x10;
     std::fs::write(&first, &bytes).unwrap();
     let log = PartitionLog::open(dir.path(), config).unwrap();
     match log.verify() {

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;
-use weir_storage::codec::{BatchBuilder, Compression, ValidBatch, encode_control_batch};
+use weir_format::batch::{BatchBuilder, Compression, ValidBatch, encode_control_batch};
 use weir_storage::{Durability, LogConfig, PartitionLog, StorageError};
 
 #[derive(Debug, Clone)]

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use tempfile::TempDir;
-use weir_storage::codec::{
+use weir_format::batch::{
     BatchBuilder, BatchHeader, Compression, HEADER_LEN, ValidBatch, check_batch,
 };
 use weir_storage::{Durability, LogConfig, META_FILE, PartitionLog, StorageError};

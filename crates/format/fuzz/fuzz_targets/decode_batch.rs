@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use weir_storage::codec::{self, BatchHeader, BatchIter, Stamp, ValidBatch};
+use weir_format::batch::{self as codec, BatchHeader, BatchIter, Stamp, ValidBatch};
 
 fuzz_target!(|data: &[u8]| {
     let bytes = Bytes::copy_from_slice(data);
