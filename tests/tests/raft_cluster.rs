@@ -920,7 +920,7 @@ async fn retried_idempotent_batches_are_written_once() -> anyhow::Result<()> {
         .write_deduplicated(idempotent_batch(40, "gap"), WAIT)
         .await;
     ensure!(
-        matches!(gap, Err(weir_raft::GroupError::Sequence(_))),
+        matches!(gap, Err(weir_raft::GroupError::OutOfOrderSequence { .. })),
         "a sequence gap was not refused: {gap:?}"
     );
     let stale = group

@@ -381,7 +381,8 @@ async fn register(config: NodeConfig, controller: Arc<Controller>, transport: Ar
             _ => Vec::new(),
         },
     };
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = weir_format::retry::RetryPolicy::BACKGROUND.backoff();
+    let mut metadata = controller.watch();
     let mut attempt = 0usize;
     loop {
         let registered = controller
@@ -415,11 +416,12 @@ async fn register(config: NodeConfig, controller: Arc<Controller>, transport: Ar
         attempt += 1;
         if let Err(err) = result {
             tracing::info!(node = config.id, error = %err, "registration not done yet; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+            tokio::time::sleep(backoff.next_delay(None)).await;
         } else {
-            // Wait for the metadata to show it (the loop checks).
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Wait for this node's metadata to show it (the loop checks), or try again when it
+            // does not come in time.
+            metadata.mark_unchanged();
+            let _ = tokio::time::timeout(backoff.next_delay(None), metadata.changed()).await;
         }
     }
 }

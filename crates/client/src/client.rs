@@ -39,7 +39,8 @@ use weir_proto::v1::{
 use crate::ClientError;
 use crate::metadata::{Cache, parse_leader_hint};
 
-use weir_format::wire::{LEADER_TRAILER, MAX_MESSAGE_BYTES};
+use weir_format::retry::RetryPolicy;
+use weir_format::wire::{LEADER_TRAILER, MAX_MESSAGE_BYTES, Retry, contract};
 /// How long one attempt may take before it counts as failed (long polls included).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Redirects followed in a row without waiting (leadership can move while we chase it).
@@ -101,17 +102,6 @@ enum Route<'a> {
     Leader { topic: &'a str, partition: u32 },
 }
 
-/// How a status is treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Policy {
-    /// FAILED_PRECONDITION means "not the leader": retry.
-    Data,
-    /// FAILED_PRECONDITION without a leader hint is an answer (for example a commit of a
-    /// partition the member does not hold, or a reset of a group with live members): do not
-    /// retry it.
-    Group,
-}
-
 /// Turns the stored batches of a raw fetch into `records` (skipping control batches and records
 /// below `from`), checking each batch's CRC.
 fn decode_raw_batches(response: &mut FetchResponse, from: u64) -> Result<(), ClientError> {
@@ -146,18 +136,37 @@ fn decode_raw_batches(response: &mut FetchResponse, from: u64) -> Result<(), Cli
     Ok(())
 }
 
-fn retryable(status: &Status, policy: Policy) -> bool {
-    match status.code() {
-        Code::Unavailable
-        | Code::DeadlineExceeded
-        | Code::Unknown
-        | Code::Cancelled
-        | Code::Internal => true,
-        Code::FailedPrecondition => {
-            policy == Policy::Data || status.metadata().get(LEADER_TRAILER).is_some()
-        }
-        _ => false,
+/// Whether a failed attempt is worth another, by the error contract of `weir.proto`
+/// ([`weir_format::wire::ERROR_CONTRACT`]): UNAVAILABLE and ABORTED are retried,
+/// FAILED_PRECONDITION only as a redirect to the leader its trailer names, every other answer of
+/// the server (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION without a leader, INTERNAL,
+/// UNKNOWN, ...) is final. A status the client's own transport made up (the connection broke
+/// before an answer came) is retried: the request may not have arrived.
+fn retryable(status: &Status) -> bool {
+    if made_by_transport(status) {
+        return true;
     }
+    if status.code() == Code::Aborted {
+        // A sequence gap: the producer resends once its earlier batches are answered.
+        return false;
+    }
+    match contract(status.code() as i32) {
+        Some((Retry::Yes, _)) => true,
+        Some((Retry::AtLeader, _)) => status.metadata().get(LEADER_TRAILER).is_some(),
+        Some((Retry::No, _)) | None => false,
+    }
+}
+
+/// True for a status tonic made from a local transport failure (it keeps the failure as its
+/// source); statuses a server sent carry none.
+fn made_by_transport(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
+/// The delay the server asked for in `google.rpc.RetryInfo`, if any.
+fn retry_hint(status: &Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    status.get_details_retry_info()?.retry_delay
 }
 
 fn leader_hint(status: &Status) -> Option<(u64, String)> {
@@ -316,7 +325,6 @@ impl Client {
         &self,
         what: &str,
         route: Route<'_>,
-        policy: Policy,
         deadline: Instant,
         mut call: F,
     ) -> Result<T, ClientError>
@@ -332,7 +340,8 @@ impl Client {
             // the refresh itself is a `call`.
             Box::pin(self.refresh_metadata(topic, started, deadline)).await?;
         }
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = RetryPolicy::REQUEST.backoff();
+        let mut hint = None;
         let mut attempt = 0usize;
         let mut quick_redirects = 0;
         let mut any_tried = 0usize;
@@ -353,11 +362,12 @@ impl Client {
                     }
                     return Ok(value);
                 }
-                Ok(Err(status)) if !retryable(&status, policy) => {
+                Ok(Err(status)) if !retryable(&status) => {
                     return Err(ClientError::status(status));
                 }
                 Ok(Err(status)) => {
                     tracing::debug!(%addr, what, code = ?status.code(), message = status.message(), "retrying");
+                    hint = retry_hint(&status);
                     let mut redirected = false;
                     if let Route::Leader { topic, partition } = route {
                         match leader_hint(&status) {
@@ -401,8 +411,8 @@ impl Client {
                 continue;
             }
             let failed_at = Instant::now();
+            let delay = backoff.next_delay(hint.take());
             tokio::time::sleep(delay.min(deadline.saturating_duration_since(failed_at))).await;
-            delay = (delay * 2).min(Duration::from_secs(1));
             if let Route::Leader { topic, .. } = route {
                 match Box::pin(self.refresh_metadata(topic, failed_at, deadline)).await {
                     Err(err @ ClientError::Status { .. }) if err.code() == Some(Code::NotFound) => {
@@ -430,7 +440,7 @@ impl Client {
             return Ok(());
         }
         let answer = self
-            .call("metadata", Route::Any, Policy::Data, deadline, |channel| {
+            .call("metadata", Route::Any, deadline, |channel| {
                 let request = MetadataRequest {
                     topics: vec![topic.to_string()],
                 };
@@ -487,23 +497,17 @@ impl Client {
     /// Brokers, topics, partitions and their leaders (`topics` empty: every topic).
     pub async fn metadata(&self, topics: &[String]) -> Result<MetadataResponse, ClientError> {
         let metadata = self
-            .call(
-                "metadata",
-                Route::Any,
-                Policy::Data,
-                self.deadline(),
-                |channel| {
-                    let request = MetadataRequest {
-                        topics: topics.to_vec(),
-                    };
-                    async move {
-                        Self::broker(channel)
-                            .metadata(request)
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                },
-            )
+            .call("metadata", Route::Any, self.deadline(), |channel| {
+                let request = MetadataRequest {
+                    topics: topics.to_vec(),
+                };
+                async move {
+                    Self::broker(channel)
+                        .metadata(request)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
             .await?;
         self.state().cache.update(&metadata, topics.is_empty());
         Ok(metadata)
@@ -530,26 +534,20 @@ impl Client {
         configs: &HashMap<String, String>,
     ) -> Result<TopicInfo, ClientError> {
         let topic = self
-            .call(
-                "create topic",
-                Route::Any,
-                Policy::Data,
-                self.deadline(),
-                |channel| {
-                    let request = CreateTopicRequest {
-                        name: name.to_string(),
-                        partitions,
-                        replication_factor,
-                        configs: configs.clone(),
-                    };
-                    async move {
-                        Self::admin(channel)
-                            .create_topic(request)
-                            .await
-                            .map(|r| r.into_inner().topic.unwrap_or_default())
-                    }
-                },
-            )
+            .call("create topic", Route::Any, self.deadline(), |channel| {
+                let request = CreateTopicRequest {
+                    name: name.to_string(),
+                    partitions,
+                    replication_factor,
+                    configs: configs.clone(),
+                };
+                async move {
+                    Self::admin(channel)
+                        .create_topic(request)
+                        .await
+                        .map(|r| r.into_inner().topic.unwrap_or_default())
+                }
+            })
             .await?;
         self.invalidate_topic(name);
         Ok(topic)
@@ -557,18 +555,12 @@ impl Client {
 
     /// Deletes a topic and its data.
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
-        self.call(
-            "delete topic",
-            Route::Any,
-            Policy::Data,
-            self.deadline(),
-            |channel| {
-                let request = DeleteTopicRequest {
-                    name: name.to_string(),
-                };
-                async move { Self::admin(channel).delete_topic(request).await.map(|_| ()) }
-            },
-        )
+        self.call("delete topic", Route::Any, self.deadline(), |channel| {
+            let request = DeleteTopicRequest {
+                name: name.to_string(),
+            };
+            async move { Self::admin(channel).delete_topic(request).await.map(|_| ()) }
+        })
         .await?;
         self.invalidate_topic(name);
         Ok(())
@@ -579,7 +571,6 @@ impl Client {
         self.call(
             "list topics",
             Route::Any,
-            Policy::Data,
             self.deadline(),
             |channel| async move {
                 Self::admin(channel)
@@ -594,25 +585,19 @@ impl Client {
     /// One topic: settings, replicas, leaders, and each partition's log start and high
     /// watermark.
     pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo, ClientError> {
-        self.call(
-            "describe topic",
-            Route::Any,
-            Policy::Data,
-            self.deadline(),
-            |channel| {
-                let request = DescribeTopicRequest {
-                    name: name.to_string(),
-                };
-                async move {
-                    let topic = Self::admin(channel)
-                        .describe_topic(request)
-                        .await?
-                        .into_inner()
-                        .topic;
-                    topic.ok_or_else(|| Status::internal("DescribeTopic answered without a topic"))
-                }
-            },
-        )
+        self.call("describe topic", Route::Any, self.deadline(), |channel| {
+            let request = DescribeTopicRequest {
+                name: name.to_string(),
+            };
+            async move {
+                let topic = Self::admin(channel)
+                    .describe_topic(request)
+                    .await?
+                    .into_inner()
+                    .topic;
+                topic.ok_or_else(|| Status::internal("DescribeTopic answered without a topic"))
+            }
+        })
         .await
     }
 
@@ -626,7 +611,6 @@ impl Client {
         self.call(
             "reassign partition",
             Route::Any,
-            Policy::Data,
             self.deadline(),
             |channel| {
                 let request = ReassignPartitionRequest {
@@ -650,7 +634,6 @@ impl Client {
         self.call(
             "rebalance",
             Route::Any,
-            Policy::Data,
             self.deadline(),
             |channel| async move {
                 Self::admin(channel)
@@ -667,7 +650,6 @@ impl Client {
         self.call(
             "decommission broker",
             Route::Any,
-            Policy::Data,
             self.deadline(),
             |channel| async move {
                 Self::admin(channel)
@@ -685,7 +667,6 @@ impl Client {
             .call(
                 "init producer",
                 Route::Any,
-                Policy::Data,
                 self.deadline(),
                 |channel| async move {
                     Self::broker(channel)
@@ -732,7 +713,6 @@ impl Client {
             .call(
                 "produce",
                 Route::Leader { topic, partition },
-                Policy::Data,
                 deadline,
                 |channel| {
                     let request = ProduceRequest {
@@ -778,7 +758,6 @@ impl Client {
         self.call(
             "list offsets",
             Route::Leader { topic, partition },
-            Policy::Data,
             self.deadline(),
             |channel| {
                 let request = ListOffsetsRequest {
@@ -857,7 +836,6 @@ impl Client {
         self.call(
             "fetch",
             Route::Leader { topic, partition },
-            Policy::Data,
             deadline,
             |channel| {
                 let request = FetchRequest {
@@ -894,39 +872,27 @@ impl Client {
         request: HeartbeatRequest,
         deadline: Instant,
     ) -> Result<HeartbeatResponse, ClientError> {
-        self.call(
-            "heartbeat",
-            Route::Any,
-            Policy::Group,
-            deadline,
-            |channel| {
-                let request = request.clone();
-                async move {
-                    Self::groups(channel)
-                        .heartbeat(request)
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
-            },
-        )
+        self.call("heartbeat", Route::Any, deadline, |channel| {
+            let request = request.clone();
+            async move {
+                Self::groups(channel)
+                    .heartbeat(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
         .await
     }
 
     /// Leaves a group at once.
     pub async fn leave_group(&self, group: &str, member_id: &str) -> Result<(), ClientError> {
-        self.call(
-            "leave group",
-            Route::Any,
-            Policy::Group,
-            self.deadline(),
-            |channel| {
-                let request = LeaveGroupRequest {
-                    group: group.to_string(),
-                    member_id: member_id.to_string(),
-                };
-                async move { Self::groups(channel).leave_group(request).await.map(|_| ()) }
-            },
-        )
+        self.call("leave group", Route::Any, self.deadline(), |channel| {
+            let request = LeaveGroupRequest {
+                group: group.to_string(),
+                member_id: member_id.to_string(),
+            };
+            async move { Self::groups(channel).leave_group(request).await.map(|_| ()) }
+        })
         .await
     }
 
@@ -949,25 +915,19 @@ impl Client {
         offsets: &[PartitionOffset],
         deadline: Instant,
     ) -> Result<(), ClientError> {
-        self.call(
-            "commit offsets",
-            Route::Any,
-            Policy::Group,
-            deadline,
-            |channel| {
-                let request = CommitOffsetsRequest {
-                    group: group.to_string(),
-                    member_id: member_id.to_string(),
-                    offsets: offsets.to_vec(),
-                };
-                async move {
-                    Self::groups(channel)
-                        .commit_offsets(request)
-                        .await
-                        .map(|_| ())
-                }
-            },
-        )
+        self.call("commit offsets", Route::Any, deadline, |channel| {
+            let request = CommitOffsetsRequest {
+                group: group.to_string(),
+                member_id: member_id.to_string(),
+                offsets: offsets.to_vec(),
+            };
+            async move {
+                Self::groups(channel)
+                    .commit_offsets(request)
+                    .await
+                    .map(|_| ())
+            }
+        })
         .await
     }
 
@@ -987,24 +947,18 @@ impl Client {
         topics: &[String],
         deadline: Instant,
     ) -> Result<Vec<PartitionOffset>, ClientError> {
-        self.call(
-            "fetch offsets",
-            Route::Any,
-            Policy::Group,
-            deadline,
-            |channel| {
-                let request = FetchOffsetsRequest {
-                    group: group.to_string(),
-                    topics: topics.to_vec(),
-                };
-                async move {
-                    Self::groups(channel)
-                        .fetch_offsets(request)
-                        .await
-                        .map(|r| r.into_inner().offsets)
-                }
-            },
-        )
+        self.call("fetch offsets", Route::Any, deadline, |channel| {
+            let request = FetchOffsetsRequest {
+                group: group.to_string(),
+                topics: topics.to_vec(),
+            };
+            async move {
+                Self::groups(channel)
+                    .fetch_offsets(request)
+                    .await
+                    .map(|r| r.into_inner().offsets)
+            }
+        })
         .await
     }
 
@@ -1013,7 +967,6 @@ impl Client {
         self.call(
             "list groups",
             Route::Any,
-            Policy::Group,
             self.deadline(),
             |channel| async move {
                 Self::groups(channel)
@@ -1029,23 +982,17 @@ impl Client {
 
     /// A group's members and, per partition, committed offset, high watermark and lag.
     pub async fn describe_group(&self, group: &str) -> Result<DescribeGroupResponse, ClientError> {
-        self.call(
-            "describe group",
-            Route::Any,
-            Policy::Group,
-            self.deadline(),
-            |channel| {
-                let request = DescribeGroupRequest {
-                    group: group.to_string(),
-                };
-                async move {
-                    Self::groups(channel)
-                        .describe_group(request)
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
-            },
-        )
+        self.call("describe group", Route::Any, self.deadline(), |channel| {
+            let request = DescribeGroupRequest {
+                group: group.to_string(),
+            };
+            async move {
+                Self::groups(channel)
+                    .describe_group(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
         .await
     }
 
@@ -1059,28 +1006,22 @@ impl Client {
         to: Start,
     ) -> Result<Vec<PartitionOffset>, ClientError> {
         let (to, offset, timestamp_ms) = to.wire();
-        self.call(
-            "reset offsets",
-            Route::Any,
-            Policy::Group,
-            self.deadline(),
-            |channel| {
-                let request = ResetOffsetsRequest {
-                    group: group.to_string(),
-                    topic: topic.to_string(),
-                    partitions: partitions.to_vec(),
-                    to: to as i32,
-                    offset,
-                    timestamp_ms,
-                };
-                async move {
-                    Self::groups(channel)
-                        .reset_offsets(request)
-                        .await
-                        .map(|r| r.into_inner().offsets)
-                }
-            },
-        )
+        self.call("reset offsets", Route::Any, self.deadline(), |channel| {
+            let request = ResetOffsetsRequest {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                partitions: partitions.to_vec(),
+                to: to as i32,
+                offset,
+                timestamp_ms,
+            };
+            async move {
+                Self::groups(channel)
+                    .reset_offsets(request)
+                    .await
+                    .map(|r| r.into_inner().offsets)
+            }
+        })
         .await
     }
 }
@@ -1090,19 +1031,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn failed_precondition_is_retried_for_data_and_only_with_a_hint_for_groups() {
-        let plain = Status::failed_precondition("unknown member");
-        assert!(retryable(&plain, Policy::Data));
-        assert!(!retryable(&plain, Policy::Group));
+    fn failed_precondition_is_followed_only_with_a_leader_hint() {
+        let plain = Status::failed_precondition("producer 7 epoch 0 is fenced by epoch 1");
+        assert!(!retryable(&plain));
         let mut hinted = Status::failed_precondition("not the leader");
         hinted
             .metadata_mut()
             .insert(LEADER_TRAILER, "2@127.0.0.1:9093".parse().unwrap());
-        assert!(retryable(&hinted, Policy::Group));
+        assert!(retryable(&hinted));
         assert_eq!(leader_hint(&hinted), Some((2, "127.0.0.1:9093".into())));
         assert_eq!(leader_hint(&plain), None);
-        assert!(!retryable(&Status::not_found("x"), Policy::Data));
-        assert!(retryable(&Status::unavailable("x"), Policy::Group));
+    }
+
+    #[test]
+    fn final_answers_of_the_server_are_never_retried() {
+        for status in [
+            Status::invalid_argument("x"),
+            Status::not_found("x"),
+            Status::already_exists("x"),
+            Status::out_of_range("x"),
+            Status::internal("x"),
+            Status::unknown("x"),
+            Status::data_loss("x"),
+            Status::resource_exhausted("disk full"),
+            Status::permission_denied("x"),
+            // Resent by the producer once its earlier batches are answered, not blindly here.
+            Status::aborted("sequence gap"),
+        ] {
+            assert!(!retryable(&status), "{status:?}");
+        }
+        assert!(retryable(&Status::unavailable("x")));
+    }
+
+    #[test]
+    fn transport_failures_are_retried_whatever_their_code() {
+        // What tonic makes of a connection that broke mid-call: the failure as its source.
+        let broken = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(retryable(&broken));
+    }
+
+    #[test]
+    fn the_server_retry_hint_is_read_from_the_status_details() {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let status = Status::with_error_details(
+            Code::Unavailable,
+            "not enough brokers",
+            ErrorDetails::with_retry_info(Some(Duration::from_secs(2))),
+        );
+        assert_eq!(retry_hint(&status), Some(Duration::from_secs(2)));
+        assert_eq!(retry_hint(&Status::unavailable("x")), None);
     }
 
     #[test]

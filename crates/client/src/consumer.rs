@@ -876,7 +876,7 @@ async fn fetch_loop(
     tx: mpsc::Sender<Fetched>,
 ) {
     let mut start = start;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = weir_format::retry::RetryPolicy::BACKGROUND.backoff();
     loop {
         let deadline = Instant::now() + client.retry_for;
         let message = match client
@@ -892,7 +892,7 @@ async fn fetch_loop(
             .await
         {
             Ok(response) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 start = Start::Offset(response.next_offset);
                 Fetched::Response {
                     tp: tp.clone(),
@@ -923,8 +923,7 @@ async fn fetch_loop(
                 if tx.send(message).await.is_err() {
                     return;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay(None)).await;
                 continue;
             }
         };

@@ -565,7 +565,7 @@ async fn send_in_order(
     acks: Acks,
     deadline: Instant,
 ) -> Result<Option<u64>, ClientError> {
-    let mut pause = Duration::from_millis(2);
+    let mut backoff = weir_format::retry::RetryPolicy::RESEND.backoff();
     loop {
         match client
             .produce_batch_with(topic, partition, bytes.clone(), acks, deadline)
@@ -573,8 +573,7 @@ async fn send_in_order(
         {
             Err(err) if err.code() == Some(tonic::Code::Aborted) && Instant::now() < deadline => {
                 tracing::debug!(topic, partition, %err, "sequence gap: an earlier batch is still on its way");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(200));
+                tokio::time::sleep(backoff.next_delay(None)).await;
             }
             other => return other.map(|answer| answer.base_offset),
         }

@@ -163,7 +163,7 @@ impl Controller {
                     leader: f.leader_id,
                     leader_addr: f.leader_node.map(|n| n.addr),
                 },
-                other => GroupError::Raft(other.to_string()),
+                other => self.group.raft_error(other),
             })?;
         Ok(self.metadata())
     }
@@ -235,7 +235,26 @@ impl Controller {
         }
         // On the leader, place only on brokers that answer; elsewhere the view is partial.
         let alive = self.is_leader().then(|| self.alive_brokers());
-        let assignment = place_topic(&metadata, partitions, replication_factor, alive.as_ref())?;
+        let assignment =
+            match place_topic(&metadata, partitions, replication_factor, alive.as_ref()) {
+                // Nodes of the controller group that have not registered as brokers yet (a cluster
+                // starting) still count: wait for them rather than refuse for good.
+                Err(MetadataError::ReplicationFactorTooLarge { wanted, brokers }) => {
+                    let (voters, learners) = self.group.members();
+                    let members =
+                        u32::try_from(voters.union(&learners).count()).unwrap_or(u32::MAX);
+                    return Err(if members >= wanted {
+                        MetadataError::NotEnoughBrokers {
+                            wanted,
+                            available: brokers,
+                        }
+                    } else {
+                        MetadataError::ReplicationFactorTooLarge { wanted, brokers }
+                    }
+                    .into());
+                }
+                other => other?,
+            };
         self.propose(MetadataCommand::CreateTopic {
             name: name.to_string(),
             replication_factor,
@@ -296,7 +315,11 @@ impl Controller {
                 .await
                 .is_err()
             {
-                return Err(GroupError::Raft("metadata did not catch up in time".into()).into());
+                return Err(GroupError::Timeout {
+                    what: "catching up with the metadata".into(),
+                    within: PROPOSE_TIMEOUT,
+                }
+                .into());
             }
         }
     }
@@ -316,7 +339,7 @@ impl Controller {
                 .raft()
                 .add_learner(id, PeerNode::new(addr), false)
                 .await
-                .map_err(|e| GroupError::Raft(e.to_string()))?;
+                .map_err(|e| self.group.raft_error(e))?;
             tracing::info!(node = id, addr, "node admitted as controller learner");
         }
         self.propose(MetadataCommand::RegisterBroker {

@@ -285,6 +285,11 @@ pub enum MetadataError {
         "not enough brokers: replication factor {wanted} needs {wanted} brokers, {available} available"
     )]
     NotEnoughBrokers { wanted: u32, available: u32 },
+    /// More replicas than the cluster has brokers: no wait can help (add brokers first).
+    #[error(
+        "replication factor {wanted} is larger than the cluster: it has {brokers} broker(s); use a replication factor of at most {brokers}, or add brokers"
+    )]
+    ReplicationFactorTooLarge { wanted: u32, brokers: u32 },
 }
 
 /// Checks a topic name: 1 to 200 of `[A-Za-z0-9._-]`, not starting with `__` (reserved for

@@ -96,6 +96,13 @@ pub fn place_topic(
             "replication factor {replication_factor} must be in [1, {MAX_REPLICATION_FACTOR}]"
         )));
     }
+    let brokers = u32::try_from(loads_among(metadata, None).len()).unwrap_or(u32::MAX);
+    if brokers < replication_factor {
+        return Err(MetadataError::ReplicationFactorTooLarge {
+            wanted: replication_factor,
+            brokers,
+        });
+    }
     let mut loads = loads_among(metadata, alive);
     let available = u32::try_from(loads.len()).unwrap_or(u32::MAX);
     if available < replication_factor {
@@ -287,13 +294,13 @@ mod tests {
     }
 
     #[test]
-    fn too_few_brokers_is_an_error() {
+    fn a_replication_factor_above_the_broker_count_is_refused_for_good() {
         let m = cluster(&[None, None]);
         assert_eq!(
             place_topic(&m, 1, 3, None),
-            Err(MetadataError::NotEnoughBrokers {
+            Err(MetadataError::ReplicationFactorTooLarge {
                 wanted: 3,
-                available: 2
+                brokers: 2
             })
         );
     }

@@ -14,8 +14,8 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, Raf
 use tokio::sync::watch;
 use weir_storage::{LogConfig, PartitionLog};
 
-use crate::error::GroupError;
-use crate::log_store::{LogBoundary, LogStore, SharedBoundary};
+use crate::error::{Failure, GroupError};
+use crate::log_store::{FaultSlot, LogBoundary, LogStore, SharedBoundary};
 use crate::network::{GroupNetworkFactory, PeerTransport};
 use crate::state_machine::{GroupState, Progress, SnapshotPoint, StateMachine};
 use crate::types::{Applied, NodeId, Payload, PeerNode, Raft};
@@ -79,6 +79,7 @@ fn raft_config(config: &GroupConfig) -> Result<openraft::Config, GroupError> {
 pub struct GroupHandle {
     pub raft: Raft,
     pub(crate) boundary: SharedBoundary,
+    pub(crate) fault: FaultSlot,
 }
 
 impl std::fmt::Debug for GroupHandle {
@@ -155,7 +156,7 @@ impl<S: GroupState> Group<S> {
             state_machine.clone(),
         )
         .await
-        .map_err(|e| GroupError::Raft(e.to_string()))?;
+        .map_err(|e| GroupError::Config(format!("starting the Raft node: {e}")))?;
         let group = Arc::new(Self {
             id: config.id.clone(),
             node_id,
@@ -223,7 +224,18 @@ impl<S: GroupState> Group<S> {
         GroupHandle {
             raft: self.raft.clone(),
             boundary: Arc::clone(&self.boundary),
+            fault: self.log.fault(),
         }
+    }
+
+    /// An openraft failure of this group as a typed [`GroupError`] (see [`classify`]).
+    pub fn raft_error<E: std::fmt::Display>(&self, err: RaftError<NodeId, E>) -> GroupError {
+        classify(err, &self.log.fault())
+    }
+
+    /// The Raft core of this group stopped: why, as a typed [`GroupError`].
+    fn fatal_error(&self, fatal: openraft::error::Fatal<NodeId>) -> GroupError {
+        from_fatal(fatal, &self.log.fault())
     }
 
     /// Forms the group with `members` as voters. Every member may call this with the same
@@ -236,7 +248,7 @@ impl<S: GroupState> Group<S> {
                 Ok(())
             }
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
-            Err(err) => Err(GroupError::Raft(err.to_string())),
+            Err(err) => Err(self.raft_error(err)),
         }
     }
 
@@ -244,7 +256,7 @@ impl<S: GroupState> Group<S> {
     /// the default durability, a majority of replicas have it on disk. Fails with
     /// [`GroupError::NotLeader`] when this node does not lead the group.
     pub async fn write(&self, batch: bytes::Bytes) -> Result<Applied, GroupError> {
-        write_local(&self.raft, batch)
+        write_local(&self.raft, &self.log.fault(), batch)
             .await
             .map_err(GroupError::from)
     }
@@ -261,20 +273,16 @@ impl<S: GroupState> Group<S> {
             .raft
             .client_write_ff(Payload(batch))
             .await
-            .map_err(|e| GroupError::Raft(e.to_string()))?;
+            .map_err(|e| self.fatal_error(e))?;
         Ok(async move {
             match pending.await {
                 Ok(Ok(response)) => Ok(response.data),
-                Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
-                    Err(GroupError::from(WriteRejected::NotLeader {
-                        leader: forward.leader_id,
-                        leader_addr: forward.leader_node.map(|n| n.addr),
-                    }))
-                }
-                Ok(Err(err)) => Err(GroupError::Raft(err.to_string())),
-                Err(_) => Err(GroupError::Raft(
-                    "the Raft core dropped the write (shutting down)".into(),
-                )),
+                Ok(Err(ClientWriteError::ForwardToLeader(forward))) => Err(GroupError::NotLeader {
+                    leader: forward.leader_id,
+                    leader_addr: forward.leader_node.map(|n| n.addr),
+                }),
+                Ok(Err(err)) => Err(GroupError::Replication(err.to_string())),
+                Err(_) => Err(GroupError::ShuttingDown),
             }
         })
     }
@@ -288,6 +296,7 @@ impl<S: GroupState> Group<S> {
         within: Duration,
     ) -> Result<Applied, GroupError> {
         let deadline = tokio::time::Instant::now() + within;
+        let mut backoff = weir_format::retry::RetryPolicy::REQUEST.backoff();
         let mut last_error = GroupError::NotLeader {
             leader: None,
             leader_addr: None,
@@ -297,8 +306,8 @@ impl<S: GroupState> Group<S> {
             if remaining.is_zero() {
                 return Err(last_error);
             }
-            let attempt = match write_local(&self.raft, batch.clone()).await {
-                Err(WriteRejected::NotLeader {
+            let attempt = match write_local(&self.raft, &self.log.fault(), batch.clone()).await {
+                Err(Failure::NotLeader {
                     leader: Some(leader),
                     leader_addr: Some(addr),
                 }) if leader != self.node_id => {
@@ -308,19 +317,25 @@ impl<S: GroupState> Group<S> {
                         .await
                     {
                         Ok(result) => result.map_err(GroupError::from),
-                        Err(err) => Err(GroupError::Raft(format!(
-                            "forwarding to leader {leader} at {addr}: {err}"
-                        ))),
+                        Err(err) => Err(GroupError::Forward {
+                            leader,
+                            addr,
+                            reason: err.to_string(),
+                        }),
                     }
                 }
                 other => other.map_err(GroupError::from),
             };
             match attempt {
                 Ok(applied) => return Ok(applied),
-                Err(err @ (GroupError::NotLeader { .. } | GroupError::Raft(_))) => {
+                Err(
+                    err @ (GroupError::NotLeader { .. }
+                    | GroupError::Forward { .. }
+                    | GroupError::Replication(_)),
+                ) => {
                     tracing::debug!(group = %self.id, error = %err, "write not accepted yet; retrying");
                     last_error = err;
-                    tokio::time::sleep(Duration::from_millis(50).min(remaining)).await;
+                    tokio::time::sleep(backoff.next_delay(None).min(remaining)).await;
                 }
                 Err(err) => return Err(err),
             }
@@ -344,10 +359,11 @@ impl<S: GroupState> Group<S> {
                     leader_addr: forward.leader_node.map(|n| n.addr),
                 })
             }
-            Ok(Err(err)) => Err(GroupError::Raft(err.to_string())),
-            Err(_) => Err(GroupError::Raft(format!(
-                "leadership not confirmed within {within:?}"
-            ))),
+            Ok(Err(err)) => Err(self.raft_error(err)),
+            Err(_) => Err(GroupError::Timeout {
+                what: "confirming leadership".into(),
+                within,
+            }),
         }
     }
 
@@ -382,9 +398,10 @@ impl<S: GroupState> Group<S> {
                 .await
                 .is_err()
             {
-                return Err(GroupError::Raft(format!(
-                    "the log was not applied within {within:?}"
-                )));
+                return Err(GroupError::Timeout {
+                    what: "applying the log".into(),
+                    within,
+                });
             }
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -466,7 +483,7 @@ impl<S: GroupState> Group<S> {
             .trigger()
             .snapshot()
             .await
-            .map_err(|e| GroupError::Raft(e.to_string()))?;
+            .map_err(|e| self.fatal_error(e))?;
         let mut metrics = self.raft.metrics();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -477,16 +494,17 @@ impl<S: GroupState> Group<S> {
                 .await
                 .is_err()
             {
-                return Err(GroupError::Raft(format!(
-                    "snapshot at {point} not built within 10 s"
-                )));
+                return Err(GroupError::Timeout {
+                    what: format!("building the snapshot at {point}"),
+                    within: Duration::from_secs(10),
+                });
             }
         }
         self.raft
             .trigger()
             .purge_log(point.index)
             .await
-            .map_err(|e| GroupError::Raft(e.to_string()))?;
+            .map_err(|e| self.fatal_error(e))?;
         tracing::info!(group = %self.id, purge_upto = point.index, log_start_offset = plan.log_start_offset, "retention agreed");
         Ok(())
     }
@@ -508,45 +526,45 @@ impl<S: GroupState> Group<S> {
     }
 }
 
-/// Why a write was not accepted, as it travels between nodes.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) enum WriteRejected {
-    NotLeader {
-        leader: Option<NodeId>,
-        leader_addr: Option<String>,
-    },
-    Failed(String),
-}
-
-impl From<WriteRejected> for GroupError {
-    fn from(rejected: WriteRejected) -> Self {
-        match rejected {
-            WriteRejected::NotLeader {
-                leader,
-                leader_addr,
-            } => GroupError::NotLeader {
-                leader,
-                leader_addr,
-            },
-            WriteRejected::Failed(reason) => GroupError::Raft(reason),
-        }
-    }
-}
-
 /// Proposes `batch` to the group through this node's Raft handle.
 pub(crate) async fn write_local(
     raft: &Raft,
+    fault: &FaultSlot,
     batch: bytes::Bytes,
-) -> Result<Applied, WriteRejected> {
+) -> Result<Applied, Failure> {
     match raft.client_write(Payload(batch)).await {
         Ok(response) => Ok(response.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-            Err(WriteRejected::NotLeader {
+            Err(Failure::NotLeader {
                 leader: forward.leader_id,
                 leader_addr: forward.leader_node.map(|n| n.addr),
             })
         }
-        Err(err) => Err(WriteRejected::Failed(err.to_string())),
+        Err(err) => Err(Failure::from(classify(err, fault))),
+    }
+}
+
+/// An openraft failure as a [`GroupError`]: a fatal one (the Raft core stopped) becomes the
+/// storage fault the log store recorded, so a corrupt or full disk is not mistaken for a
+/// transient replication problem. Callers handle `ForwardToLeader` themselves first.
+pub(crate) fn classify<E: std::fmt::Display>(
+    err: RaftError<NodeId, E>,
+    fault: &FaultSlot,
+) -> GroupError {
+    match err {
+        RaftError::Fatal(fatal) => from_fatal(fatal, fault),
+        RaftError::APIError(err) => GroupError::Replication(err.to_string()),
+    }
+}
+
+/// The Raft core stopped: why, as a [`GroupError`].
+pub(crate) fn from_fatal(fatal: openraft::error::Fatal<NodeId>, fault: &FaultSlot) -> GroupError {
+    match fault.get() {
+        Some(fault) => GroupError::Halted(fault.clone()),
+        None => match fatal {
+            openraft::error::Fatal::Stopped => GroupError::ShuttingDown,
+            other => GroupError::Replication(other.to_string()),
+        },
     }
 }
 

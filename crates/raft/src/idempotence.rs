@@ -21,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use tokio::sync::watch;
 use weir_format::batch::BatchHeader;
 
-use crate::error::GroupError;
+use crate::error::{Failure, GroupError};
 use crate::partition::ProducerEntry;
 
 /// How many recent batches per producer the leader remembers (as Kafka does).
@@ -29,46 +29,6 @@ pub(crate) const MAX_TRACKED: usize = 5;
 
 /// The outcome of a queued batch: `None` while in flight, then its offsets or why it failed.
 pub(crate) type Outcome = Option<Result<(u64, u64), Failure>>;
-
-/// Why a queued batch failed, kept cloneable for every caller waiting on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Failure {
-    NotLeader {
-        leader: Option<crate::types::NodeId>,
-        leader_addr: Option<String>,
-    },
-    Other(String),
-}
-
-impl From<GroupError> for Failure {
-    fn from(err: GroupError) -> Self {
-        match err {
-            GroupError::NotLeader {
-                leader,
-                leader_addr,
-            } => Self::NotLeader {
-                leader,
-                leader_addr,
-            },
-            other => Self::Other(other.to_string()),
-        }
-    }
-}
-
-impl From<Failure> for GroupError {
-    fn from(failure: Failure) -> Self {
-        match failure {
-            Failure::NotLeader {
-                leader,
-                leader_addr,
-            } => Self::NotLeader {
-                leader,
-                leader_addr,
-            },
-            Failure::Other(message) => Self::Raft(message),
-        }
-    }
-}
 
 /// One batch this leader queued.
 #[derive(Debug, Clone)]
@@ -141,27 +101,29 @@ impl WriteQueue {
         // A producer (or epoch) this partition has not seen starts at sequence 0: a later
         // sequence means its earlier batches have not arrived yet (pipelined requests racing)
         // or were lost.
-        let first_batch = |what: &str| {
+        let first_batch = || {
             if header.base_sequence == 0 {
                 Decision::Write
             } else {
-                Decision::Ahead(GroupError::Sequence(format!(
-                    "producer {} sent sequence {} as the first of {what}; 0 was expected",
-                    header.producer_id, header.base_sequence
-                )))
+                Decision::Ahead(GroupError::OutOfOrderSequence {
+                    producer_id: header.producer_id,
+                    sequence: header.base_sequence,
+                    expected: 0,
+                })
             }
         };
         let Some((epoch, newest_base, newest_last)) = newest else {
-            return first_batch("its batches here");
+            return first_batch();
         };
         if header.producer_epoch < epoch {
-            return Decision::Reject(GroupError::Sequence(format!(
-                "producer {} epoch {} is fenced by epoch {epoch}",
-                header.producer_id, header.producer_epoch
-            )));
+            return Decision::Reject(GroupError::FencedEpoch {
+                producer_id: header.producer_id,
+                epoch: header.producer_epoch,
+                current: epoch,
+            });
         }
         if header.producer_epoch > epoch {
-            return first_batch("a new epoch");
+            return first_batch();
         }
         if let Some(same) = tracked.and_then(|t| {
             t.iter().find(|t| {
@@ -187,10 +149,11 @@ impl WriteQueue {
         }
         let expected = newest_last.wrapping_add(1);
         if header.base_sequence != expected {
-            let error = GroupError::Sequence(format!(
-                "producer {} sent sequence {} but {} was expected",
-                header.producer_id, header.base_sequence, expected
-            ));
+            let error = GroupError::OutOfOrderSequence {
+                producer_id: header.producer_id,
+                sequence: header.base_sequence,
+                expected,
+            };
             return if header.base_sequence > expected {
                 Decision::Ahead(error)
             } else {
@@ -242,7 +205,7 @@ mod tests {
         // A new producer starts at 0: a later first batch waits for its predecessors.
         assert!(matches!(
             queue.decide(&header(0, 10, 5), None),
-            Decision::Ahead(GroupError::Sequence(_))
+            Decision::Ahead(GroupError::OutOfOrderSequence { .. })
         ));
         assert!(matches!(
             queue.decide(&header(0, 0, 10), None),
@@ -261,12 +224,12 @@ mod tests {
         ));
         assert!(matches!(
             queue.decide(&header(0, 20, 1), None),
-            Decision::Ahead(GroupError::Sequence(_))
+            Decision::Ahead(GroupError::OutOfOrderSequence { .. })
         ));
         // Overlapping what was queued, but not a retry of it: refused.
         assert!(matches!(
             queue.decide(&header(0, 12, 1), None),
-            Decision::Reject(GroupError::Sequence(_))
+            Decision::Reject(GroupError::OutOfOrderSequence { .. })
         ));
         assert!(matches!(
             queue.decide(&header(0, 15, 1), None),
@@ -303,7 +266,11 @@ mod tests {
         ));
         assert!(matches!(
             queue.decide(&header(0, 50, 1), Some(applied)),
-            Decision::Reject(GroupError::Sequence(_))
+            Decision::Reject(GroupError::FencedEpoch {
+                epoch: 0,
+                current: 1,
+                ..
+            })
         ));
         assert!(matches!(
             queue.decide(&header(1, 50, 1), Some(applied)),
@@ -319,7 +286,7 @@ mod tests {
         ));
         assert!(matches!(
             queue.decide(&header(2, 5, 1), Some(applied)),
-            Decision::Ahead(GroupError::Sequence(_))
+            Decision::Ahead(GroupError::OutOfOrderSequence { .. })
         ));
     }
 

@@ -37,7 +37,7 @@ mod service;
 mod state_machine;
 pub mod types;
 
-pub use error::GroupError;
+pub use error::{GroupError, StorageFault};
 pub use files::FileError;
 pub use group::{Group, GroupConfig, GroupHandle, GroupRegistry, RaftTiming, remove_group_files};
 pub use log_store::{LogBoundary, LogStore};

@@ -26,6 +26,7 @@ use weir_format::batch::ValidBatch;
 use weir_storage::{PartitionLog, StorageError};
 
 use crate::entry::{batch_to_entry, entry_to_batch};
+use crate::error::StorageFault;
 use crate::files;
 use crate::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote, log_id};
 
@@ -58,6 +59,7 @@ pub struct LogStore {
     meta_path: PathBuf,
     meta: Arc<Mutex<RaftMeta>>,
     boundary: SharedBoundary,
+    fault: FaultSlot,
 }
 
 impl Debug for LogStore {
@@ -68,20 +70,23 @@ impl Debug for LogStore {
     }
 }
 
-fn read_error(err: impl std::error::Error + 'static) -> RaftStorageError {
-    RaftStorageError::from_io_error(
-        ErrorSubject::Logs,
-        ErrorVerb::Read,
-        std::io::Error::other(err.to_string()),
-    )
-}
+/// The first storage failure of a group, kept typed beside openraft (which only carries it as
+/// text and stops the group's Raft core).
+pub(crate) type FaultSlot = Arc<std::sync::OnceLock<StorageFault>>;
 
-fn write_error(err: impl std::fmt::Display) -> RaftStorageError {
-    RaftStorageError::from_io_error(
-        ErrorSubject::Logs,
-        ErrorVerb::Write,
-        std::io::Error::other(err.to_string()),
-    )
+/// The fault behind any error the store hands to openraft.
+fn fault_of(err: &(dyn std::error::Error + 'static)) -> StorageFault {
+    if let Some(err) = err.downcast_ref::<StorageError>() {
+        StorageFault::of(err)
+    } else if let Some(err) = err.downcast_ref::<weir_format::batch::CodecError>() {
+        StorageFault::Corrupt(err.to_string())
+    } else if let Some(err) = err.downcast_ref::<std::io::Error>()
+        && crate::error::is_disk_full(err)
+    {
+        StorageFault::DiskFull(err.to_string())
+    } else {
+        StorageFault::Io(err.to_string())
+    }
 }
 
 impl LogStore {
@@ -98,7 +103,35 @@ impl LogStore {
             meta_path,
             meta: Arc::new(Mutex::new(meta)),
             boundary,
+            fault: FaultSlot::default(),
         })
+    }
+
+    /// Where the store records the first failure it reported to openraft.
+    pub(crate) fn fault(&self) -> FaultSlot {
+        Arc::clone(&self.fault)
+    }
+
+    /// openraft's error for a failed read, with the fault recorded.
+    fn read_error(&self, err: impl std::error::Error + 'static) -> RaftStorageError {
+        self.failed(ErrorVerb::Read, &err)
+    }
+
+    /// openraft's error for a failed write, with the fault recorded.
+    fn write_error(&self, err: impl std::error::Error + 'static) -> RaftStorageError {
+        self.failed(ErrorVerb::Write, &err)
+    }
+
+    fn failed(&self, verb: ErrorVerb, err: &(dyn std::error::Error + 'static)) -> RaftStorageError {
+        let fault = fault_of(err);
+        if self.fault.set(fault.clone()).is_ok() {
+            tracing::error!(dir = %self.log.dir().display(), %fault, "log storage failed; the group stops");
+        }
+        RaftStorageError::from_io_error(
+            ErrorSubject::Logs,
+            verb,
+            std::io::Error::other(err.to_string()),
+        )
     }
 
     pub fn log(&self) -> &Arc<PartitionLog> {
@@ -119,7 +152,7 @@ impl LogStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut next = meta.clone();
         change(&mut next);
-        files::write_atomic(&self.meta_path, &next).map_err(write_error)?;
+        files::write_atomic(&self.meta_path, &next).map_err(|e| self.write_error(e))?;
         *meta = next;
         Ok(())
     }
@@ -156,13 +189,13 @@ impl LogStore {
             let read = self
                 .log
                 .read_entries(from, end, max_bytes - bytes)
-                .map_err(read_error)?;
+                .map_err(|e| self.read_error(e))?;
             if read.batches.is_empty() {
                 break;
             }
             bytes += read.data.len();
             for batch in &read.batches {
-                let entry = batch_to_entry(batch).map_err(read_error)?;
+                let entry = batch_to_entry(batch).map_err(|e| self.read_error(e))?;
                 from = entry.log_id.index + 1;
                 entries.push(entry);
             }
@@ -173,7 +206,11 @@ impl LogStore {
     /// Before an append at `index` lands on a log that a purge left behind (a follower that
     /// installed a snapshot ahead of its log), restart the log at the snapshot's boundary.
     fn align_for_append(&self, index: u64) -> Result<(), RaftStorageError> {
-        let next = self.log.bounds().map_err(write_error)?.next_index;
+        let next = self
+            .log
+            .bounds()
+            .map_err(|e| self.write_error(e))?
+            .next_index;
         if next == index {
             return Ok(());
         }
@@ -190,11 +227,11 @@ impl LogStore {
                 );
                 self.log
                     .reset(b.next_offset, b.next_index)
-                    .map_err(write_error)
+                    .map_err(|e| self.write_error(e))
             }
-            _ => Err(write_error(format!(
+            _ => Err(self.write_error(std::io::Error::other(format!(
                 "append at entry index {index}, but the log's next index is {next}"
-            ))),
+            )))),
         }
     }
 }
@@ -230,7 +267,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
-        let bounds = self.log.bounds().map_err(read_error)?;
+        let bounds = self.log.bounds().map_err(|e| self.read_error(e))?;
         let last_purged = self.last_purged();
         let last_stored = bounds
             .last_entry
@@ -277,17 +314,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             if last.is_none() {
                 self.align_for_append(index)?;
             }
-            let bytes = entry_to_batch(&entry).map_err(write_error)?;
-            let batch = ValidBatch::new(bytes).map_err(write_error)?;
+            let bytes = entry_to_batch(&entry).map_err(|e| self.write_error(e))?;
+            let batch = ValidBatch::new(bytes).map_err(|e| self.write_error(e))?;
             let appended = self
                 .log
                 .append(&batch, entry.log_id.leader_id.term)
-                .map_err(write_error)?;
+                .map_err(|e| self.write_error(e))?;
             if appended.index != index {
-                return Err(write_error(format!(
+                return Err(self.write_error(std::io::Error::other(format!(
                     "entry {index} was stored at index {}",
                     appended.index
-                )));
+                ))));
             }
             last = Some(index);
         }
@@ -316,7 +353,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         );
         self.log
             .truncate_from_index(log_id.index)
-            .map_err(write_error)
+            .map_err(|e| self.write_error(e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
@@ -329,7 +366,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 impl LogStore {
     /// Removes what `purge` up to `log_id` left in the segment log.
     pub(crate) fn remove_purged(&self, log_id: LogId) -> Result<(), RaftStorageError> {
-        let bounds = self.log.bounds().map_err(write_error)?;
+        let bounds = self.log.bounds().map_err(|e| self.write_error(e))?;
         let first_kept = log_id.index + 1;
         if bounds.next_index <= first_kept {
             // Everything stored is at or below the purge point: the log restarts after it, at the
@@ -341,23 +378,25 @@ impl LogStore {
             let Some(boundary) = boundary.filter(|b| b.next_index == first_kept) else {
                 if bounds.next_index == first_kept {
                     let next = bounds.next_offset;
-                    self.log.truncate_prefix(next).map_err(write_error)?;
+                    self.log
+                        .truncate_prefix(next)
+                        .map_err(|e| self.write_error(e))?;
                     return Ok(());
                 }
-                return Err(write_error(format!(
+                return Err(self.write_error(std::io::Error::other(format!(
                     "purge up to {first_kept} beyond the log's end {} with no snapshot boundary",
                     bounds.next_index
-                )));
+                ))));
             };
             if bounds.next_index < first_kept || bounds.next_offset != boundary.next_offset {
                 return self
                     .log
                     .reset(boundary.next_offset, boundary.next_index)
-                    .map_err(write_error);
+                    .map_err(|e| self.write_error(e));
             }
             self.log
                 .truncate_prefix(boundary.next_offset)
-                .map_err(write_error)?;
+                .map_err(|e| self.write_error(e))?;
             return Ok(());
         }
         if bounds.first_index.is_some_and(|first| first >= first_kept) {
@@ -366,14 +405,17 @@ impl LogStore {
         let Some(first) = self
             .log
             .read_entries(first_kept, first_kept + 1, 1)
-            .map_err(write_error)?
+            .map_err(|e| self.write_error(e))?
             .batches
             .first()
             .map(|b| b.header().base_offset)
         else {
             return Ok(());
         };
-        let report = self.log.truncate_prefix(first).map_err(write_error)?;
+        let report = self
+            .log
+            .truncate_prefix(first)
+            .map_err(|e| self.write_error(e))?;
         tracing::info!(
             purged_upto = log_id.index,
             log_start_offset = report.log_start_offset,

@@ -265,7 +265,7 @@ impl PeerTransport {
         addr: &str,
         batch: Bytes,
         timeout: Duration,
-    ) -> Result<Result<crate::types::Applied, crate::group::WriteRejected>, PeerError> {
+    ) -> Result<Result<crate::types::Applied, crate::error::Failure>, PeerError> {
         let request = RaftRequest {
             group: group.to_string(),
             body: batch,

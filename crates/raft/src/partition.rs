@@ -13,9 +13,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use weir_format::batch::BatchHeader;
 
-use crate::error::GroupError;
+use crate::error::{Failure, GroupError};
 use crate::group::Group;
-use crate::idempotence::{Decision, Failure, WriteQueue};
+use crate::idempotence::{Decision, WriteQueue};
 use crate::state_machine::GroupState;
 use crate::types::Applied;
 
@@ -122,7 +122,7 @@ impl Group<PartitionState> {
     ) -> Result<Applied, GroupError> {
         self.write_deduplicated_with(batch, within, WaitFor::Committed)
             .await?
-            .ok_or_else(|| GroupError::Raft("a committed write returned no offsets".into()))
+            .ok_or_else(|| GroupError::Replication("a committed write returned no offsets".into()))
     }
 
     /// [`Group::write_deduplicated`], answering when `wait` says: with [`WaitFor::Accepted`] the
@@ -159,7 +159,13 @@ impl Group<PartitionState> {
                 .await
         })
         .await
-        .map_err(|e| GroupError::Raft(format!("write task failed: {e}")))??;
+        .map_err(|e| {
+            if e.is_cancelled() {
+                GroupError::ShuttingDown
+            } else {
+                GroupError::Replication(format!("write task failed: {e}"))
+            }
+        })??;
         let mut outcome = match decided {
             Queued::Done(applied) => return Ok(Some(applied)),
             Queued::InFlight(_) if wait == WaitFor::Accepted => return Ok(None),
@@ -175,9 +181,7 @@ impl Group<PartitionState> {
                 }));
             }
             if outcome.changed().await.is_err() {
-                return Err(GroupError::Raft(
-                    "the write was dropped (shutting down)".into(),
-                ));
+                return Err(GroupError::ShuttingDown);
             }
         }
     }

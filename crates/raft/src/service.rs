@@ -81,7 +81,7 @@ impl Peer for PeerService {
     async fn write(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let request = request.into_inner();
         let group = self.group(&request.group)?;
-        reply(&crate::group::write_local(&group.raft, request.body).await)
+        reply(&crate::group::write_local(&group.raft, &group.fault, request.body).await)
     }
 
     async fn install_snapshot(
