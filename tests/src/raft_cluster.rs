@@ -24,8 +24,8 @@ use tokio::net::TcpListener;
 use weir_format::batch::{BatchBuilder, Compression, ValidBatch};
 use weir_proto::peer::peer_server::PeerServer;
 use weir_raft::{
-    Applied, FaultPlan, Group, GroupConfig, GroupError, GroupRegistry, MAX_PEER_MESSAGE_BYTES,
-    NodeId, PartitionState, PeerNode, PeerService, PeerTransport, RaftTiming, SnapshotPoint,
+    Applied, FaultPlan, Group, GroupConfig, GroupError, GroupRegistry, NodeId, PartitionState,
+    PeerNode, PeerService, PeerTransport, RaftTiming, SnapshotPoint,
 };
 use weir_storage::LogConfig;
 
@@ -119,8 +119,8 @@ impl RaftCluster {
         let faults: Arc<dyn weir_raft::LinkFaults> = self.faults.clone();
         let transport = PeerTransport::new(id, Some(faults));
         let service = PeerServer::new(PeerService::new(Arc::clone(&registry)))
-            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+            .max_decoding_message_size(weir_format::wire::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(weir_format::wire::MAX_MESSAGE_BYTES);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let server = tokio::spawn(async move {

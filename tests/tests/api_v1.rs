@@ -962,3 +962,99 @@ async fn relaxed_durability_modes_commit_writes() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// An idempotent produce from structured records (no hand-built batch): the producer id, epoch
+/// and first sequence travel as fields; a retry is written once; sequences count records; gaps,
+/// fenced epochs and malformed fields get the documented codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_records_carry_producer_fields() -> anyhow::Result<()> {
+    let (_node, _dir, mut api) = start().await?;
+    let admin = api.admin.clone();
+    retry(|| {
+        let mut admin = admin.clone();
+        async move { admin.create_topic(create("idem", 1, &[])).await }
+    })
+    .await?;
+    let producer = api
+        .broker
+        .init_producer(InitProducerRequest {})
+        .await?
+        .into_inner();
+    let request = |epoch: i32, sequence: i32, values: &[&str]| ProduceRequest {
+        producer_id: Some(producer.producer_id),
+        producer_epoch: epoch,
+        base_sequence: sequence,
+        ..produce(
+            "idem",
+            Some(0),
+            values.iter().map(|v| record(None, v)).collect(),
+        )
+    };
+    let broker = api.broker.clone();
+    let first = retry(|| {
+        let mut broker = broker.clone();
+        let request = request(0, 0, &["a", "b"]);
+        async move { broker.produce(request).await }
+    })
+    .await?;
+    assert_eq!(first.base_offset, Some(0));
+    // The same request again (a retry after a lost answer): the first write's offsets, no copy.
+    let again = api
+        .broker
+        .produce(request(0, 0, &["a", "b"]))
+        .await?
+        .into_inner();
+    assert_eq!(again.base_offset, Some(0));
+    // Sequences count records: the next request starts at 2.
+    let next = api
+        .broker
+        .produce(request(0, 2, &["c"]))
+        .await?
+        .into_inner();
+    assert_eq!(next.base_offset, Some(2));
+    assert_eq!(fetch_all(&mut api, "idem", 0).await?, ["a", "b", "c"]);
+
+    // Ahead of the next expected sequence (3): ABORTED, nothing written.
+    expect(
+        api.broker.produce(request(0, 9, &["gap"])).await,
+        Code::Aborted,
+        "3 was expected",
+    );
+    // A new epoch starts at 0 and fences the old one: FAILED_PRECONDITION, final.
+    api.broker.produce(request(1, 0, &["d"])).await?;
+    let fenced = api.broker.produce(request(0, 3, &["old"])).await;
+    expect(fenced, Code::FailedPrecondition, "fenced by epoch 1");
+    assert_eq!(fetch_all(&mut api, "idem", 0).await?, ["a", "b", "c", "d"]);
+
+    // Malformed producer fields.
+    let no_partition = ProduceRequest {
+        partition: None,
+        ..request(1, 1, &["x"])
+    };
+    expect(
+        api.broker.produce(no_partition).await,
+        Code::InvalidArgument,
+        "needs a partition",
+    );
+    expect(
+        api.broker.produce(request(1, -1, &["x"])).await,
+        Code::InvalidArgument,
+        "base_sequence -1",
+    );
+    expect(
+        api.broker.produce(request(40_000, 0, &["x"])).await,
+        Code::InvalidArgument,
+        "producer_epoch 40000",
+    );
+    let with_batch = ProduceRequest {
+        records: Vec::new(),
+        batch: Bytes::from_static(b"not a batch"),
+        ..request(1, 1, &[])
+    };
+    expect(
+        api.broker.produce(with_batch).await,
+        Code::InvalidArgument,
+        "producer_id goes with records",
+    );
+    Ok(())
+}

@@ -36,7 +36,9 @@ use weir_proto::v1::{
     ResetOffsetsResponse, StartFrom, TopicPartitions,
 };
 
-use crate::service::{Found, MAX_FORWARD_HOPS, Services, forward_hops, now_ms};
+use crate::fetch::ReadPath;
+use crate::metrics::{BrokerMetrics, GroupMetrics, GroupSummaries};
+use crate::router::{Found, Router, forward_hops, forwarded, now_ms};
 use crate::status::{from_controller, from_group, from_storage};
 
 /// Partitions of `__consumer_offsets` (fixed at its creation).
@@ -61,18 +63,10 @@ pub(crate) struct Coordinator {
     shards: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<Shard>>>>,
 }
 
-/// What the metrics show of one group coordinated here.
-#[derive(Debug)]
-pub(crate) struct GroupMetrics {
-    pub(crate) name: String,
-    pub(crate) members: usize,
-    pub(crate) committed: Vec<(TopicPartition, u64)>,
-}
-
-impl Coordinator {
+impl GroupSummaries for Coordinator {
     /// The groups of the shards this node coordinates now (shards busy at this moment are
     /// left out; the next scrape has them).
-    pub(crate) fn summary(&self) -> Vec<GroupMetrics> {
+    fn summary(&self) -> Vec<GroupMetrics> {
         let shards: Vec<_> = self
             .shards
             .lock()
@@ -104,7 +98,9 @@ impl Coordinator {
         }
         out
     }
+}
 
+impl Coordinator {
     fn shard(&self, partition: u32) -> Arc<tokio::sync::Mutex<Shard>> {
         let mut shards = self
             .shards
@@ -319,18 +315,20 @@ enum GroupRoute {
     Forward(GroupsClient<Channel>),
 }
 
-impl Services {
+/// The Groups service of a node: the coordinator of the groups whose offsets partitions this
+/// node leads, forwarding the others through the [`Router`].
+#[derive(Debug, Clone)]
+pub(crate) struct GroupService {
+    pub(crate) router: Router,
+    pub(crate) coordinator: Arc<Coordinator>,
+    pub(crate) metrics: Arc<BrokerMetrics>,
+    /// Partition offsets, for lag and offset resets.
+    pub(crate) reads: ReadPath,
+}
+
+impl GroupService {
     fn groups_client(&self, addr: &str, hops: u32) -> Result<GroupsClient<Channel>, Status> {
-        if hops >= MAX_FORWARD_HOPS {
-            return Err(crate::status::unavailable(
-                "the group coordinator moved while the request was forwarded; retry",
-            ));
-        }
-        let channel = self
-            .transport
-            .channel(addr)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(GroupsClient::new(channel))
+        self.router.client(addr, hops)
     }
 
     /// The coordinator of `group`: here, or the node to forward to.
@@ -342,12 +340,13 @@ impl Services {
     }
 
     async fn offsets_topic(&self) -> Result<TopicRecord, Status> {
-        if !self.controller.ready() {
+        if !self.router.controller.ready() {
             return Err(crate::status::unavailable(
                 "this node is still loading the cluster metadata; retry shortly",
             ));
         }
-        self.controller
+        self.router
+            .controller
             .offsets_topic(OFFSETS_PARTITIONS)
             .await
             .map_err(from_controller)
@@ -360,6 +359,7 @@ impl Services {
         hops: u32,
     ) -> Result<GroupRoute, Status> {
         let replica = self
+            .router
             .partitions
             .get(OFFSETS_TOPIC, partition)
             .filter(|r| r.topic_id == topic.id);
@@ -382,7 +382,7 @@ impl Services {
                 Ok(GroupRoute::Forward(self.groups_client(&leader, hops)?))
             }
             None => {
-                let addr = self.replica_addr(&topic, partition)?;
+                let addr = self.router.replica_addr(&topic, partition)?;
                 Ok(GroupRoute::Forward(self.groups_client(&addr, hops)?))
             }
         }
@@ -476,7 +476,7 @@ impl Services {
     /// The partition count of topic `name` (NOT_FOUND when unknown; UNAVAILABLE while only the
     /// controller knows it yet — the next request will find it here).
     async fn partition_count(&self, name: &str, hops: u32) -> Result<u32, Status> {
-        match self.topic(name, hops).await? {
+        match self.router.topic(name, hops).await? {
             Found::Here(topic) => Ok(topic.partitions.len() as u32),
             Found::AskController(_) => Err(crate::status::unavailable(format!(
                 "topic {name:?} is not known on this node yet; retry shortly"
@@ -704,7 +704,7 @@ impl Services {
             group: request.group.clone(),
             state,
             generation,
-            coordinator: self.controller.node_id(),
+            coordinator: self.router.controller.node_id(),
             members,
             partitions,
         })
@@ -734,7 +734,7 @@ impl Services {
                     group: name.clone(),
                     members: live.members.len() as u32,
                     state: state.to_string(),
-                    coordinator: self.controller.node_id(),
+                    coordinator: self.router.controller.node_id(),
                 }
             })
             .collect()
@@ -748,7 +748,7 @@ impl Services {
     ) -> Result<Vec<GroupSummary>, Status> {
         match self.shard_route(topic.clone(), partition, hops)? {
             GroupRoute::Forward(mut client) => Ok(client
-                .list_groups(Services::forwarded(
+                .list_groups(forwarded(
                     ListGroupsRequest {
                         coordinator_partition: Some(partition),
                     },
@@ -794,6 +794,7 @@ impl Services {
             }
             let offset = if to == StartFrom::Offset {
                 let bounds = self
+                    .reads
                     .list_offsets_inner(
                         Request::new(ListOffsetsRequest {
                             topic: request.topic.clone(),
@@ -807,15 +808,16 @@ impl Services {
                     .offset
                     .clamp(bounds.log_start_offset, bounds.high_watermark)
             } else {
-                self.start_offset(
-                    &request.topic,
-                    p,
-                    to,
-                    request.offset,
-                    request.timestamp_ms,
-                    hops,
-                )
-                .await?
+                self.reads
+                    .start_offset(
+                        &request.topic,
+                        p,
+                        to,
+                        request.offset,
+                        request.timestamp_ms,
+                        hops,
+                    )
+                    .await?
             };
             offsets.push(PartitionOffset {
                 topic: request.topic.clone(),
@@ -834,9 +836,7 @@ macro_rules! coordinated {
         let $hops = forward_hops(&$request);
         let $req = $request.into_inner();
         match $self.group_route(&$req.group, $hops).await? {
-            GroupRoute::Forward(mut client) => {
-                client.$method(Services::forwarded($req, $hops)).await
-            }
+            GroupRoute::Forward(mut client) => client.$method(forwarded($req, $hops)).await,
             GroupRoute::Here {
                 partition,
                 topic,
@@ -853,7 +853,7 @@ macro_rules! coordinated {
 }
 
 #[tonic::async_trait]
-impl Groups for Services {
+impl Groups for GroupService {
     async fn heartbeat(
         &self,
         request: Request<HeartbeatRequest>,
@@ -1019,7 +1019,7 @@ impl Groups for Services {
             let mut described = described.into_inner();
             // High watermarks come from the partition leaders, outside the shard's lock.
             let bounds = futures::future::try_join_all(described.partitions.iter().map(|p| {
-                self.list_offsets_inner(
+                self.reads.list_offsets_inner(
                     Request::new(ListOffsetsRequest {
                         topic: p.topic.clone(),
                         partition: p.partition,

@@ -10,12 +10,15 @@
 //! Errors become gRPC statuses in one place (`status`); the codes are documented in
 //! `proto/weir/v1/weir.proto`.
 
+mod admin;
+mod broker;
 mod config;
+mod fetch;
 mod groups;
 mod metrics;
 mod node;
 mod produce;
-mod service;
+mod router;
 mod status;
 
 pub use config::{ConfigError, NodeConfig, RaftSettings, parse_peer};

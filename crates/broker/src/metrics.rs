@@ -15,7 +15,19 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use weir_controller::{Controller, Partitions};
 
-use crate::groups::Coordinator;
+/// What the metrics show of one consumer group coordinated on this node.
+#[derive(Debug)]
+pub(crate) struct GroupMetrics {
+    pub(crate) name: String,
+    pub(crate) members: usize,
+    pub(crate) committed: Vec<((String, u32), u64)>,
+}
+
+/// Where the metrics read the consumer groups from (the group coordinator implements it).
+pub(crate) trait GroupSummaries: Send + Sync + 'static {
+    /// The groups coordinated here now.
+    fn summary(&self) -> Vec<GroupMetrics>;
+}
 
 /// Labels of a request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -140,7 +152,7 @@ pub(crate) fn render(
     metrics: &BrokerMetrics,
     controller: &Controller,
     partitions: &Partitions,
-    coordinator: &Coordinator,
+    coordinator: &dyn GroupSummaries,
 ) -> String {
     let mut registry = Registry::default();
     register_requests(&mut registry, metrics);
@@ -272,13 +284,13 @@ pub(crate) async fn serve(
     metrics: Arc<BrokerMetrics>,
     controller: Arc<Controller>,
     partitions: Arc<Partitions>,
-    coordinator: Arc<Coordinator>,
+    coordinator: Arc<dyn GroupSummaries>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let text = render(&metrics, &controller, &partitions, &coordinator);
+            let text = render(&metrics, &controller, &partitions, coordinator.as_ref());
             async move {
                 (
                     [(

@@ -18,17 +18,19 @@ use tracing::Instrument;
 use weir_controller::{
     Controller, ControllerConfig, MetadataCommand, PartitionSettings, Partitions,
 };
+use weir_format::wire::MAX_MESSAGE_BYTES;
 use weir_proto::peer::peer_server::PeerServer;
 use weir_proto::v1::admin_server::AdminServer;
 use weir_proto::v1::broker_server::BrokerServer;
 use weir_proto::v1::groups_server::GroupsServer;
-use weir_raft::{
-    GroupRegistry, LinkFaults, MAX_PEER_MESSAGE_BYTES, PeerNode, PeerService, PeerTransport,
-};
+use weir_raft::{GroupRegistry, LinkFaults, PeerNode, PeerService, PeerTransport};
 
+use crate::admin::AdminService;
+use crate::broker::BrokerService;
 use crate::config::{ConfigError, NodeConfig};
+use crate::groups::{Coordinator, GroupService};
 use crate::metrics::BrokerMetrics;
-use crate::service::{Listener, Services};
+use crate::router::{Listener, Router};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -130,8 +132,8 @@ impl Node {
             timing: config.timing(),
         };
         let peer_service = PeerServer::new(PeerService::new(Arc::clone(&registry)))
-            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let controller =
             Controller::start(&controller_config, Arc::clone(&transport), &registry).await?;
         let partitions = Partitions::new(
@@ -146,15 +148,18 @@ impl Node {
             Arc::clone(&registry),
         );
         let metrics = Arc::new(BrokerMetrics::default());
-        let coordinator = Arc::new(crate::groups::Coordinator::default());
-        let services = Services {
+        let coordinator = Arc::new(Coordinator::default());
+        let router = Router {
             controller: Arc::clone(&controller),
             partitions: Arc::clone(&partitions),
             transport: Arc::clone(&transport),
-            metrics: Arc::clone(&metrics),
-            coordinator: Arc::clone(&coordinator),
-            listener: Listener::Internal,
         };
+        let services = Services::new(
+            &router,
+            &metrics,
+            Arc::clone(&coordinator),
+            Listener::Internal,
+        );
         let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
         let metrics_addr = match &config.metrics_addr {
             Some(addr) => {
@@ -162,10 +167,10 @@ impl Node {
                 let bound = listener.local_addr().ok();
                 tokio::spawn(crate::metrics::serve(
                     listener,
-                    metrics,
+                    Arc::clone(&metrics),
                     Arc::clone(&controller),
                     Arc::clone(&partitions),
-                    coordinator,
+                    Arc::clone(&coordinator) as Arc<dyn crate::metrics::GroupSummaries>,
                     metrics_stopped,
                 ));
                 bound
@@ -181,10 +186,7 @@ impl Node {
         let (stop_server, stopped) = tokio::sync::watch::channel(false);
         let mut servers = Vec::new();
         if let Some(listener) = external_listener {
-            let external = Services {
-                listener: Listener::External,
-                ..services.clone()
-            };
+            let external = Services::new(&router, &metrics, coordinator, Listener::External);
             let routes = client_api_routes(external, health_service.clone())?;
             let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
@@ -299,6 +301,38 @@ async fn bind(addr: &str) -> Result<TcpListener, NodeError> {
         })
 }
 
+/// The three public services of one listener, over one router.
+#[derive(Debug, Clone)]
+struct Services {
+    broker: BrokerService,
+    admin: AdminService,
+    groups: GroupService,
+}
+
+impl Services {
+    fn new(
+        router: &Router,
+        metrics: &Arc<BrokerMetrics>,
+        coordinator: Arc<Coordinator>,
+        listener: Listener,
+    ) -> Self {
+        let broker = BrokerService::new(router.clone(), Arc::clone(metrics), listener);
+        Self {
+            admin: AdminService {
+                router: router.clone(),
+                reads: broker.reads.clone(),
+            },
+            groups: GroupService {
+                router: router.clone(),
+                coordinator,
+                metrics: Arc::clone(metrics),
+                reads: broker.reads.clone(),
+            },
+            broker,
+        }
+    }
+}
+
 /// The client API (broker, admin, groups), gRPC health and reflection, as served on every
 /// listener.
 fn client_api_routes<H>(
@@ -308,22 +342,39 @@ fn client_api_routes<H>(
 where
     H: tonic_health::pb::health_server::Health,
 {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(weir_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: v1, and v1alpha for the tools that speak only that (Python's
+    // grpcio-reflection, older grpcurl builds).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(weir_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| NodeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| NodeError::Reflection(e.to_string()))?;
     let mut routes = tonic::service::Routes::builder();
     routes
         .add_service(
-            BrokerServer::new(services.clone())
-                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
+            BrokerServer::new(services.broker)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(AdminServer::new(services.clone()))
-        .add_service(GroupsServer::new(services))
+        .add_service(
+            AdminServer::new(services.admin)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            GroupsServer::new(services.groups)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .add_service(health)
-        .add_service(reflection);
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     Ok(routes.routes())
 }
 
@@ -358,9 +409,9 @@ async fn report_health(health: tonic_health::server::HealthReporter, controller:
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    health.set_serving::<BrokerServer<Services>>().await;
-    health.set_serving::<AdminServer<Services>>().await;
-    health.set_serving::<GroupsServer<Services>>().await;
+    health.set_serving::<BrokerServer<BrokerService>>().await;
+    health.set_serving::<AdminServer<AdminService>>().await;
+    health.set_serving::<GroupsServer<GroupService>>().await;
     tracing::info!("serving: cluster metadata loaded");
 }
 
@@ -431,8 +482,8 @@ async fn join_through(
     config: &NodeConfig,
     transport: &PeerTransport,
 ) -> Result<(), String> {
-    let channel = transport.channel(join).map_err(|e| e.to_string())?;
-    let mut client = weir_proto::v1::admin_client::AdminClient::new(channel);
+    let mut client: weir_proto::v1::admin_client::AdminClient<tonic::transport::Channel> =
+        crate::router::node_client(transport, join).map_err(|e| e.to_string())?;
     client
         .join_cluster(weir_proto::v1::JoinClusterRequest {
             id: config.id,

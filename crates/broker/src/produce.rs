@@ -25,7 +25,8 @@ use weir_proto::v1::{
 };
 use weir_raft::WaitFor;
 
-use crate::service::{Found, Services, WRITE_TIMEOUT, forward_hops, now_ms};
+use crate::metrics::BrokerMetrics;
+use crate::router::{FORWARDED, Found, Router, forward_hops, forwarded, now_ms};
 use crate::status::{from_controller, from_group};
 
 /// Requests a ProduceStream may have queued per partition before it stops reading the stream.
@@ -34,7 +35,17 @@ const STREAM_QUEUE: usize = 64;
 pub(crate) type ProduceStreamResponse =
     Pin<Box<dyn Stream<Item = Result<ProduceResponse, Status>> + Send + 'static>>;
 
-impl Services {
+/// How long a write may wait for replication (elections included).
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writes of one node.
+#[derive(Debug, Clone)]
+pub(crate) struct WritePath {
+    pub(crate) router: Router,
+    pub(crate) metrics: std::sync::Arc<BrokerMetrics>,
+}
+
+impl WritePath {
     pub(crate) async fn produce_inner(
         &self,
         request: Request<ProduceRequest>,
@@ -44,14 +55,11 @@ impl Services {
         let acks = Acks::try_from(request.acks).map_err(|_| {
             Status::invalid_argument(format!("unknown acks value {}", request.acks))
         })?;
-        let topic = match self.topic(&request.topic, hops).await? {
+        let topic = match self.router.topic(&request.topic, hops).await? {
             Found::Here(topic) => topic,
             Found::AskController(addr) => {
-                let mut client = self.broker_client(&addr, hops)?;
-                return Ok(client
-                    .produce(Services::forwarded(request, hops))
-                    .await?
-                    .into_inner());
+                let mut client = self.router.broker_client(&addr, hops)?;
+                return Ok(client.produce(forwarded(request, hops)).await?.into_inner());
             }
         };
         let request_id = request.request_id;
@@ -93,6 +101,7 @@ impl Services {
                 "empty produce request: no records",
             ));
         }
+        idempotence(&request)?;
         let count = topic.partitions.len() as u32;
         let keyless = rand::random_range(0..count.max(1));
         let mut parts: Vec<(u32, Vec<weir_proto::v1::Record>)> = Vec::new();
@@ -114,6 +123,7 @@ impl Services {
                 acks: request.acks,
                 batch: Bytes::new(),
                 request_id: request.request_id,
+                ..ProduceRequest::default()
             };
             self.produce_partition(topic, partition, part, acks, hops)
         });
@@ -138,7 +148,7 @@ impl Services {
         acks: Acks,
         hops: u32,
     ) -> Result<PartitionOffsets, Status> {
-        Self::check_partition(topic, partition)?;
+        Router::check_partition(topic, partition)?;
         let (batch, record_count) = produce_batch(&request, topic)?;
         if acks == Acks::None {
             // Checked; the write happens in the background, its outcome only logged.
@@ -183,21 +193,19 @@ impl Services {
         hops: u32,
     ) -> Result<PartitionOffsets, Status> {
         let replica = self
+            .router
             .partitions
             .get(&topic.name, partition)
             .filter(|r| r.topic_id == topic.id);
         let leader_here = replica.as_ref().is_some_and(|r| r.group.is_leader());
         let Some(replica) = replica.filter(|_| leader_here) else {
-            let mut client = self.produce_target(topic, partition, hops)?;
+            let mut client = self.router.produce_target(topic, partition, hops)?;
             self.metrics.forwarded_requests.inc();
-            let forwarded = ProduceRequest {
+            let request = ProduceRequest {
                 partition: Some(partition),
                 ..request
             };
-            let response = client
-                .produce(Services::forwarded(forwarded, hops))
-                .await?
-                .into_inner();
+            let response = client.produce(forwarded(request, hops)).await?.into_inner();
             return Ok(PartitionOffsets {
                 partition,
                 base_offset: response.base_offset,
@@ -232,6 +240,7 @@ impl Services {
         _request: Request<InitProducerRequest>,
     ) -> Result<Response<InitProducerResponse>, Status> {
         let producer_id = self
+            .router
             .controller
             .allocate_producer_id()
             .await
@@ -304,12 +313,10 @@ impl Services {
                     if hops > 0
                         && let Ok(value) = hops.to_string().parse()
                     {
-                        forwarded
-                            .metadata_mut()
-                            .insert(crate::service::FORWARDED, value);
+                        forwarded.metadata_mut().insert(FORWARDED, value);
                     }
                     let result = this.produce_inner(forwarded).await;
-                    crate::metrics::BrokerMetrics::count(&this.metrics.produce_requests, &result);
+                    BrokerMetrics::count(&this.metrics.produce_requests, &result);
                     let answer = match result {
                         Ok(response) => response,
                         Err(status) => ProduceResponse {
@@ -349,6 +356,11 @@ pub(crate) fn produce_batch(
                 "give records or a batch, not both",
             ));
         }
+        if request.producer_id.is_some() {
+            return Err(Status::invalid_argument(
+                "producer_id goes with records; a batch carries its producer id in its header",
+            ));
+        }
         check_size(request.batch.len(), limit)?;
         let batch = ValidBatch::new(request.batch.clone())
             .map_err(|e| Status::invalid_argument(format!("invalid batch: {e}")))?;
@@ -370,6 +382,9 @@ pub(crate) fn produce_batch(
         }
         let now = now_ms();
         let mut builder = BatchBuilder::new(wanted.unwrap_or(Compression::None));
+        if let Some(producer) = idempotence(request)? {
+            builder = builder.producer(producer);
+        }
         for record in &request.records {
             let headers: Vec<(&str, Option<&[u8]>)> = record
                 .headers
@@ -397,6 +412,44 @@ pub(crate) fn produce_batch(
         .map(|h| h.record_count)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     Ok((bytes, count))
+}
+
+/// The producer identity of an idempotent `records` request, checked.
+fn idempotence(request: &ProduceRequest) -> Result<Option<ProducerInfo>, Status> {
+    let Some(producer_id) = request.producer_id else {
+        return Ok(None);
+    };
+    if producer_id < 0 {
+        return Err(Status::invalid_argument(format!(
+            "producer_id {producer_id} is negative; use the id InitProducer returned"
+        )));
+    }
+    if request.partition.is_none() {
+        return Err(Status::invalid_argument(
+            "an idempotent request (producer_id) needs a partition: sequences count per partition",
+        ));
+    }
+    let producer_epoch = i16::try_from(request.producer_epoch)
+        .ok()
+        .filter(|epoch| *epoch >= 0)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "producer_epoch {} is outside [0, {}]",
+                request.producer_epoch,
+                i16::MAX
+            ))
+        })?;
+    if request.base_sequence < 0 {
+        return Err(Status::invalid_argument(format!(
+            "base_sequence {} is negative; the first request to a partition starts at 0",
+            request.base_sequence
+        )));
+    }
+    Ok(Some(ProducerInfo {
+        producer_id,
+        producer_epoch,
+        base_sequence: request.base_sequence,
+    }))
 }
 
 fn check_size(len: usize, limit: u32) -> Result<(), Status> {

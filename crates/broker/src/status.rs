@@ -385,6 +385,14 @@ mod tests {
             assert_eq!(status.code(), code, "{status:?}");
             contract(code);
         }
+        use tonic_types::StatusExt;
+        let wait = from_metadata(MetadataError::NotEnoughBrokers {
+            wanted: 3,
+            available: 2,
+        })
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay);
+        assert_eq!(wait, Some(NOT_ENOUGH_BROKERS_RETRY_DELAY));
     }
 
     #[test]

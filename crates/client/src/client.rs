@@ -721,7 +721,7 @@ impl Client {
                         records: Vec::new(),
                         acks: acks.wire() as i32,
                         batch: batch.clone(),
-                        request_id: 0,
+                        ..ProduceRequest::default()
                     };
                     async move {
                         Self::broker(channel)

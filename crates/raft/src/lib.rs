@@ -41,9 +41,7 @@ pub use error::{GroupError, StorageFault};
 pub use files::FileError;
 pub use group::{Group, GroupConfig, GroupHandle, GroupRegistry, RaftTiming, remove_group_files};
 pub use log_store::{LogBoundary, LogStore};
-pub use network::{
-    FaultPlan, LinkAction, LinkFaults, MAX_PEER_MESSAGE_BYTES, PeerError, PeerTransport,
-};
+pub use network::{FaultPlan, LinkAction, LinkFaults, PeerError, PeerTransport};
 pub use partition::{PartitionState, ProducerEntry, WaitFor};
 pub use service::PeerService;
 pub use state_machine::{GroupState, Progress, SnapshotPoint, StateMachine};

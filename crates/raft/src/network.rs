@@ -34,7 +34,7 @@ use crate::entry::wire_bytes;
 use crate::types::{LogId, NodeId, PeerNode, SnapshotMeta, TypeConfig, Vote};
 
 /// Largest gRPC message between peers: the one limit of the wire contract.
-pub use weir_format::wire::MAX_MESSAGE_BYTES as MAX_PEER_MESSAGE_BYTES;
+use weir_format::wire::MAX_MESSAGE_BYTES as MAX_PEER_MESSAGE_BYTES;
 
 /// What to do with one message on a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

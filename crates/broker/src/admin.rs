@@ -1,0 +1,251 @@
+//! `weir.v1.Admin`: topics (create, list, describe, delete) and the cluster (join, reassign,
+//! rebalance, decommission). Changes run on the controller leader: a node that does not lead the
+//! controller forwards them there through the [`Router`].
+
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use weir_controller::TopicConfig;
+use weir_proto::v1::admin_client::AdminClient;
+use weir_proto::v1::admin_server::Admin;
+use weir_proto::v1::{
+    CreateTopicRequest, CreateTopicResponse, DecommissionBrokerRequest, DecommissionBrokerResponse,
+    DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse,
+    JoinClusterRequest, JoinClusterResponse, ListOffsetsRequest, ListTopicsRequest,
+    ListTopicsResponse, ReassignPartitionRequest, ReassignPartitionResponse, RebalanceRequest,
+    RebalanceResponse,
+};
+
+use crate::fetch::ReadPath;
+use crate::router::{Found, Router, forward_hops, forwarded, topic_info};
+use crate::status::{from_controller, from_metadata};
+
+/// The Admin service of a node.
+#[derive(Debug, Clone)]
+pub(crate) struct AdminService {
+    pub(crate) router: Router,
+    /// Partition offsets for `DescribeTopic`.
+    pub(crate) reads: ReadPath,
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_topic(
+        &self,
+        request: Request<CreateTopicRequest>,
+    ) -> Result<Response<CreateTopicResponse>, Status> {
+        let hops = forward_hops(&request);
+        let request = request.into_inner();
+        if let Some(mut leader) = self.router.controller_leader(hops)? {
+            return leader.create_topic(forwarded(request, hops)).await;
+        }
+        tracing::info!(topic = %request.name, partitions = request.partitions, replication_factor = request.replication_factor, "create topic");
+        let topic = self
+            .router
+            .controller
+            .create_topic(
+                &request.name,
+                request.partitions,
+                request.replication_factor,
+                TopicConfig::from_pairs(
+                    request
+                        .configs
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                )
+                .map_err(from_metadata)?,
+            )
+            .await
+            .map_err(from_controller)?;
+        let metadata = self.router.controller.metadata();
+        Ok(Response::new(CreateTopicResponse {
+            topic: Some(topic_info(&metadata, &topic, &self.router.partitions)),
+        }))
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<ListTopicsRequest>,
+    ) -> Result<Response<ListTopicsResponse>, Status> {
+        let hops = forward_hops(&request);
+        if !self.router.controller.ready() {
+            return Err(crate::status::unavailable(
+                "this node is still loading the cluster metadata; retry shortly",
+            ));
+        }
+        // Answer from the controller leader's view, so a topic just created is listed.
+        if let Some(mut leader) = self.router.controller_leader(hops)? {
+            return leader
+                .list_topics(forwarded(request.into_inner(), hops))
+                .await;
+        }
+        let metadata = self
+            .router
+            .controller
+            .latest_metadata()
+            .await
+            .map_err(from_controller)?;
+        Ok(Response::new(ListTopicsResponse {
+            topics: metadata
+                .topics
+                .values()
+                .map(|t| topic_info(&metadata, t, &self.router.partitions))
+                .collect(),
+        }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<DescribeTopicRequest>,
+    ) -> Result<Response<DescribeTopicResponse>, Status> {
+        let hops = forward_hops(&request);
+        let request = request.into_inner();
+        let span = tracing::debug_span!("describe_topic", topic = %request.name);
+        async move {
+            let topic = match self.router.topic(&request.name, hops).await? {
+                Found::Here(topic) => topic,
+                Found::AskController(addr) => {
+                    let mut client = self.router.client::<AdminClient<Channel>>(&addr, hops)?;
+                    return client.describe_topic(forwarded(request, hops)).await;
+                }
+            };
+            let metadata = self.router.controller.metadata();
+            let mut info = topic_info(&metadata, &topic, &self.router.partitions);
+            let offsets = info.partitions.iter().map(|p| {
+                self.reads.list_offsets_inner(
+                    Request::new(ListOffsetsRequest {
+                        topic: topic.name.clone(),
+                        partition: p.partition,
+                        timestamp_ms: None,
+                    }),
+                    hops,
+                )
+            });
+            let offsets = futures::future::try_join_all(offsets).await?;
+            for (partition, offsets) in info.partitions.iter_mut().zip(offsets) {
+                partition.log_start_offset = offsets.log_start_offset;
+                partition.high_watermark = offsets.high_watermark;
+            }
+            Ok(Response::new(DescribeTopicResponse { topic: Some(info) }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<DeleteTopicRequest>,
+    ) -> Result<Response<DeleteTopicResponse>, Status> {
+        let request = request.into_inner();
+        tracing::info!(topic = %request.name, "delete topic");
+        if !self
+            .router
+            .controller
+            .metadata()
+            .topics
+            .contains_key(&request.name)
+        {
+            return Err(from_metadata(weir_controller::MetadataError::UnknownTopic(
+                request.name,
+            )));
+        }
+        self.router
+            .controller
+            .propose(weir_controller::MetadataCommand::DeleteTopic { name: request.name })
+            .await
+            .map_err(from_controller)?;
+        Ok(Response::new(DeleteTopicResponse {}))
+    }
+
+    async fn join_cluster(
+        &self,
+        request: Request<JoinClusterRequest>,
+    ) -> Result<Response<JoinClusterResponse>, Status> {
+        let hops = forward_hops(&request);
+        let request = request.into_inner();
+        if request.id == 0 {
+            return Err(Status::invalid_argument("node id 0 is reserved"));
+        }
+        for (field, value) in [
+            ("address", &request.address),
+            ("external_address", &request.external_address),
+        ] {
+            let optional = field == "external_address" && value.is_empty();
+            if !optional && crate::config::check_host_port(field, value).is_err() {
+                return Err(Status::invalid_argument(format!(
+                    "{field} {value:?} is not HOST:PORT"
+                )));
+            }
+        }
+        tracing::info!(node = request.id, addr = %request.address, external = %request.external_address, "join request");
+        if let Some(mut leader) = self.router.controller_leader(hops)? {
+            return leader.join_cluster(forwarded(request, hops)).await;
+        }
+        let rack = (!request.rack.is_empty()).then(|| request.rack.clone());
+        let external =
+            (!request.external_address.is_empty()).then(|| request.external_address.clone());
+        self.router
+            .controller
+            .admit(request.id, &request.address, external, rack)
+            .await
+            .map_err(from_controller)?;
+        Ok(Response::new(JoinClusterResponse {}))
+    }
+
+    async fn reassign_partition(
+        &self,
+        request: Request<ReassignPartitionRequest>,
+    ) -> Result<Response<ReassignPartitionResponse>, Status> {
+        let request = request.into_inner();
+        tracing::info!(topic = %request.topic, partition = request.partition, replicas = ?request.replicas, "reassign partition");
+        self.router
+            .controller
+            .propose(weir_controller::MetadataCommand::ReassignPartition {
+                topic: request.topic,
+                partition: request.partition,
+                replicas: request.replicas,
+            })
+            .await
+            .map_err(from_controller)?;
+        Ok(Response::new(ReassignPartitionResponse {}))
+    }
+
+    async fn rebalance(
+        &self,
+        request: Request<RebalanceRequest>,
+    ) -> Result<Response<RebalanceResponse>, Status> {
+        let hops = forward_hops(&request);
+        let request = request.into_inner();
+        if let Some(mut leader) = self.router.controller_leader(hops)? {
+            return leader.rebalance(forwarded(request, hops)).await;
+        }
+        let limit = match request.max_moves {
+            0 => 100,
+            n => n as usize,
+        };
+        let moves = self
+            .router
+            .controller
+            .rebalance(limit)
+            .await
+            .map_err(from_controller)?;
+        tracing::info!(moves, "rebalance proposed");
+        Ok(Response::new(RebalanceResponse {
+            moves: u32::try_from(moves).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn decommission_broker(
+        &self,
+        request: Request<DecommissionBrokerRequest>,
+    ) -> Result<Response<DecommissionBrokerResponse>, Status> {
+        let request = request.into_inner();
+        tracing::info!(broker = request.id, "decommission broker");
+        self.router
+            .controller
+            .decommission(request.id)
+            .await
+            .map_err(from_controller)?;
+        Ok(Response::new(DecommissionBrokerResponse {}))
+    }
+}
