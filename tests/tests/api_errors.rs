@@ -307,6 +307,38 @@ async fn every_error_path_has_its_status_and_loses_nothing() -> anyhow::Result<(
         })
         .await;
     assert_eq!(unknown.err().map(|s| s.code()), Some(Code::NotFound));
+    // v1alpha too: Python's grpcio-reflection and older grpcurl builds speak only that.
+    let mut alpha =
+        tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(
+            channel.clone(),
+        );
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let answer = alpha
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await?
+        .into_inner()
+        .message()
+        .await?
+        .and_then(|a| a.message_response);
+    let Some(
+        tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(
+            list,
+        ),
+    ) = answer
+    else {
+        anyhow::bail!("v1alpha reflection did not list services: {answer:?}");
+    };
+    assert!(
+        list.service.iter().any(|s| s.name == "weir.v1.Broker"),
+        "{list:?}"
+    );
     let mut reflection =
         tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
     let request = tonic_reflection::pb::v1::ServerReflectionRequest {

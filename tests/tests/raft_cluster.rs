@@ -891,7 +891,7 @@ async fn retried_idempotent_batches_are_written_once() -> anyhow::Result<()> {
         .create_group(GROUP, &[1, 2, 3], LogConfig::default())
         .await?;
     let leader = cluster.leader(GROUP, WAIT).await?;
-    let group = cluster.group(leader, GROUP).context("leader group")?;
+    let group = weir_raft::Partition::new(cluster.group(leader, GROUP).context("leader group")?);
 
     let first = group
         .write_deduplicated(idempotent_batch(0, "a"), WAIT)
@@ -961,7 +961,8 @@ async fn idempotent_writes_continue_on_a_leader_restarted_into_its_term() -> any
     for round in 0..5 {
         for _ in 0..10 {
             let leader = cluster.leader(GROUP, WAIT).await?;
-            let group = cluster.group(leader, GROUP).context("leader group")?;
+            let group =
+                weir_raft::Partition::new(cluster.group(leader, GROUP).context("leader group")?);
             let value = format!("r{round}-s{sequence}");
             let applied = group
                 .write_deduplicated(idempotent_batch(sequence, &value), WAIT)
@@ -975,7 +976,7 @@ async fn idempotent_writes_continue_on_a_leader_restarted_into_its_term() -> any
         cluster.restart(leader).await?;
     }
     let leader = cluster.leader(GROUP, WAIT).await?;
-    let group = cluster.group(leader, GROUP).context("leader group")?;
+    let group = weir_raft::Partition::new(cluster.group(leader, GROUP).context("leader group")?);
     let applied = group
         .write_deduplicated(idempotent_batch(sequence, "last"), WAIT)
         .await?;

@@ -118,7 +118,7 @@ impl ReadPath {
             0 => DEFAULT_FETCH_BYTES,
             n => n.min(MAX_FETCH_BYTES),
         };
-        let log = replica.group.log();
+        let log = &replica.group;
         let mut progress = replica.group.progress();
         let mut high_watermark = progress.borrow_and_update().high_watermark;
         let bounds = log.bounds().map_err(from_storage)?;
@@ -162,7 +162,7 @@ impl ReadPath {
         let mut next_offset = request.offset;
         if request.offset < high_watermark {
             let read = log
-                .read_until(request.offset, max_bytes, high_watermark)
+                .read(request.offset, max_bytes, high_watermark)
                 .map_err(from_storage)?;
             if request.raw_batches {
                 // As stored: a zero-copy slice of a sealed segment, checked (CRC) by the read.
@@ -244,7 +244,7 @@ impl ReadPath {
                 .await?
                 .into_inner());
         }
-        let log = replica.group.log();
+        let log = &replica.group;
         let high_watermark = replica.group.progress().borrow().high_watermark;
         let log_start_offset = log.bounds().map_err(from_storage)?.log_start_offset;
         let offset_for_timestamp = match request.timestamp_ms {

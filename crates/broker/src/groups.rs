@@ -52,6 +52,8 @@ const MAX_HEARTBEAT_INTERVAL_MS: u32 = 500;
 const MAX_GROUP_NAME: usize = 255;
 /// How long taking over a shard (confirming leadership, applying the log) may take.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an offsets write may wait for replication (elections included).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Version tag of offset records (key and value).
 const RECORD_VERSION: u8 = 1;
 
@@ -402,18 +404,18 @@ impl GroupService {
         }
         shard.loaded = None;
         group
-            .catch_up_as_leader(LOAD_TIMEOUT)
+            .confirm_leader(LOAD_TIMEOUT)
             .await
             .map_err(from_group)?;
         let term = group.term();
         let high_watermark = group.progress().borrow().high_watermark;
-        let log = group.log();
+        let log = group;
         let mut offset = log.bounds().map_err(from_storage)?.log_start_offset;
         let mut offsets = BTreeMap::new();
         let mut records = 0u64;
         while offset < high_watermark {
             let read = log
-                .read_until(offset, 4 << 20, high_watermark)
+                .read(offset, 4 << 20, high_watermark)
                 .map_err(from_storage)?;
             if read.batches.is_empty() {
                 break;
@@ -462,7 +464,11 @@ impl GroupService {
         let Some(batch) = builder.build() else {
             return Ok(());
         };
-        if let Err(err) = replica.group.write(batch).await {
+        if let Err(err) = replica
+            .group
+            .write(batch, WRITE_TIMEOUT, weir_raft::WaitFor::Committed)
+            .await
+        {
             shard.loaded = None;
             return Err(from_group(err));
         }

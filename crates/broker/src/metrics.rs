@@ -234,7 +234,7 @@ pub(crate) fn render(
         high_watermark
             .get_or_create(&labels)
             .set(as_i64(group.progress().borrow().high_watermark));
-        if let Ok(bounds) = group.log().bounds() {
+        if let Ok(bounds) = group.bounds() {
             log_end
                 .get_or_create(&labels)
                 .set(as_i64(bounds.next_offset));
@@ -246,9 +246,8 @@ pub(crate) fn render(
         leader
             .get_or_create(&labels)
             .set(i64::from(group.is_leader()));
-        term.get_or_create(&labels)
-            .set(as_i64(group.raft().metrics().borrow().current_term));
-        let log_metrics = group.log().metrics();
+        term.get_or_create(&labels).set(as_i64(group.term()));
+        let log_metrics = group.log_metrics();
         appended
             .get_or_create(&labels)
             .set(as_i64(log_metrics.appended_bytes));

@@ -219,7 +219,7 @@ impl WritePath {
         };
         let applied = replica
             .group
-            .write_deduplicated_with(batch, WRITE_TIMEOUT, wait)
+            .write(batch, WRITE_TIMEOUT, wait)
             .await
             .map_err(from_group)?;
         let base_offset = applied.map(|a| a.base_offset);

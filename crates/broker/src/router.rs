@@ -276,7 +276,7 @@ impl Router {
         if !replica.group.is_leader() {
             return Ok(false);
         }
-        match replica.group.catch_up_as_leader(CONFIRM_TIMEOUT).await {
+        match replica.group.confirm_leader(CONFIRM_TIMEOUT).await {
             Ok(()) => Ok(true),
             Err(weir_raft::GroupError::NotLeader { .. }) => Ok(false),
             Err(err) => Err(from_group(err)),

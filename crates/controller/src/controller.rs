@@ -139,10 +139,7 @@ impl Controller {
         if self.ready.load(std::sync::atomic::Ordering::Acquire) {
             return true;
         }
-        let metrics = self.group.raft().metrics();
-        let m = metrics.borrow();
-        let caught_up =
-            m.current_leader.is_some() && m.last_applied.map(|l| l.index) >= m.last_log_index;
+        let caught_up = self.group.caught_up();
         if caught_up {
             self.ready.store(true, std::sync::atomic::Ordering::Release);
         }
@@ -152,19 +149,7 @@ impl Controller {
     /// On the controller leader: the metadata with every committed command applied (a
     /// linearizable read). Elsewhere: [`GroupError::NotLeader`].
     pub async fn latest_metadata(&self) -> Result<Arc<Metadata>, ControllerError> {
-        self.group
-            .raft()
-            .ensure_linearizable()
-            .await
-            .map_err(|e| match e {
-                openraft::error::RaftError::APIError(
-                    openraft::error::CheckIsLeaderError::ForwardToLeader(f),
-                ) => GroupError::NotLeader {
-                    leader: f.leader_id,
-                    leader_addr: f.leader_node.map(|n| n.addr),
-                },
-                other => self.group.raft_error(other),
-            })?;
+        self.group.ensure_linearizable().await?;
         Ok(self.metadata())
     }
 
@@ -336,10 +321,8 @@ impl Controller {
         let (voters, learners) = self.group.members();
         if !voters.contains(&id) && !learners.contains(&id) {
             self.group
-                .raft()
-                .add_learner(id, PeerNode::new(addr), false)
-                .await
-                .map_err(|e| self.group.raft_error(e))?;
+                .add_learner(id, PeerNode::new(addr), None)
+                .await?;
             tracing::info!(node = id, addr, "node admitted as controller learner");
         }
         self.propose(MetadataCommand::RegisterBroker {

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use weir_raft::{
-    Group, GroupConfig, GroupRegistry, NodeId, PartitionState, PeerNode, PeerTransport, RaftTiming,
+    GroupConfig, GroupRegistry, NodeId, Partition, PeerNode, PeerTransport, RaftTiming,
     SnapshotPoint, remove_group_files,
 };
 use weir_storage::{Durability, LogConfig};
@@ -46,7 +46,8 @@ pub struct PartitionReplica {
     pub partition: u32,
     pub topic_id: u64,
     pub config: TopicConfig,
-    pub group: Arc<Group<PartitionState>>,
+    /// The replica: writes, reads, progress, leadership and membership.
+    pub group: Arc<Partition>,
 }
 
 /// Node-wide settings for partition groups.
@@ -126,18 +127,8 @@ impl Partitions {
     /// Runs the reconciler until the process ends.
     pub async fn run(self: Arc<Self>, controller: Arc<Controller>) {
         // Act only on the complete local metadata (see the module docs).
-        let mut metrics = controller.group().raft().metrics();
-        loop {
-            let caught_up = {
-                let m = metrics.borrow_and_update();
-                m.current_leader.is_some() && m.last_applied.map(|l| l.index) >= m.last_log_index
-            };
-            if caught_up {
-                break;
-            }
-            if metrics.changed().await.is_err() {
-                return;
-            }
+        if !controller.group().wait_caught_up().await {
+            return;
         }
         let mut watch = controller.watch();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -215,13 +206,8 @@ impl Partitions {
             timing: self.settings.timing,
             retention_check: self.settings.retention_check,
         };
-        let group = Group::open(
-            self.settings.node_id,
-            config,
-            PartitionState::default(),
-            Arc::clone(&self.transport),
-        )
-        .await?;
+        let group =
+            Partition::open(self.settings.node_id, config, Arc::clone(&self.transport)).await?;
         self.registry.insert(&group_id, group.handle());
         if record.epoch == 0 && record.initial_replicas.contains(&self.settings.node_id) {
             let members: Option<BTreeMap<NodeId, PeerNode>> = record
@@ -246,7 +232,7 @@ impl Partitions {
                     tokio::spawn(async move {
                         tokio::time::sleep(wait).await;
                         let Some(group) = weak.upgrade() else { return };
-                        if matches!(group.raft().is_initialized().await, Ok(false))
+                        if !group.is_initialized().await
                             && let Err(err) = group.initialize(&members).await
                         {
                             tracing::warn!(group = %group.id(), error = %err, "cannot form the group");
@@ -394,10 +380,7 @@ impl Partitions {
     }
 
     fn maybe_campaign(&self, group_id: &str, replica: &PartitionReplica) {
-        let metrics = replica.group.raft().metrics().borrow().clone();
-        let caught_up = metrics.current_leader.is_some()
-            && metrics.last_applied.map(|l| l.index) == metrics.last_log_index;
-        if !caught_up {
+        if !replica.group.caught_up() {
             return;
         }
         let mut last = self
@@ -412,11 +395,11 @@ impl Partitions {
             return;
         }
         last.insert(group_id.to_string(), now);
-        let raft = replica.group.raft().clone();
+        let group = Arc::clone(&replica.group);
         let group_id = group_id.to_string();
         tokio::spawn(async move {
             tracing::info!(group = %group_id, "preferred replica campaigns for leadership");
-            if let Err(err) = raft.trigger().elect().await {
+            if let Err(err) = group.campaign().await {
                 tracing::warn!(group = %group_id, error = %err, "campaign failed");
             }
         });
@@ -437,7 +420,6 @@ async fn change_replicas(
     nodes: &BTreeMap<NodeId, PeerNode>,
     replicas: &[NodeId],
 ) -> Result<(), String> {
-    let raft = replica.group.raft();
     let (voters, learners) = replica.group.members();
     for id in replicas {
         if voters.contains(id) || learners.contains(id) {
@@ -447,14 +429,17 @@ async fn change_replicas(
             .get(id)
             .cloned()
             .ok_or_else(|| format!("no address for broker {id}"))?;
-        tokio::time::timeout(Duration::from_secs(120), raft.add_learner(*id, node, true))
+        replica
+            .group
+            .add_learner(*id, node, Duration::from_secs(120))
             .await
-            .map_err(|_| format!("learner {id} did not catch up within 120 s"))?
             .map_err(|e| e.to_string())?;
         tracing::info!(group = %replica.group.id(), learner = id, "learner caught up");
     }
     let target: BTreeSet<NodeId> = replicas.iter().copied().collect();
-    raft.change_membership(target, false)
+    replica
+        .group
+        .change_voters(target)
         .await
         .map_err(|e| e.to_string())?;
     Ok(())

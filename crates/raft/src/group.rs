@@ -107,9 +107,6 @@ pub struct Group<S: GroupState> {
     state_machine: StateMachine<S>,
     boundary: SharedBoundary,
     transport: Arc<PeerTransport>,
-    /// The leader's queue of idempotent batches; its lock orders their checks and hand-over to
-    /// Raft (see `idempotence`).
-    pub(crate) ordered_writes: Arc<tokio::sync::Mutex<crate::idempotence::WriteQueue>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -165,7 +162,6 @@ impl<S: GroupState> Group<S> {
             state_machine,
             boundary,
             transport,
-            ordered_writes: Arc::default(),
             tasks: Mutex::new(Vec::new()),
         });
         if config.point == SnapshotPoint::LogStart {
@@ -204,6 +200,8 @@ impl<S: GroupState> Group<S> {
         self.node_id
     }
 
+    /// The openraft handle, for this crate's tests and diagnostics; other crates use the
+    /// methods of [`Group`] and [`crate::Partition`].
     pub fn raft(&self) -> &Raft {
         &self.raft
     }
@@ -442,6 +440,91 @@ impl<S: GroupState> Group<S> {
     }
 
     /// Voters and learners of the current membership.
+    /// Whether this replica knows a leader and has applied its whole local log.
+    pub fn caught_up(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.current_leader.is_some() && m.last_applied.map(|l| l.index) >= m.last_log_index
+    }
+
+    /// Waits until [`Group::caught_up`]; returns false if the group stopped first.
+    pub async fn wait_caught_up(&self) -> bool {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.current_leader.is_some() && m.last_applied.map(|l| l.index) >= m.last_log_index
+                {
+                    return true;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Whether the group has been formed (has a membership).
+    pub async fn is_initialized(&self) -> bool {
+        matches!(self.raft.is_initialized().await, Ok(true))
+    }
+
+    /// Adds `node` as a learner. With `catch_up`, waits until it has caught up, at most that long.
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        node: PeerNode,
+        catch_up: Option<Duration>,
+    ) -> Result<(), GroupError> {
+        let call = self.raft.add_learner(id, node, catch_up.is_some());
+        let result = match catch_up {
+            Some(within) => {
+                tokio::time::timeout(within, call)
+                    .await
+                    .map_err(|_| GroupError::Timeout {
+                        what: format!("learner {id} catching up"),
+                        within,
+                    })?
+            }
+            None => call.await,
+        };
+        result.map(|_| ()).map_err(|e| self.raft_error(e))
+    }
+
+    /// Changes the voters to `voters` in one joint-consensus step (learners not in it stay
+    /// learners).
+    pub async fn change_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), GroupError> {
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.raft_error(e))
+    }
+
+    /// Starts an election now.
+    pub async fn campaign(&self) -> Result<(), GroupError> {
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| self.fatal_error(e))
+    }
+
+    /// Confirms with a quorum that this node leads (a linearizable read point); fails with
+    /// [`GroupError::NotLeader`] elsewhere.
+    pub async fn ensure_linearizable(&self) -> Result<(), GroupError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(GroupError::NotLeader {
+                    leader: forward.leader_id,
+                    leader_addr: forward.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(err) => Err(self.raft_error(err)),
+        }
+    }
+
     pub fn members(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();

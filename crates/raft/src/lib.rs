@@ -10,6 +10,8 @@
 //!   small atomically written file.
 //! - [`StateMachine`]: applied log id, membership, high watermark and a [`GroupState`]; snapshots
 //!   carry metadata only.
+//! - [`Partition`]: one partition replica — the narrow API the broker and controller use (write
+//!   with idempotence and wait semantics, read, progress, leader hint, membership changes).
 //! - [`PartitionState`]: producer state for idempotence.
 //! - [`Group`] / [`GroupRegistry`]: running groups, created and removed at run time.
 //! - [`PeerTransport`] / [`PeerService`]: one gRPC connection per peer shared by all groups, with
@@ -42,7 +44,7 @@ pub use files::FileError;
 pub use group::{Group, GroupConfig, GroupHandle, GroupRegistry, RaftTiming, remove_group_files};
 pub use log_store::{LogBoundary, LogStore};
 pub use network::{FaultPlan, LinkAction, LinkFaults, PeerError, PeerTransport};
-pub use partition::{PartitionState, ProducerEntry, WaitFor};
+pub use partition::{Partition, PartitionState, ProducerEntry, WaitFor};
 pub use service::PeerService;
 pub use state_machine::{GroupState, Progress, SnapshotPoint, StateMachine};
 pub use types::{Applied, NodeId, PeerNode, Raft};

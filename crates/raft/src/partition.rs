@@ -1,23 +1,37 @@
-//! [`PartitionState`]: the state machine data of a partition group — the producer state used for
-//! idempotence, rebuilt from the log (and carried in snapshots, never records).
+//! [`Partition`]: one partition replica on this node, and the narrow API the broker and the
+//! controller use to reach it — write a batch (with its wait semantics and idempotence), read
+//! committed batches from an offset, progress (high watermark, log bounds), the leader hint, and
+//! the membership operations of replica moves. Callers never name the segment log or openraft.
 //!
-//! For every idempotent producer id it keeps the epoch, the last sequence and the offsets of its
-//! newest batch. Applying a batch merges by offset, so applying entries a snapshot already
-//! covers again changes nothing.
+//! [`PartitionState`]: the state machine data of a partition group — the producer state used for
+//! idempotence, rebuilt from the log (and carried in snapshots, never records). For every
+//! idempotent producer id it keeps the epoch, the last sequence and the offsets of its newest
+//! batch. Applying a batch merges by offset, so applying entries a snapshot already covers again
+//! changes nothing.
+//!
+//! Invariants: a partition's idempotent writes are decided and handed to Raft under its one
+//! [`WriteQueue`] lock (see `idempotence`); reads never go past the high watermark the caller
+//! passes (callers pass the group's, so only committed records are served).
 
-use std::collections::BTreeMap;
-
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use weir_format::batch::BatchHeader;
 
 use crate::error::{Failure, GroupError};
-use crate::group::Group;
+use tokio::sync::watch;
+use weir_storage::{LogBounds, LogMetrics, ReadBatches, StorageError};
+
+use crate::group::{Group, GroupConfig, GroupHandle};
 use crate::idempotence::{Decision, WriteQueue};
+use crate::network::PeerTransport;
 use crate::state_machine::GroupState;
+use crate::state_machine::Progress;
 use crate::types::Applied;
+use crate::types::{NodeId, PeerNode};
 
 /// What is known of one idempotent producer: its newest committed batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,7 +111,189 @@ pub enum WaitFor {
 /// How long an idempotent batch that arrived before its predecessors waits for them.
 const MAX_REORDER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-impl Group<PartitionState> {
+/// One partition replica on this node.
+pub struct Partition {
+    group: Arc<Group<PartitionState>>,
+    /// The leader's queue of idempotent batches; its lock orders their checks and hand-over to
+    /// Raft (see `idempotence`).
+    ordered_writes: Arc<tokio::sync::Mutex<WriteQueue>>,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition")
+            .field("id", &self.group.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Partition {
+    /// Opens (or creates) the replica's files and starts its Raft node (see [`Group::open`]).
+    pub async fn open(
+        node_id: NodeId,
+        config: GroupConfig,
+        transport: Arc<PeerTransport>,
+    ) -> Result<Arc<Self>, GroupError> {
+        let group = Group::open(node_id, config, PartitionState::default(), transport).await?;
+        Ok(Self::new(group))
+    }
+
+    /// A partition over a running group (the group must not be wrapped twice: each wrapper has
+    /// its own write queue).
+    pub fn new(group: Arc<Group<PartitionState>>) -> Arc<Self> {
+        Arc::new(Self {
+            group,
+            ordered_writes: Arc::default(),
+        })
+    }
+
+    /// The Raft group underneath, for the replication crate's tests and tools. The broker and
+    /// the controller use the methods of [`Partition`] only.
+    pub fn group(&self) -> &Arc<Group<PartitionState>> {
+        &self.group
+    }
+
+    /// Group id on the wire: `topic/partition/topic id`.
+    pub fn id(&self) -> &str {
+        self.group.id()
+    }
+
+    /// What the peer service needs to dispatch to this replica.
+    pub fn handle(&self) -> GroupHandle {
+        self.group.handle()
+    }
+
+    // --- Reads -----------------------------------------------------------------------------
+
+    /// Whole batches from `offset`, at most about `max_bytes` (at least one batch), stopping
+    /// before `until` (pass the high watermark: readers see committed records only).
+    pub fn read(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        until: u64,
+    ) -> Result<ReadBatches, StorageError> {
+        self.group.log().read_until(offset, max_bytes, until)
+    }
+
+    /// The log's bounds: log start offset, next offset, size.
+    pub fn bounds(&self) -> Result<LogBounds, StorageError> {
+        self.group.log().bounds()
+    }
+
+    /// The first offset whose record's timestamp is at or after `timestamp_ms`.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>, StorageError> {
+        self.group.log().offset_for_timestamp(timestamp_ms)
+    }
+
+    /// The replica's progress (high watermark and applied position), as it changes.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.group.progress()
+    }
+
+    /// The high watermark now: records below it are committed.
+    pub fn high_watermark(&self) -> u64 {
+        self.group.progress().borrow().high_watermark
+    }
+
+    /// Counters of the replica's log (appended bytes, fsyncs).
+    pub fn log_metrics(&self) -> LogMetrics {
+        self.group.log().metrics()
+    }
+
+    // --- Leadership ------------------------------------------------------------------------
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.group.node_id()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.group.is_leader()
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.group.leader()
+    }
+
+    /// The address of a member of the group, as the group's membership records it.
+    pub fn node_addr(&self, node: NodeId) -> Option<String> {
+        self.group.node_addr(node)
+    }
+
+    /// The current Raft term.
+    pub fn term(&self) -> u64 {
+        self.group.term()
+    }
+
+    /// Confirms with a quorum that this node leads, and applies every entry ever acknowledged
+    /// (see [`Group::catch_up_as_leader`]).
+    pub async fn confirm_leader(&self, within: Duration) -> Result<(), GroupError> {
+        self.group.catch_up_as_leader(within).await
+    }
+
+    // --- Membership (the controller's reconciler) -----------------------------------------
+
+    /// Forms the group with `members` as voters (see [`Group::initialize`]).
+    pub async fn initialize(&self, members: &BTreeMap<NodeId, PeerNode>) -> Result<(), GroupError> {
+        self.group.initialize(members).await
+    }
+
+    pub async fn is_initialized(&self) -> bool {
+        self.group.is_initialized().await
+    }
+
+    /// Voters and learners.
+    pub fn members(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
+        self.group.members()
+    }
+
+    /// Whether this replica knows a leader and has applied its whole local log.
+    pub fn caught_up(&self) -> bool {
+        self.group.caught_up()
+    }
+
+    /// Adds `node` as a learner and waits until it caught up, at most `within`.
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        node: PeerNode,
+        within: Duration,
+    ) -> Result<(), GroupError> {
+        self.group.add_learner(id, node, Some(within)).await
+    }
+
+    /// Changes the voters to `voters` in one joint-consensus step.
+    pub async fn change_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), GroupError> {
+        self.group.change_voters(voters).await
+    }
+
+    /// Campaigns for leadership now (the preferred replica taking its leadership back).
+    pub async fn campaign(&self) -> Result<(), GroupError> {
+        self.group.campaign().await
+    }
+
+    /// Stops the replica's Raft node; the files stay.
+    pub async fn shutdown(&self) {
+        self.group.shutdown().await;
+    }
+
+    // --- Writes ----------------------------------------------------------------------------
+
+    /// Writes `batch` on the leader and answers when `wait` says: with [`WaitFor::Committed`]
+    /// once a majority has it and it is applied (with its offsets); with [`WaitFor::Accepted`]
+    /// once the leader checked it and queued it in Raft (`None`). See
+    /// [`Partition::write_deduplicated`] for idempotent batches.
+    pub async fn write(
+        self: &Arc<Self>,
+        batch: Bytes,
+        within: Duration,
+        wait: WaitFor,
+    ) -> Result<Option<Applied>, GroupError> {
+        self.write_deduplicated_with(batch, within, wait).await
+    }
+
     /// Writes a batch on the leader, dropping a retried duplicate of an idempotent producer's
     /// recent batch (answering with the offsets it got the first time). Batches without a
     /// producer id are written as they are.
@@ -127,7 +323,7 @@ impl Group<PartitionState> {
 
     /// [`Group::write_deduplicated`], answering when `wait` says: with [`WaitFor::Accepted`] the
     /// answer (`None`) comes once the batch is queued in the Raft log.
-    pub async fn write_deduplicated_with(
+    async fn write_deduplicated_with(
         self: &Arc<Self>,
         batch: Bytes,
         within: std::time::Duration,
@@ -137,7 +333,7 @@ impl Group<PartitionState> {
             .map_err(|e| GroupError::Storage(weir_storage::StorageError::InvalidBatch(e)))?;
         if header.producer_id < 0 {
             return match wait {
-                WaitFor::Committed => self.write(batch).await.map(Some),
+                WaitFor::Committed => self.group.write(batch).await.map(Some),
                 WaitFor::Accepted => {
                     if !self.is_leader() {
                         return Err(GroupError::NotLeader {
@@ -145,16 +341,16 @@ impl Group<PartitionState> {
                             leader_addr: self.leader().and_then(|l| self.node_addr(l)),
                         });
                     }
-                    let pending = self.submit(batch).await?;
+                    let pending = self.group.submit(batch).await?;
                     tokio::spawn(log_failure(self.id().to_string(), pending));
                     Ok(None)
                 }
             };
         }
         let queue = Arc::clone(&self.ordered_writes).lock_owned().await;
-        let group = Arc::clone(self);
+        let partition = Arc::clone(self);
         let decided = tokio::spawn(async move {
-            group
+            partition
                 .decide_and_queue(queue, &header, batch, within, wait)
                 .await
         })
@@ -207,10 +403,11 @@ impl Group<PartitionState> {
             {
                 queue.reset();
                 let term = self.term();
-                self.catch_up_as_leader(within).await?;
+                self.group.catch_up_as_leader(within).await?;
                 queue.caught_up_term = term;
             }
             let applied = self
+                .group
                 .state_machine()
                 .with_state(|s| s.producer(header.producer_id));
             match queue.decide(header, applied) {
@@ -271,19 +468,19 @@ impl Group<PartitionState> {
                 Ok(Queued::InFlight(outcome))
             }
             Decision::Write => {
-                let pending = self.submit(batch).await?;
+                let pending = self.group.submit(batch).await?;
                 let (done, outcome) = tokio::sync::watch::channel(None);
                 queue.track(header, outcome.clone());
                 drop(queue);
-                let group = Arc::clone(self);
+                let partition = Arc::clone(self);
                 tokio::spawn(async move {
                     let result = pending.await;
                     if let Err(err) = &result {
                         if wait == WaitFor::Accepted {
-                            tracing::warn!(group = group.id(), error = %err, "write acknowledged to the leader failed");
+                            tracing::warn!(group = partition.id(), error = %err, "write acknowledged to the leader failed");
                         }
                         // Later batches of this term fail with it; decide afresh after catching up.
-                        group.ordered_writes.lock().await.reset();
+                        partition.ordered_writes.lock().await.reset();
                     }
                     done.send_replace(Some(
                         result
