@@ -42,17 +42,15 @@ async fn demo(brokers: &[String], replication_factor: u32) -> anyhow::Result<()>
 
     let client = Arc::new(weir_client::Client::new(brokers)?);
     let topic = "weir-demo";
-    let exists = client
-        .metadata(&[])
-        .await?
-        .topics
-        .iter()
-        .any(|t| t.name == topic);
-    if !exists {
-        client.create_topic(topic, 1, replication_factor).await?;
-        println!(
+    // A rerun finds the topic from the run before: that is fine (the group then resumes).
+    match client.create_topic(topic, 1, replication_factor).await {
+        Ok(_) => println!(
             "demo: created topic {topic} (1 partition, replication factor {replication_factor})"
-        );
+        ),
+        Err(err) if err.code() == Some(weir_client::Code::AlreadyExists) => {
+            println!("demo: topic {topic} exists from an earlier run; adding to it");
+        }
+        Err(err) => return Err(err).context("creating the demo topic"),
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -121,9 +119,22 @@ async fn demo(brokers: &[String], replication_factor: u32) -> anyhow::Result<()>
         "demo: replay from 30 seconds ago (offset {by_time}): {}",
         values(&replay.records)
     );
+    let group = "weir-demo-group";
+    let committed = client
+        .fetch_offsets(group, &[topic.to_string()])
+        .await?
+        .into_iter()
+        .find(|o| o.partition == 0)
+        .map(|o| o.offset);
+    match committed {
+        Some(offset) => println!(
+            "demo: consumer group {group} resumes at offset {offset}, where the last run committed"
+        ),
+        None => println!("demo: consumer group {group} is new: it starts at the earliest offset"),
+    }
     let mut consumer = Consumer::join(
         Arc::clone(&client),
-        "weir-demo-group",
+        group,
         &[topic.to_string()],
         ConsumerConfig {
             reset: weir_client::ResetPolicy::Earliest,
@@ -140,9 +151,15 @@ async fn demo(brokers: &[String], replication_factor: u32) -> anyhow::Result<()>
         }
     }
     consumer.close().await?;
+    let position = client
+        .fetch_offsets(group, &[topic.to_string()])
+        .await?
+        .into_iter()
+        .find(|o| o.partition == 0)
+        .map_or(0, |o| o.offset);
     println!(
-        "demo: consumer group weir-demo-group read {read} records and committed its position \
-         (run the demo again: the group resumes where it stopped)"
+        "demo: consumer group {group} read {read} records and committed offset {position} \
+         (run the demo again: the group resumes there and reads only the new records)"
     );
     Ok(())
 }

@@ -55,6 +55,8 @@ pub use batch::IdempotentBatcher;
 pub use client::{Acks, Client, Start};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, ResetPolicy};
 pub use error::ClientError;
+/// gRPC status codes, as [`ClientError::code`] reports them.
+pub use tonic::Code;
 pub use health::{NodeHealth, check_health};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 pub use weir_format::batch::Compression;

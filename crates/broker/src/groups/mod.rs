@@ -15,6 +15,13 @@
 //! Invariants: a shard is used only while this node leads the partition in the term it was
 //! loaded in; a failed write unloads it (the next request reloads from the log). A partition is
 //! handed to a member only when no other member reports it owned (cooperative handoff).
+//!
+//! Modules: [`assignor`] (the pure membership and assignment state machine, property-tested),
+//! [`offsets`] (the offset record codec); this one is the service: routing to the coordinator,
+//! loading and writing shards, and the RPCs.
+
+mod assignor;
+mod offsets;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -36,6 +43,8 @@ use weir_proto::v1::{
     ResetOffsetsResponse, StartFrom, TopicPartitions,
 };
 
+use self::assignor::{LiveGroup, Member, TopicPartition};
+use self::offsets::{apply_offset_record, offset_key, offset_value};
 use crate::fetch::ReadPath;
 use crate::metrics::{BrokerMetrics, GroupMetrics, GroupSummaries};
 use crate::router::{Found, Router, forward_hops, forwarded, now_ms};
@@ -55,9 +64,6 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an offsets write may wait for replication (elections included).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Version tag of offset records (key and value).
-const RECORD_VERSION: u8 = 1;
-
-type TopicPartition = (String, u32);
 
 /// The coordinator state of this node, one [`Shard`] per offsets partition it has served.
 #[derive(Debug, Default)]
@@ -131,110 +137,6 @@ impl Shard {
     }
 }
 
-/// The live members of a group.
-#[derive(Debug, Default)]
-struct LiveGroup {
-    generation: u64,
-    members: BTreeMap<String, Member>,
-}
-
-#[derive(Debug)]
-struct Member {
-    client_id: String,
-    topics: BTreeSet<String>,
-    /// What the member last reported reading.
-    owned: BTreeSet<TopicPartition>,
-    /// What the member was last told it may read: held for it like `owned` (it may have started
-    /// reading before its next heartbeat reports so) until its next heartbeat replaces it.
-    granted: BTreeSet<TopicPartition>,
-    last_seen: Instant,
-    session: Duration,
-}
-
-impl LiveGroup {
-    fn expire(&mut self, now: Instant) {
-        let before = self.members.len();
-        self.members.retain(|id, m| {
-            let alive = now.duration_since(m.last_seen) <= m.session;
-            if !alive {
-                tracing::info!(member = %id, "group member timed out");
-            }
-            alive
-        });
-        if self.members.len() != before {
-            self.generation += 1;
-        }
-    }
-
-    fn topics(&self) -> BTreeSet<String> {
-        self.members
-            .values()
-            .flat_map(|m| m.topics.iter().cloned())
-            .collect()
-    }
-
-    /// Where each partition should be: per topic, partition `p` goes to the `p mod n`-th of the
-    /// `n` members subscribing to it (members in id order).
-    fn target(&self, counts: &BTreeMap<String, u32>) -> BTreeMap<String, BTreeSet<TopicPartition>> {
-        let mut target: BTreeMap<String, BTreeSet<TopicPartition>> = self
-            .members
-            .keys()
-            .map(|id| (id.clone(), BTreeSet::new()))
-            .collect();
-        for (topic, count) in counts {
-            let readers: Vec<&String> = self
-                .members
-                .iter()
-                .filter(|(_, m)| m.topics.contains(topic))
-                .map(|(id, _)| id)
-                .collect();
-            if readers.is_empty() {
-                continue;
-            }
-            for p in 0..*count {
-                if let Some(set) = target.get_mut(readers[p as usize % readers.len()]) {
-                    set.insert((topic.clone(), p));
-                }
-            }
-        }
-        target
-    }
-
-    /// `member`'s share of `target`, without partitions another member still holds (reports as
-    /// owned, or was granted and has not heartbeat since).
-    fn assigned(
-        &self,
-        member: &str,
-        target: &BTreeMap<String, BTreeSet<TopicPartition>>,
-    ) -> BTreeSet<TopicPartition> {
-        let Some(share) = target.get(member) else {
-            return BTreeSet::new();
-        };
-        share
-            .iter()
-            .filter(|tp| {
-                !self.members.iter().any(|(id, m)| {
-                    id != member && (m.owned.contains(*tp) || m.granted.contains(*tp))
-                })
-            })
-            .cloned()
-            .collect()
-    }
-
-    /// "stable" when every member owns exactly its share, else "rebalancing"; "empty" without
-    /// members.
-    fn state(&self, target: &BTreeMap<String, BTreeSet<TopicPartition>>) -> &'static str {
-        if self.members.is_empty() {
-            return "empty";
-        }
-        let settled = self
-            .members
-            .iter()
-            .all(|(id, m)| target.get(id).is_some_and(|share| *share == m.owned));
-        if settled { "stable" } else { "rebalancing" }
-    }
-}
-
 fn validate_group(group: &str) -> Result<(), Status> {
     if group.is_empty() {
         return Err(Status::invalid_argument("group name is empty"));
@@ -259,34 +161,8 @@ fn unknown_member(group: &str, member: &str) -> Status {
     ))
 }
 
-fn offset_key(group: &str, topic: &str, partition: u32) -> Result<Vec<u8>, Status> {
-    postcard::to_stdvec(&(RECORD_VERSION, group, topic, partition))
-        .map_err(|e| Status::internal(format!("encoding an offset record: {e}")))
-}
-
-fn offset_value(offset: u64) -> Result<Vec<u8>, Status> {
-    postcard::to_stdvec(&(RECORD_VERSION, offset))
-        .map_err(|e| Status::internal(format!("encoding an offset record: {e}")))
-}
-
-/// Applies one record of the offsets topic (records of unknown versions are skipped).
-fn apply_offset_record(
-    offsets: &mut BTreeMap<String, BTreeMap<TopicPartition, u64>>,
-    key: &[u8],
-    value: &[u8],
-) {
-    let Ok((RECORD_VERSION, group, topic, partition)) =
-        postcard::from_bytes::<(u8, String, String, u32)>(key)
-    else {
-        return;
-    };
-    let Ok((RECORD_VERSION, offset)) = postcard::from_bytes::<(u8, u64)>(value) else {
-        return;
-    };
-    offsets
-        .entry(group)
-        .or_default()
-        .insert((topic, partition), offset);
+fn encoding_failed(err: postcard::Error) -> Status {
+    Status::internal(format!("encoding an offset record: {err}"))
 }
 
 fn grouped(partitions: impl IntoIterator<Item = TopicPartition>) -> Vec<TopicPartitions> {
@@ -457,8 +333,8 @@ impl GroupService {
         let now = now_ms();
         let mut builder = BatchBuilder::new(Compression::None);
         for o in offsets {
-            let key = offset_key(group, &o.topic, o.partition)?;
-            let value = offset_value(o.offset)?;
+            let key = offset_key(group, &o.topic, o.partition).map_err(encoding_failed)?;
+            let value = offset_value(o.offset).map_err(encoding_failed)?;
             builder.push(now, Some(&key), Some(&value), &[]);
         }
         let Some(batch) = builder.build() else {
@@ -1080,119 +956,5 @@ impl Groups for GroupService {
         .await;
         self.metrics.count_group("reset_offsets", &result);
         result
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn member(topics: &[&str], owned: &[(&str, u32)]) -> Member {
-        Member {
-            client_id: String::new(),
-            topics: topics.iter().map(|t| t.to_string()).collect(),
-            owned: owned.iter().map(|(t, p)| (t.to_string(), *p)).collect(),
-            granted: BTreeSet::new(),
-            last_seen: Instant::now(),
-            session: Duration::from_secs(10),
-        }
-    }
-
-    #[test]
-    fn partitions_are_spread_evenly_and_handed_over_only_when_released() {
-        let mut group = LiveGroup::default();
-        for id in ["a", "b", "c"] {
-            group.members.insert(id.into(), member(&["t"], &[]));
-        }
-        let counts = BTreeMap::from([("t".to_string(), 6)]);
-        let target = group.target(&counts);
-        let mut all = BTreeSet::new();
-        for share in target.values() {
-            assert_eq!(share.len(), 2);
-            all.extend(share.iter().cloned());
-        }
-        assert_eq!(all.len(), 6);
-        // Everyone takes its share.
-        for id in ["a", "b", "c"] {
-            let share = group.assigned(id, &target);
-            group.members.get_mut(id).unwrap().owned = share;
-        }
-        assert_eq!(group.state(&target), "stable");
-        // "c" leaves: "a" and "b" are due c's partitions, which are free at once.
-        group.members.remove("c");
-        let target = group.target(&counts);
-        assert_eq!(target["a"].len() + target["b"].len(), 6);
-        assert_eq!(group.state(&target), "rebalancing");
-        // "d" joins while "a" still owns partitions now due to "d": d gets them only once a
-        // releases them.
-        group.members.insert("d".into(), member(&["t"], &[]));
-        let target = group.target(&counts);
-        let owned_by_a = group.members["a"].owned.clone();
-        let due_to_d_held_by_a: BTreeSet<_> =
-            target["d"].intersection(&owned_by_a).cloned().collect();
-        let d_now = group.assigned("d", &target);
-        assert!(d_now.is_disjoint(&owned_by_a));
-        group.members.get_mut("a").unwrap().owned = target["a"].clone();
-        let d_later = group.assigned("d", &target);
-        assert!(due_to_d_held_by_a.is_subset(&d_later) || due_to_d_held_by_a.is_empty());
-    }
-
-    #[test]
-    fn a_partition_granted_but_not_yet_reported_is_not_granted_twice() {
-        let mut group = LiveGroup::default();
-        group.members.insert("a".into(), member(&["t"], &[]));
-        let counts = BTreeMap::from([("t".to_string(), 2)]);
-        let target = group.target(&counts);
-        let to_a = group.assigned("a", &target);
-        assert_eq!(to_a.len(), 2);
-        group.members.get_mut("a").unwrap().granted = to_a.clone();
-        // b joins before a's next heartbeat reports what it reads.
-        group.members.insert("b".into(), member(&["t"], &[]));
-        let target = group.target(&counts);
-        assert!(group.assigned("b", &target).is_disjoint(&to_a));
-        // a's next heartbeat: it reads only its new share (reported owned), and its grant
-        // shrinks to it; then b gets the rest.
-        let a_now = group.assigned("a", &target);
-        let a = group.members.get_mut("a").unwrap();
-        a.granted = a_now.clone();
-        a.owned = a_now.clone();
-        let b_now = group.assigned("b", &target);
-        assert_eq!(b_now.len(), 1);
-        assert!(b_now.is_disjoint(&a_now));
-    }
-
-    #[test]
-    fn members_only_get_topics_they_subscribe_to() {
-        let mut group = LiveGroup::default();
-        group.members.insert("a".into(), member(&["x"], &[]));
-        group.members.insert("b".into(), member(&["x", "y"], &[]));
-        let counts = BTreeMap::from([("x".to_string(), 2), ("y".to_string(), 3)]);
-        let target = group.target(&counts);
-        assert!(target["a"].iter().all(|(t, _)| t == "x"));
-        assert_eq!(target["b"].iter().filter(|(t, _)| t == "y").count(), 3);
-    }
-
-    #[test]
-    fn expired_members_are_removed() {
-        let mut group = LiveGroup::default();
-        let mut old = member(&["t"], &[]);
-        old.session = Duration::from_millis(1);
-        old.last_seen = Instant::now() - Duration::from_secs(1);
-        group.members.insert("old".into(), old);
-        group.members.insert("new".into(), member(&["t"], &[]));
-        group.expire(Instant::now());
-        assert_eq!(group.members.len(), 1);
-        assert_eq!(group.generation, 1);
-    }
-
-    #[test]
-    fn offset_records_round_trip_and_the_newest_wins() {
-        let mut offsets = BTreeMap::new();
-        let key = offset_key("g", "t", 3).unwrap();
-        apply_offset_record(&mut offsets, &key, &offset_value(5).unwrap());
-        apply_offset_record(&mut offsets, &key, &offset_value(9).unwrap());
-        apply_offset_record(&mut offsets, b"garbage", b"x");
-        assert_eq!(offsets["g"][&("t".to_string(), 3)], 9);
-        assert_eq!(offsets.len(), 1);
     }
 }
