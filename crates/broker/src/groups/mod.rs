@@ -63,7 +63,6 @@ const MAX_GROUP_NAME: usize = 255;
 const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an offsets write may wait for replication (elections included).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Version tag of offset records (key and value).
 
 /// The coordinator state of this node, one [`Shard`] per offsets partition it has served.
 #[derive(Debug, Default)]
