@@ -39,8 +39,22 @@ struct Run {
 }
 
 fn weir(binary: &Path, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Run> {
+    weir_with_env(binary, args, &[], stdin)
+}
+
+/// Environment variables, name and value.
+type Vars<'a> = Vec<(&'a str, &'a str)>;
+
+/// `weir ARGS` with these environment variables set.
+fn weir_with_env(
+    binary: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> anyhow::Result<Run> {
     let mut child = Command::new(binary)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -154,6 +168,84 @@ fn bad_server_settings_fail_with_the_setting_named() -> anyhow::Result<()> {
         "{}",
         run.stderr
     );
+
+    // The layers: file < WEIR_* environment < flags; the message names the setting and the
+    // file, variable or flag its value came from.
+    let layered = dir.path().join("layered.toml");
+    std::fs::write(
+        &layered,
+        format!("addr = \"filebad\"\ndata_dir = {data:?}\n"),
+    )?;
+    let layered = layered.to_str().context("path")?;
+    let cases: Vec<(Vec<&str>, Vars<'_>, Vec<&str>)> = vec![
+        (
+            vec!["server", "--config", layered],
+            vec![],
+            vec!["invalid setting addr (config file", "\"filebad\""],
+        ),
+        (
+            vec!["server", "--config", layered],
+            vec![("WEIR_ADDR", "envbad")],
+            vec![
+                "invalid setting addr (environment variable WEIR_ADDR)",
+                "\"envbad\"",
+            ],
+        ),
+        (
+            vec!["server", "--config", layered, "--addr", "flagbad"],
+            vec![("WEIR_ADDR", "envbad")],
+            vec!["invalid setting addr (flag --addr)", "\"flagbad\""],
+        ),
+        (
+            vec!["server", "--data-dir", data],
+            vec![("WEIR_RAFT__ELECTION_MIN_MS", "soon")],
+            vec![
+                "invalid setting raft.election_min_ms (environment variable WEIR_RAFT__ELECTION_MIN_MS)",
+                "\"soon\"",
+            ],
+        ),
+        (
+            vec![
+                "server",
+                "--data-dir",
+                data,
+                "--raft-election-max-ms",
+                "700",
+            ],
+            vec![],
+            vec!["invalid setting raft.election_max_ms (flag --raft-election-max-ms)"],
+        ),
+        (
+            vec!["server", "--data-dir", data],
+            vec![("WEIR_RAFT__HEARTBEAT", "100")],
+            vec!["WEIR_RAFT__HEARTBEAT", "WEIR_RAFT__HEARTBEAT_MS"],
+        ),
+        (
+            vec!["server", "--data-dir", data],
+            vec![("WEIR_DURABILITY", "interval:soon")],
+            vec!["environment variable WEIR_DURABILITY", "interval:MS"],
+        ),
+        (
+            vec!["server", "--data-dir", data, "--id-from-hostname"],
+            vec![("WEIR_ID", "2")],
+            vec![
+                "flag --id-from-hostname",
+                "cannot be used with id",
+                "WEIR_ID",
+            ],
+        ),
+    ];
+    for (args, env, mentions) in cases {
+        let run = weir_with_env(&binary, &args, &env, None)?;
+        ensure!(run.code == Some(1), "{args:?} {env:?}: exit {:?}", run.code);
+        for mention in mentions {
+            ensure!(
+                run.stderr.contains(mention),
+                "{args:?} {env:?}: stderr {:?} should mention {mention:?}",
+                run.stderr
+            );
+        }
+    }
     Ok(())
 }
 
@@ -168,7 +260,12 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(",");
     let start_local = || -> anyhow::Result<std::process::Child> {
+        // WEIR_* variables of client commands and tests reach the nodes (children of `weir
+        // local`): they are not server settings, and the servers ignore them.
         Ok(Command::new(&binary)
+            .env("WEIR_BROKERS", &brokers)
+            .env("WEIR_DOCKER_TESTS", "1")
+            .env("WEIR_FUZZ_SECONDS", "5")
             .args([
                 "local",
                 "--nodes",

@@ -18,6 +18,9 @@ mod produce;
 mod service;
 mod status;
 
-pub use config::{ConfigError, NodeConfig, RaftSettings, parse_peer};
+pub use config::{
+    ConfigError, Layers, NodeConfig, RaftSettings, SETTINGS, Setting, SettingKind,
+    parse_durability, parse_peer,
+};
 pub use node::{Node, NodeError};
 pub use status::LEADER_TRAILER;

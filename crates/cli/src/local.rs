@@ -173,6 +173,8 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
             args.nodes
         );
     }
+    weir_broker::parse_durability(&args.durability)
+        .map_err(|err| anyhow::anyhow!("--durability {err}"))?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let exe = std::env::current_exe().context("finding the weir binary")?;
