@@ -443,14 +443,28 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         "{}",
         bad_partition.stderr
     );
+    // One row per partition: TOPIC PARTITION LEADER REPLICAS MOVING, and nothing else (the
+    // settings are in `topic describe`).
     let listing = weir(&binary, &[&["topic", "list"][..], &b].concat(), None)?;
+    let mut listed = listing.stdout.lines();
     ensure!(
-        listing
-            .stdout
-            .lines()
-            .filter(|l| l.starts_with("demo"))
-            .count()
-            == 3,
+        listed
+            .next()
+            .map(|h| h.split_whitespace().collect::<Vec<_>>())
+            == Some(vec!["TOPIC", "PARTITION", "LEADER", "REPLICAS", "MOVING"]),
+        "{}",
+        listing.stdout
+    );
+    let rows: Vec<Vec<&str>> = listed.map(|l| l.split_whitespace().collect()).collect();
+    ensure!(
+        rows.len() == 3
+            && rows.iter().enumerate().all(|(i, row)| {
+                row.len() == 5
+                    && row[0] == "demo"
+                    && row[1] == i.to_string()
+                    && row[3].split(',').count() == 3
+                    && (row[2] == "-" || row[3].split(',').any(|id| id == row[2]))
+            }),
         "{}",
         listing.stdout
     );
@@ -490,6 +504,18 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
     )?;
     ensure!(
         table.stdout.contains("HIGH WATERMARK") && table.stdout.contains("305"),
+        "{}",
+        table.stdout
+    );
+    ensure!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["CONFIG", "VALUE"])
+            && table
+                .stdout
+                .lines()
+                .any(|l| l.starts_with("segment.bytes ")),
         "{}",
         table.stdout
     );
@@ -632,6 +658,15 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
     ensure!(
         described["configs"]["retention.ms"] == "3600000",
         "{described}"
+    );
+    let table = run(&["topic", "describe", "kv"], None)?;
+    ensure!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["retention.ms", "3600000"]),
+        "{}",
+        table.stdout
     );
     let bad_config = run(
         &["topic", "create", "bad", "--config", "retention.ms=soon"],

@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use crate::server::stop_signal;
+use crate::table::Table;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct LocalArgs {
@@ -227,14 +228,23 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
         });
     }
     println!("weir local: {} nodes running", args.nodes);
+    let mut table = Table::new(&["NODE", "ADDRESS", "ROLE", "DATA", "LOG"]);
     for id in 1..=args.nodes {
-        println!(
-            "  node {id}  {}  data {}  log {}",
+        table.row([
+            id.to_string(),
             addr(id),
-            args.data_dir.join(format!("node-{id}")).display(),
-            args.data_dir.join(format!("node-{id}.log")).display()
-        );
+            if id <= voters { "voter" } else { "joins" }.to_string(),
+            args.data_dir
+                .join(format!("node-{id}"))
+                .display()
+                .to_string(),
+            args.data_dir
+                .join(format!("node-{id}.log"))
+                .display()
+                .to_string(),
+        ]);
     }
+    table.print();
     let brokers: Vec<String> = (1..=args.nodes).map(addr).collect();
     let weir = exe.display();
     println!("Ctrl-C stops the cluster; run the same command again to restart it on its data.");
