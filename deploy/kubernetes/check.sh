@@ -108,21 +108,21 @@ try:
 except Exception as e:
     conf = {}
     errors.append(f"node.toml does not parse: {e}")
-types = {"id": int, "addr": str, "advertised_addr": str, "external_addr": str,
-         "external_advertised_addr": str, "data_dir": str, "peers": list, "join": str,
-         "rack": str, "durability": (str, dict), "raft": dict, "retention_check_ms": int,
+types = {"id": int, "id_from_hostname": bool, "addr": str, "advertised_addr": str,
+         "external_addr": str, "external_advertised_addr": str, "data_dir": str, "peers": list,
+         "join": str, "rack": str, "durability": str, "raft": dict, "retention_check_ms": int,
          "metrics_addr": str}
 for key, value in conf.items():
     if key not in types:
         errors.append(f"node.toml: unknown key {key!r} (weir server rejects it)")
-    elif not isinstance(value, types[key]) or isinstance(value, bool):
+    elif not isinstance(value, types[key]) or (types[key] is not bool and isinstance(value, bool)):
         errors.append(f"node.toml: {key} has the wrong type ({type(value).__name__})")
 for key in ("id", "addr", "advertised_addr", "external_advertised_addr", "peers", "join",
             "metrics_addr"):
     need(key not in conf, f"node.toml: {key} is per node; set it in the StatefulSet's env")
 d = conf.get("durability", "always")
-need(d in ("always", "never") or (isinstance(d, dict) and list(d) == ["interval"]),
-     f"node.toml: durability {d!r}: use always, never or {{ interval = {{ ms = N }} }}")
+need(d in ("always", "never") or (isinstance(d, str) and re.fullmatch(r"interval:[1-9][0-9]*", d)),
+     f"node.toml: durability {d!r}: use always, never or interval:MS")
 raft = conf.get("raft", {})
 need(set(raft) <= {"heartbeat_ms", "election_min_ms", "election_max_ms"},
      f"node.toml: unknown [raft] keys {sorted(set(raft) - {'heartbeat_ms', 'election_min_ms', 'election_max_ms'})}")

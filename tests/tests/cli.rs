@@ -39,8 +39,22 @@ struct Run {
 }
 
 fn weir(binary: &Path, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Run> {
+    weir_with_env(binary, args, &[], stdin)
+}
+
+/// Environment variables, name and value.
+type Vars<'a> = Vec<(&'a str, &'a str)>;
+
+/// `weir ARGS` with these environment variables set.
+fn weir_with_env(
+    binary: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> anyhow::Result<Run> {
     let mut child = Command::new(binary)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -154,6 +168,84 @@ fn bad_server_settings_fail_with_the_setting_named() -> anyhow::Result<()> {
         "{}",
         run.stderr
     );
+
+    // The layers: file < WEIR_* environment < flags; the message names the setting and the
+    // file, variable or flag its value came from.
+    let layered = dir.path().join("layered.toml");
+    std::fs::write(
+        &layered,
+        format!("addr = \"filebad\"\ndata_dir = {data:?}\n"),
+    )?;
+    let layered = layered.to_str().context("path")?;
+    let cases: Vec<(Vec<&str>, Vars<'_>, Vec<&str>)> = vec![
+        (
+            vec!["server", "--config", layered],
+            vec![],
+            vec!["invalid setting addr (config file", "\"filebad\""],
+        ),
+        (
+            vec!["server", "--config", layered],
+            vec![("WEIR_ADDR", "envbad")],
+            vec![
+                "invalid setting addr (environment variable WEIR_ADDR)",
+                "\"envbad\"",
+            ],
+        ),
+        (
+            vec!["server", "--config", layered, "--addr", "flagbad"],
+            vec![("WEIR_ADDR", "envbad")],
+            vec!["invalid setting addr (flag --addr)", "\"flagbad\""],
+        ),
+        (
+            vec!["server", "--data-dir", data],
+            vec![("WEIR_RAFT__ELECTION_MIN_MS", "soon")],
+            vec![
+                "invalid setting raft.election_min_ms (environment variable WEIR_RAFT__ELECTION_MIN_MS)",
+                "\"soon\"",
+            ],
+        ),
+        (
+            vec![
+                "server",
+                "--data-dir",
+                data,
+                "--raft-election-max-ms",
+                "700",
+            ],
+            vec![],
+            vec!["invalid setting raft.election_max_ms (flag --raft-election-max-ms)"],
+        ),
+        (
+            vec!["server", "--data-dir", data],
+            vec![("WEIR_RAFT__HEARTBEAT", "100")],
+            vec!["WEIR_RAFT__HEARTBEAT", "WEIR_RAFT__HEARTBEAT_MS"],
+        ),
+        (
+            vec!["server", "--data-dir", data],
+            vec![("WEIR_DURABILITY", "interval:soon")],
+            vec!["environment variable WEIR_DURABILITY", "interval:MS"],
+        ),
+        (
+            vec!["server", "--data-dir", data, "--id-from-hostname"],
+            vec![("WEIR_ID", "2")],
+            vec![
+                "flag --id-from-hostname",
+                "cannot be used with id",
+                "WEIR_ID",
+            ],
+        ),
+    ];
+    for (args, env, mentions) in cases {
+        let run = weir_with_env(&binary, &args, &env, None)?;
+        ensure!(run.code == Some(1), "{args:?} {env:?}: exit {:?}", run.code);
+        for mention in mentions {
+            ensure!(
+                run.stderr.contains(mention),
+                "{args:?} {env:?}: stderr {:?} should mention {mention:?}",
+                run.stderr
+            );
+        }
+    }
     Ok(())
 }
 
@@ -168,7 +260,12 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(",");
     let start_local = || -> anyhow::Result<std::process::Child> {
+        // WEIR_* variables of client commands and tests reach the nodes (children of `weir
+        // local`): they are not server settings, and the servers ignore them.
         Ok(Command::new(&binary)
+            .env("WEIR_BROKERS", &brokers)
+            .env("WEIR_DOCKER_TESTS", "1")
+            .env("WEIR_FUZZ_SECONDS", "5")
             .args([
                 "local",
                 "--nodes",
@@ -346,14 +443,28 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         "{}",
         bad_partition.stderr
     );
+    // One row per partition: TOPIC PARTITION LEADER REPLICAS MOVING, and nothing else (the
+    // settings are in `topic describe`).
     let listing = weir(&binary, &[&["topic", "list"][..], &b].concat(), None)?;
+    let mut listed = listing.stdout.lines();
     ensure!(
-        listing
-            .stdout
-            .lines()
-            .filter(|l| l.starts_with("demo"))
-            .count()
-            == 3,
+        listed
+            .next()
+            .map(|h| h.split_whitespace().collect::<Vec<_>>())
+            == Some(vec!["TOPIC", "PARTITION", "LEADER", "REPLICAS", "MOVING"]),
+        "{}",
+        listing.stdout
+    );
+    let rows: Vec<Vec<&str>> = listed.map(|l| l.split_whitespace().collect()).collect();
+    ensure!(
+        rows.len() == 3
+            && rows.iter().enumerate().all(|(i, row)| {
+                row.len() == 5
+                    && row[0] == "demo"
+                    && row[1] == i.to_string()
+                    && row[3].split(',').count() == 3
+                    && (row[2] == "-" || row[3].split(',').any(|id| id == row[2]))
+            }),
         "{}",
         listing.stdout
     );
@@ -393,6 +504,18 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
     )?;
     ensure!(
         table.stdout.contains("HIGH WATERMARK") && table.stdout.contains("305"),
+        "{}",
+        table.stdout
+    );
+    ensure!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["CONFIG", "VALUE"])
+            && table
+                .stdout
+                .lines()
+                .any(|l| l.starts_with("segment.bytes ")),
         "{}",
         table.stdout
     );
@@ -535,6 +658,15 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
     ensure!(
         described["configs"]["retention.ms"] == "3600000",
         "{described}"
+    );
+    let table = run(&["topic", "describe", "kv"], None)?;
+    ensure!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["retention.ms", "3600000"]),
+        "{}",
+        table.stdout
     );
     let bad_config = run(
         &["topic", "create", "bad", "--config", "retention.ms=soon"],

@@ -1,6 +1,22 @@
-//! A node's configuration: one TOML file, overridden by `WEIR_*` environment variables and
-//! command-line flags (the CLI does the layering; this module owns the settings, their defaults
-//! and their checks). Defaults suit a single node on a laptop.
+//! A node's configuration: the settings, their defaults, their checks, and the one loader that
+//! layers them ([`NodeConfig::load`], built on figment). Each layer overrides the one before:
+//!
+//! 1. defaults, which suit a single node on a laptop;
+//! 2. the TOML file given with `--config FILE` (or `WEIR_CONFIG`): unknown keys are errors;
+//! 3. `WEIR_*` environment variables: `WEIR_` and the key in capitals, with `__` between a table
+//!    and its key (figment's `Env::prefixed("WEIR_").split("__")`): `WEIR_ADVERTISED_ADDR`,
+//!    `WEIR_RAFT__HEARTBEAT_MS`. Other `WEIR_*` variables (`WEIR_BROKERS` of the client
+//!    commands, `WEIR_CONFIG`, test switches) are not server settings and are ignored, except
+//!    an unknown key inside a known table (`WEIR_RAFT__HEARTBEAT`), which is an error; an empty
+//!    variable counts as unset;
+//! 4. command-line flags: `--` and the key with `-` for `_` and `.`: `--advertised-addr`,
+//!    `--raft-heartbeat-ms`.
+//!
+//! A value is written the same way in every layer: numbers, `true`/`false`, addresses as
+//! `HOST:PORT`, durability as `always`, `never` or `interval:MS`; a list (`peers`) is a TOML
+//! array in the file and comma-separated in the environment and flags
+//! (`WEIR_PEERS=1@h1:9092,2@h2:9092`). [`SETTINGS`] lists every setting. An error names the
+//! setting and where its value came from (the file, the variable or the flag).
 //!
 //! ```toml
 //! id = 1
@@ -11,9 +27,11 @@
 //! data_dir = "/var/lib/weir"
 //! peers = ["1@10.0.0.1:9092", "2@10.0.0.2:9092", "3@10.0.0.3:9092"]   # initial controller voters
 //! # join = "10.0.0.1:9092"         # instead of peers: join a running cluster
+//! # id_from_hostname = true        # instead of id: weir-0 is node 1 (StatefulSet pods)
 //! # rack = "eu-1a"
 //! # metrics_addr = "127.0.0.1:9100"   # Prometheus text on GET /metrics
-//! durability = "always"            # or { interval = { ms = 100 } }, "never"
+//! durability = "always"            # or "interval:100" (ms), "never"
+//! retention_check_ms = 30000
 //! [raft]
 //! heartbeat_ms = 150
 //! election_min_ms = 800
@@ -25,36 +43,241 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider, Source};
 use serde::{Deserialize, Serialize};
 use weir_raft::{NodeId, PeerNode, RaftTiming};
 use weir_storage::Durability;
 
-/// Why a configuration is unusable. Each message names the setting.
+/// Why a configuration is unusable. Each message names the setting and, when it was given
+/// rather than defaulted, where: `config file PATH`, `environment variable WEIR_…` or
+/// `flag --…`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {}: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
-    #[error("invalid setting {setting}: {message}")]
+    /// The config file could not be read or is not TOML.
+    #[error("{origin}: {message}")]
+    Source { origin: String, message: String },
+    /// A setting has a wrong value, is unknown, or does not fit the others.
+    #[error("invalid setting {setting}{}: {message}", origin.as_ref().map(|o| format!(" ({o})")).unwrap_or_default())]
     Invalid {
-        setting: &'static str,
+        setting: String,
+        origin: Option<String>,
         message: String,
     },
+    /// Several of the above (one per line).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
 }
 
-fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+fn invalid(setting: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        setting,
+        setting: setting.to_string(),
+        origin: None,
         message: message.into(),
     }
 }
 
-/// Raft timing in the config file.
+/// How a setting is written in the environment and in flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingKind {
+    /// Text as given (an address, a path, a name, a durability).
+    Text,
+    /// A whole number.
+    Number,
+    /// `true` or `false` in the environment (also `1`/`0`, `yes`/`no`, `on`/`off`); a flag
+    /// without a value.
+    Switch,
+    /// Comma-separated in the environment and flags, a TOML array in the file.
+    List,
+}
+
+/// One setting: its file key, environment variable and flag, and what it means.
+#[derive(Debug)]
+pub struct Setting {
+    /// The key in the file; `table.key` for a nested one.
+    pub key: &'static str,
+    /// `WEIR_` + the key in capitals, `__` for the dot.
+    pub env: &'static str,
+    /// The long flag without its `--`: the key with `-` for `_` and `.`.
+    pub flag: &'static str,
+    pub kind: SettingKind,
+    /// What the value looks like, for help texts.
+    pub value_name: &'static str,
+    pub help: &'static str,
+}
+
+impl Setting {
+    /// The default value as text (`None` for an unset option, an empty list or `false`).
+    pub fn default_text(&self) -> Option<String> {
+        let defaults = Figment::from(Serialized::defaults(NodeConfig::default()));
+        match defaults.find_value(self.key).ok()? {
+            Value::String(_, text) => Some(text),
+            Value::Num(_, n) => n.to_u128().map(|n| n.to_string()),
+            Value::Bool(_, true) => Some("true".to_string()),
+            _ => None,
+        }
+    }
+}
+
+const fn setting(
+    key: &'static str,
+    env: &'static str,
+    flag: &'static str,
+    kind: SettingKind,
+    value_name: &'static str,
+    help: &'static str,
+) -> Setting {
+    Setting {
+        key,
+        env,
+        flag,
+        kind,
+        value_name,
+        help,
+    }
+}
+
+/// Every server setting (a unit test checks this against [`NodeConfig`]'s fields and the
+/// naming rules of the module docs).
+pub const SETTINGS: &[Setting] = {
+    use SettingKind::{List, Number, Switch, Text};
+    &[
+        setting(
+            "id",
+            "WEIR_ID",
+            "id",
+            Number,
+            "ID",
+            "This node's id (1 or more), unique in the cluster",
+        ),
+        setting(
+            "id_from_hostname",
+            "WEIR_ID_FROM_HOSTNAME",
+            "id-from-hostname",
+            Switch,
+            "",
+            "Take the node id from the host name's trailing ordinal, plus one: weir-0 is node 1, \
+             weir-2 node 3 (a Kubernetes StatefulSet's pods); not with id",
+        ),
+        setting(
+            "addr",
+            "WEIR_ADDR",
+            "addr",
+            Text,
+            "HOST:PORT",
+            "Address to listen on, for clients and peers",
+        ),
+        setting(
+            "advertised_addr",
+            "WEIR_ADVERTISED_ADDR",
+            "advertised-addr",
+            Text,
+            "HOST:PORT",
+            "Address other nodes and clients use [default: addr]",
+        ),
+        setting(
+            "external_addr",
+            "WEIR_EXTERNAL_ADDR",
+            "external-addr",
+            Text,
+            "HOST:PORT",
+            "A second listener for clients outside the nodes' network (a container's published \
+             port): metadata asked there names brokers by their external addresses",
+        ),
+        setting(
+            "external_advertised_addr",
+            "WEIR_EXTERNAL_ADVERTISED_ADDR",
+            "external-advertised-addr",
+            Text,
+            "HOST:PORT",
+            "The address clients outside the nodes' network use [default: external_addr]",
+        ),
+        setting(
+            "data_dir",
+            "WEIR_DATA_DIR",
+            "data-dir",
+            Text,
+            "DIR",
+            "Data directory",
+        ),
+        setting(
+            "peers",
+            "WEIR_PEERS",
+            "peers",
+            List,
+            "ID@HOST:PORT,...",
+            "Initial controller voters (1, 3 or 5); a node not among them joins through them",
+        ),
+        setting(
+            "join",
+            "WEIR_JOIN",
+            "join",
+            Text,
+            "HOST:PORT",
+            "Join a running cluster through this node instead of peers",
+        ),
+        setting(
+            "rack",
+            "WEIR_RACK",
+            "rack",
+            Text,
+            "RACK",
+            "Rack (or zone) of this node, for rack-aware placement",
+        ),
+        setting(
+            "durability",
+            "WEIR_DURABILITY",
+            "durability",
+            Text,
+            "always|never|interval:MS",
+            "When appends reach the disk: always (fsync before acknowledging), never, or every \
+             MS milliseconds",
+        ),
+        setting(
+            "retention_check_ms",
+            "WEIR_RETENTION_CHECK_MS",
+            "retention-check-ms",
+            Number,
+            "MS",
+            "How often partitions apply retention",
+        ),
+        setting(
+            "metrics_addr",
+            "WEIR_METRICS_ADDR",
+            "metrics-addr",
+            Text,
+            "HOST:PORT",
+            "Serve Prometheus metrics here (GET /metrics)",
+        ),
+        setting(
+            "raft.heartbeat_ms",
+            "WEIR_RAFT__HEARTBEAT_MS",
+            "raft-heartbeat-ms",
+            Number,
+            "MS",
+            "Raft heartbeat interval",
+        ),
+        setting(
+            "raft.election_min_ms",
+            "WEIR_RAFT__ELECTION_MIN_MS",
+            "raft-election-min-ms",
+            Number,
+            "MS",
+            "Shortest Raft election timeout",
+        ),
+        setting(
+            "raft.election_max_ms",
+            "WEIR_RAFT__ELECTION_MAX_MS",
+            "raft-election-max-ms",
+            Number,
+            "MS",
+            "Longest Raft election timeout",
+        ),
+    ]
+};
+
+/// Raft timing (`[raft]` in the file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftSettings {
@@ -80,6 +303,9 @@ impl Default for RaftSettings {
 pub struct NodeConfig {
     /// This node's id (1 or more), unique in the cluster.
     pub id: NodeId,
+    /// Take `id` from the host name's trailing ordinal plus one (`weir-0` is node 1). The loader
+    /// does this; [`Node::start`](crate::Node::start) only reads `id`.
+    pub id_from_hostname: bool,
     /// `host:port` to listen on; also the address other nodes and clients use unless
     /// `advertised_addr` is set.
     pub addr: String,
@@ -98,6 +324,8 @@ pub struct NodeConfig {
     /// `HOST:PORT` of any node of a running cluster to join (instead of `peers`).
     pub join: Option<String>,
     pub rack: Option<String>,
+    /// `always`, `never` or `interval:MS` (the only syntax, in every layer).
+    #[serde(with = "durability_text")]
     pub durability: Durability,
     pub raft: RaftSettings,
     /// How often partitions check retention, in ms.
@@ -110,6 +338,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         Self {
             id: 1,
+            id_from_hostname: false,
             addr: "127.0.0.1:9092".into(),
             advertised_addr: None,
             external_addr: None,
@@ -123,6 +352,56 @@ impl Default for NodeConfig {
             retention_check_ms: 30_000,
             metrics_addr: None,
         }
+    }
+}
+
+/// Parses a durability: `always`, `never` or `interval:MS`.
+pub fn parse_durability(text: &str) -> Result<Durability, String> {
+    match text.trim() {
+        "always" => Ok(Durability::Always),
+        "never" => Ok(Durability::Never),
+        other => match other.strip_prefix("interval:") {
+            Some(ms) => ms
+                .trim()
+                .parse()
+                .map(|ms| Durability::Interval { ms })
+                .map_err(|_| format!("{ms:?} is not a number of milliseconds (interval:MS)")),
+            None => Err(format!("{other:?}: use always, never or interval:MS")),
+        },
+    }
+}
+
+/// `durability` as text in every layer (`Durability`'s own serde form, used in stored
+/// metadata, stays as it is).
+mod durability_text {
+    use serde::de::{Deserializer, Error, Visitor};
+    use serde::ser::Serializer;
+    use weir_storage::Durability;
+
+    pub(super) fn serialize<S: Serializer>(d: &Durability, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Durability::Always => s.serialize_str("always"),
+            Durability::Never => s.serialize_str("never"),
+            Durability::Interval { ms } => s.serialize_str(&format!("interval:{ms}")),
+        }
+    }
+
+    struct Text;
+
+    impl Visitor<'_> for Text {
+        type Value = Durability;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("always, never or interval:MS")
+        }
+
+        fn visit_str<E: Error>(self, text: &str) -> Result<Durability, E> {
+            super::parse_durability(text).map_err(E::custom)
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Durability, D::Error> {
+        d.deserialize_str(Text)
     }
 }
 
@@ -147,7 +426,7 @@ pub fn parse_peer(text: &str) -> Result<(NodeId, String), ConfigError> {
 
 /// Checks that `addr` is `HOST:PORT` (a non-empty host and a valid port); the error names
 /// `setting`.
-pub(crate) fn check_host_port(setting: &'static str, addr: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_host_port(setting: &str, addr: &str) -> Result<(), ConfigError> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| invalid(setting, format!("{addr:?} is not HOST:PORT")))?;
@@ -159,17 +438,242 @@ pub(crate) fn check_host_port(setting: &'static str, addr: &str) -> Result<(), C
     Ok(())
 }
 
-impl NodeConfig {
-    /// Reads a TOML file (unknown keys are errors).
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|err| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: err.to_string(),
+/// The layers above the defaults, as [`NodeConfig::load`] takes them.
+#[derive(Debug, Default)]
+pub struct Layers<'a> {
+    /// The TOML file, if one was given.
+    pub file: Option<&'a Path>,
+    /// `WEIR_*` variables as figment's `Env::prefixed("WEIR_").split("__")` names them: the
+    /// key in lower case with `.` for `__` (`raft.heartbeat_ms`), and the raw value. See
+    /// [`NodeConfig::environment`].
+    pub env: Vec<(String, String)>,
+    /// Flags given: the setting's key and the raw value (`"true"` for a switch).
+    pub flags: Vec<(String, String)>,
+}
+
+/// Names of the layers' figment metadata, to say where a value came from.
+const ENV_LAYER: &str = "environment";
+const FLAG_LAYER: &str = "command line";
+
+/// The environment or the flags: text values typed by [`SETTINGS`].
+struct TextLayer {
+    name: &'static str,
+    values: Dict,
+}
+
+impl TextLayer {
+    fn new(name: &'static str, pairs: Vec<(String, String)>) -> Result<Self, ConfigError> {
+        let mut values = Dict::new();
+        let mut errors = Vec::new();
+        for (key, text) in pairs {
+            let Some(setting) = SETTINGS.iter().find(|s| s.key == key) else {
+                // A key inside a known table is a misspelt setting; anything else is some other
+                // program's WEIR_* variable.
+                if let Some((table, _)) = key.split_once('.')
+                    && SETTINGS
+                        .iter()
+                        .any(|s| s.key.starts_with(&format!("{table}.")))
+                {
+                    let known: Vec<&str> = SETTINGS
+                        .iter()
+                        .filter(|s| s.key.starts_with(&format!("{table}.")))
+                        .map(|s| s.env)
+                        .collect();
+                    errors.push(ConfigError::Invalid {
+                        setting: key.clone(),
+                        origin: Some(origin_text(name, &key)),
+                        message: format!("no such setting; {table} has {}", known.join(", ")),
+                    });
+                }
+                continue;
+            };
+            if name == ENV_LAYER && text.is_empty() {
+                continue;
+            }
+            insert(&mut values, setting.key, typed(setting.kind, &text));
+        }
+        match errors.len() {
+            0 => Ok(Self { name, values }),
+            1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Several(errors)),
+        }
+    }
+}
+
+impl Provider for TextLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.values.clone()))
+    }
+}
+
+/// The value of `text` for a setting of `kind`. Text that does not fit stays a string, and the
+/// extraction then reports the type it should have had.
+fn typed(kind: SettingKind, text: &str) -> Value {
+    match kind {
+        SettingKind::Text => Value::from(text.to_string()),
+        SettingKind::Number => match text.trim().parse::<u64>() {
+            Ok(n) => Value::from(n),
+            Err(_) => Value::from(text.to_string()),
+        },
+        SettingKind::Switch => match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Value::from(true),
+            "false" | "0" | "no" | "off" => Value::from(false),
+            _ => Value::from(text.to_string()),
+        },
+        SettingKind::List => Value::from(
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>(),
+        ),
+    }
+}
+
+/// Puts `value` at the dotted `key` (`raft.heartbeat_ms`) of `dict`.
+fn insert(dict: &mut Dict, key: &str, value: Value) {
+    match key.split_once('.') {
+        None => {
+            dict.insert(key.to_string(), value);
+        }
+        Some((table, rest)) => {
+            let entry = dict
+                .entry(table.to_string())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// `environment variable WEIR_…`, `flag --…`, for a key given in that layer.
+fn origin_text(layer: &str, key: &str) -> String {
+    let setting = SETTINGS.iter().find(|s| s.key == key);
+    match layer {
+        ENV_LAYER => match setting {
+            Some(s) => format!("environment variable {}", s.env),
+            None => format!(
+                "environment variable WEIR_{}",
+                key.to_ascii_uppercase().replace('.', "__")
+            ),
+        },
+        _ => match setting {
+            Some(s) => format!("flag --{}", s.flag),
+            None => format!("flag --{}", key.replace(['.', '_'], "-")),
+        },
+    }
+}
+
+/// Where the value at `key` came from, when a layer gave it (`None` for a default).
+fn origin(metadata: Option<&Metadata>, key: &str) -> Option<String> {
+    let metadata = metadata?;
+    if let Some(Source::File(path)) = &metadata.source {
+        return Some(format!("config file {}", path.display()));
+    }
+    match metadata.name.as_ref() {
+        ENV_LAYER | FLAG_LAYER => Some(origin_text(&metadata.name, key)),
+        _ => None,
+    }
+}
+
+/// The dotted key of an error's path, cut to the setting it belongs to (`peers.2` is `peers`).
+fn setting_of(path: &[String]) -> String {
+    let full = path.join(".");
+    SETTINGS
+        .iter()
+        .map(|s| s.key)
+        .filter(|key| full == *key || full.starts_with(&format!("{key}.")))
+        .max_by_key(|key| key.len())
+        .map_or(full, str::to_string)
+}
+
+/// figment's errors, each naming its setting and where the value came from.
+fn from_figment(error: figment::Error) -> ConfigError {
+    let mut errors: Vec<ConfigError> = error
+        .into_iter()
+        .map(|e| {
+            let message = match &e.kind {
+                figment::error::Kind::UnknownField(found, expected) => format!(
+                    "unknown key {found:?}; the keys here are {}",
+                    expected.join(", ")
+                ),
+                kind => kind.to_string().trim_end().to_string(),
+            };
+            if e.path.is_empty() {
+                // The provider failed as a whole: the file is unreadable or not TOML.
+                let origin =
+                    origin(e.metadata.as_ref(), "").unwrap_or_else(|| "configuration".to_string());
+                ConfigError::Source { origin, message }
+            } else {
+                let setting = setting_of(&e.path);
+                ConfigError::Invalid {
+                    origin: origin(e.metadata.as_ref(), &setting),
+                    setting,
+                    message,
+                }
+            }
         })
+        .collect();
+    match errors.len() {
+        1 => errors.remove(0),
+        _ => ConfigError::Several(errors),
+    }
+}
+
+impl NodeConfig {
+    /// Layers defaults, the file, the environment and the flags (each overriding the one
+    /// before), resolves `id_from_hostname` and checks the result. Errors name the setting and
+    /// the file, variable or flag it came from.
+    pub fn load(layers: Layers<'_>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(NodeConfig::default()));
+        if let Some(path) = layers.file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let figment = figment
+            .merge(TextLayer::new(ENV_LAYER, layers.env)?)
+            .merge(TextLayer::new(FLAG_LAYER, layers.flags)?);
+        let mut config: NodeConfig = figment.extract().map_err(from_figment)?;
+        let from = |key: &str| origin(figment.find_metadata(key), key);
+        // The checks below name a setting; say where its value came from.
+        let with_origin = |err: ConfigError| match err {
+            ConfigError::Invalid {
+                setting,
+                origin: None,
+                message,
+            } => ConfigError::Invalid {
+                origin: from(&setting),
+                setting,
+                message,
+            },
+            other => other,
+        };
+        if config.id_from_hostname {
+            if let Some(id_origin) = from("id") {
+                return Err(with_origin(invalid(
+                    "id_from_hostname",
+                    format!("cannot be used with id (given by {id_origin})"),
+                )));
+            }
+            let hostname = hostname().map_err(with_origin)?;
+            config.id = id_from_hostname(&hostname).map_err(with_origin)?;
+            tracing::info!(%hostname, id = config.id, "node id from the host name");
+        }
+        config.validate().map_err(with_origin)?;
+        Ok(config)
+    }
+
+    /// This process's `WEIR_*` variables, named as [`Layers::env`] wants them.
+    pub fn environment() -> Vec<(String, String)> {
+        figment::providers::Env::prefixed("WEIR_")
+            .split("__")
+            .iter()
+            .map(|(key, value)| (key.as_str().to_string(), value))
+            .collect()
     }
 
     /// The address others use to reach this node.
@@ -301,13 +805,20 @@ impl NodeConfig {
             }
         }
         let r = &self.raft;
-        if r.heartbeat_ms == 0
-            || r.election_min_ms <= r.heartbeat_ms
-            || r.election_max_ms <= r.election_min_ms
-        {
+        let order = "need 0 < heartbeat_ms < election_min_ms < election_max_ms";
+        if r.heartbeat_ms == 0 {
+            return Err(invalid("raft.heartbeat_ms", order));
+        }
+        if r.election_min_ms <= r.heartbeat_ms {
             return Err(invalid(
-                "raft",
-                "need 0 < heartbeat_ms < election_min_ms < election_max_ms",
+                "raft.election_min_ms",
+                format!("{order} (heartbeat_ms is {})", r.heartbeat_ms),
+            ));
+        }
+        if r.election_max_ms <= r.election_min_ms {
+            return Err(invalid(
+                "raft.election_max_ms",
+                format!("{order} (election_min_ms is {})", r.election_min_ms),
             ));
         }
         if let Some(metrics) = &self.metrics_addr {
@@ -323,31 +834,382 @@ impl NodeConfig {
     }
 }
 
+/// This machine's host name: `HOSTNAME` (set by Docker and Kubernetes), else the kernel's.
+fn hostname() -> Result<String, ConfigError> {
+    if let Ok(name) = std::env::var("HOSTNAME")
+        && !name.trim().is_empty()
+    {
+        return Ok(name.trim().to_string());
+    }
+    let path = "/proc/sys/kernel/hostname";
+    let name = std::fs::read_to_string(path).map_err(|err| {
+        invalid(
+            "id_from_hostname",
+            format!("cannot read the host name ({path}): {err}"),
+        )
+    })?;
+    Ok(name.trim().to_string())
+}
+
+/// `weir-0` → 1: the number after the host name's last `-`, plus one (node ids start at 1).
+fn id_from_hostname(hostname: &str) -> Result<NodeId, ConfigError> {
+    let ordinal = hostname
+        .rsplit_once('-')
+        .map(|(_, ordinal)| ordinal)
+        .and_then(|ordinal| ordinal.parse::<u64>().ok())
+        .ok_or_else(|| {
+            invalid(
+                "id_from_hostname",
+                format!("host name {hostname:?} does not end in -ORDINAL (like weir-0)"),
+            )
+        })?;
+    ordinal.checked_add(1).ok_or_else(|| {
+        invalid(
+            "id_from_hostname",
+            format!("ordinal {ordinal} is too large"),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    type Pairs<'a> = Vec<(&'a str, &'a str)>;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// A TOML file in a temporary directory (kept alive by the returned guard).
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).expect("write config");
+        (dir, path)
+    }
+
+    fn load(
+        file: Option<&Path>,
+        env: &[(&str, &str)],
+        flags: &[(&str, &str)],
+    ) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::load(Layers {
+            file,
+            env: pairs(env),
+            flags: pairs(flags),
+        })
+    }
+
+    const FULL: &str = r#"
+        id = 2
+        addr = "127.0.0.1:9093"
+        data_dir = "/tmp/w"
+        peers = ["1@127.0.0.1:9092", "2@127.0.0.1:9093", "3@127.0.0.1:9094"]
+        durability = "interval:50"
+        retention_check_ms = 1000
+        [raft]
+        heartbeat_ms = 100
+    "#;
+
     #[test]
-    fn a_full_file_parses() {
-        let config: NodeConfig = toml::from_str(
-            r#"
-            id = 2
-            addr = "127.0.0.1:9093"
-            data_dir = "/tmp/w"
-            peers = ["1@127.0.0.1:9092", "2@127.0.0.1:9093", "3@127.0.0.1:9094"]
-            durability = { interval = { ms = 50 } }
-            [raft]
-            heartbeat_ms = 100
-            "#,
-        )
-        .expect("parses");
-        config.validate().expect("valid");
+    fn a_file_alone_sets_everything_it_names() {
+        let (_dir, path) = file(FULL);
+        let config = load(Some(&path), &[], &[]).expect("loads");
+        assert_eq!(config.id, 2);
+        assert_eq!(config.addr, "127.0.0.1:9093");
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/w"));
         assert_eq!(config.voters().expect("voters").len(), 3);
         assert_eq!(config.durability, Durability::Interval { ms: 50 });
+        assert_eq!(config.retention_check_ms, 1000);
+        assert_eq!(config.raft.heartbeat_ms, 100);
         assert_eq!(
             config.raft.election_min_ms,
             RaftSettings::default().election_min_ms
         );
+        // Nothing given: the defaults.
+        assert_eq!(load(None, &[], &[]).expect("loads"), NodeConfig::default());
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_flags_override_both() {
+        let (_dir, path) = file(FULL);
+        let env = [
+            ("addr", "127.0.0.1:7000"),
+            ("advertised_addr", "127.0.0.1:9093"),
+            ("rack", "1"),
+            ("durability", "never"),
+            ("raft.election_min_ms", "900"),
+        ];
+        let config = load(Some(&path), &env, &[]).expect("loads");
+        assert_eq!(config.addr, "127.0.0.1:7000");
+        assert_eq!(config.rack.as_deref(), Some("1"), "a number stays text");
+        assert_eq!(config.durability, Durability::Never);
+        assert_eq!(config.raft.election_min_ms, 900);
+        assert_eq!(config.raft.heartbeat_ms, 100, "the file's, beside env's");
+        assert_eq!(config.id, 2);
+
+        let flags = [
+            ("addr", "127.0.0.1:7001"),
+            ("durability", "always"),
+            ("raft.election_min_ms", "950"),
+            (
+                "peers",
+                "1@127.0.0.1:9092, 2@127.0.0.1:9093,3@127.0.0.1:9094,",
+            ),
+        ];
+        let config = load(Some(&path), &env, &flags).expect("loads");
+        assert_eq!(config.addr, "127.0.0.1:7001");
+        assert_eq!(config.durability, Durability::Always);
+        assert_eq!(config.raft.election_min_ms, 950);
+        assert_eq!(config.peers.len(), 3);
+        assert_eq!(config.peers[1], "2@127.0.0.1:9093");
+    }
+
+    #[test]
+    fn nested_and_list_settings_come_from_the_environment() {
+        let env = [
+            ("raft.heartbeat_ms", "50"),
+            ("raft.election_min_ms", "300"),
+            ("raft.election_max_ms", "600"),
+            ("peers", "1@127.0.0.1:9092"),
+            ("id_from_hostname", "false"),
+        ];
+        let config = load(None, &env, &[]).expect("loads");
+        assert_eq!(
+            config.raft,
+            RaftSettings {
+                heartbeat_ms: 50,
+                election_min_ms: 300,
+                election_max_ms: 600,
+            }
+        );
+        assert_eq!(config.peers, ["1@127.0.0.1:9092"]);
+    }
+
+    #[test]
+    fn other_programs_weir_variables_are_ignored() {
+        let env = [
+            ("brokers", "127.0.0.1:1,127.0.0.1:2"),
+            ("docker_tests", "1"),
+            ("fuzz_seconds", "60"),
+            ("config", "/elsewhere.toml"),
+            ("port_9092_tcp", "tcp://10.0.0.1:9092"),
+            ("addr", ""),
+        ];
+        assert_eq!(load(None, &env, &[]).expect("loads"), NodeConfig::default());
+        // A misspelt key inside a known table is not someone else's variable.
+        let err = load(None, &[("raft.heartbeat", "100")], &[])
+            .expect_err("unknown raft key")
+            .to_string();
+        assert!(
+            err.contains("WEIR_RAFT__HEARTBEAT") && err.contains("WEIR_RAFT__HEARTBEAT_MS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_setting_and_where_it_came_from() {
+        let (_dir, path) = file("retention_check_ms = \"soon\"\n");
+        let cases: Vec<(Option<&Path>, Pairs<'_>, Pairs<'_>, &[&str])> = vec![
+            (
+                None,
+                vec![("raft.heartbeat_ms", "fast")],
+                vec![],
+                &[
+                    "raft.heartbeat_ms",
+                    "environment variable WEIR_RAFT__HEARTBEAT_MS",
+                    "\"fast\"",
+                ],
+            ),
+            (
+                None,
+                vec![],
+                vec![("durability", "sometimes")],
+                &[
+                    "durability",
+                    "flag --durability",
+                    "always, never or interval:MS",
+                ],
+            ),
+            (
+                Some(&path),
+                vec![],
+                vec![],
+                &["retention_check_ms", "config file", "node.toml", "\"soon\""],
+            ),
+            (
+                None,
+                vec![("id_from_hostname", "maybe")],
+                vec![],
+                &["id_from_hostname", "WEIR_ID_FROM_HOSTNAME"],
+            ),
+            // Checks across settings name the one to fix, and its source.
+            (
+                None,
+                vec![("addr", "nowhere")],
+                vec![],
+                &["addr", "environment variable WEIR_ADDR", "not HOST:PORT"],
+            ),
+            (
+                None,
+                vec![("raft.election_min_ms", "100")],
+                vec![],
+                &[
+                    "raft.election_min_ms",
+                    "WEIR_RAFT__ELECTION_MIN_MS",
+                    "heartbeat_ms is 150",
+                ],
+            ),
+            (
+                None,
+                vec![],
+                vec![("peers", "1@127.0.0.1:9092,2@127.0.0.1:9093")],
+                &["peers", "flag --peers", "use 1, 3 or 5"],
+            ),
+            (
+                None,
+                vec![("id", "3")],
+                vec![("id_from_hostname", "true")],
+                &[
+                    "id_from_hostname",
+                    "flag --id-from-hostname",
+                    "environment variable WEIR_ID",
+                ],
+            ),
+        ];
+        for (file, env, flags, mentions) in cases {
+            let err = load(file, &env, &flags)
+                .expect_err(&format!("{env:?} {flags:?}"))
+                .to_string();
+            for mention in mentions {
+                assert!(
+                    err.contains(mention),
+                    "{env:?} {flags:?}: {err:?} lacks {mention:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_or_unreadable_files_are_errors_naming_them() {
+        let (_dir, path) = file("id = 1\nbogus_setting = true\n");
+        let err = load(Some(&path), &[], &[])
+            .expect_err("unknown key")
+            .to_string();
+        assert!(
+            err.contains("bogus_setting") && err.contains("node.toml"),
+            "{err}"
+        );
+        let (_dir, path) = file("[raft]\nheartbeat = 100\n");
+        let err = load(Some(&path), &[], &[])
+            .expect_err("unknown raft key")
+            .to_string();
+        assert!(
+            err.contains("raft.heartbeat") && err.contains("heartbeat_ms"),
+            "{err}"
+        );
+        // The old table form of durability is gone: one syntax.
+        let (_dir, path) = file("durability = { interval = { ms = 100 } }\n");
+        let err = load(Some(&path), &[], &[])
+            .expect_err("table durability")
+            .to_string();
+        assert!(
+            err.contains("durability") && err.contains("interval:MS"),
+            "{err}"
+        );
+        let missing = Path::new("/nonexistent/weir.toml");
+        let err = load(Some(missing), &[], &[])
+            .expect_err("missing file")
+            .to_string();
+        assert!(err.contains("/nonexistent/weir.toml"), "{err}");
+        let (_dir, path) = file("id = \n");
+        let err = load(Some(&path), &[], &[])
+            .expect_err("not TOML")
+            .to_string();
+        assert!(err.contains("node.toml"), "{err}");
+    }
+
+    #[test]
+    fn every_field_is_a_setting_named_by_the_rules() {
+        // The leaf keys of the serialized defaults are NodeConfig's fields.
+        fn leaves(prefix: &str, dict: &Dict, out: &mut Vec<String>) {
+            for (key, value) in dict {
+                let key = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                match value {
+                    Value::Dict(_, inner) => leaves(&key, inner, out),
+                    _ => out.push(key),
+                }
+            }
+        }
+        let data = Serialized::defaults(NodeConfig::default())
+            .data()
+            .expect("serializes");
+        let mut fields = Vec::new();
+        leaves("", &data[&Profile::Default], &mut fields);
+        fields.sort();
+        let mut keys: Vec<String> = SETTINGS.iter().map(|s| s.key.to_string()).collect();
+        keys.sort();
+        assert_eq!(fields, keys);
+        for s in SETTINGS {
+            assert_eq!(
+                s.env,
+                format!("WEIR_{}", s.key.to_ascii_uppercase().replace('.', "__"))
+            );
+            assert_eq!(s.flag, s.key.replace(['.', '_'], "-"));
+        }
+    }
+
+    #[test]
+    fn defaults_are_shown_as_written() {
+        let text = |key: &str| {
+            SETTINGS
+                .iter()
+                .find(|s| s.key == key)
+                .and_then(Setting::default_text)
+        };
+        assert_eq!(text("addr").as_deref(), Some("127.0.0.1:9092"));
+        assert_eq!(text("durability").as_deref(), Some("always"));
+        assert_eq!(text("raft.heartbeat_ms").as_deref(), Some("150"));
+        assert_eq!(text("advertised_addr"), None);
+        assert_eq!(text("peers"), None);
+        assert_eq!(text("id_from_hostname"), None);
+    }
+
+    #[test]
+    fn durability_text_round_trips() {
+        for d in [
+            Durability::Always,
+            Durability::Never,
+            Durability::Interval { ms: 7 },
+        ] {
+            let config = NodeConfig {
+                durability: d,
+                ..NodeConfig::default()
+            };
+            let figment = Figment::from(Serialized::defaults(&config));
+            assert_eq!(figment.extract::<NodeConfig>().expect("extracts"), config);
+        }
+        assert!(parse_durability("interval:x").is_err());
+    }
+
+    #[test]
+    fn ids_come_from_statefulset_ordinals() {
+        assert_eq!(id_from_hostname("weir-0").expect("ordinal"), 1);
+        assert_eq!(id_from_hostname("my-weir-cluster-12").expect("ordinal"), 13);
+        for bad in ["weir", "weir-", "weir-x", "weir-0a", ""] {
+            let err = id_from_hostname(bad).expect_err(bad).to_string();
+            assert!(
+                err.contains("-ORDINAL") && err.contains("id_from_hostname"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
@@ -373,12 +1235,26 @@ mod tests {
             ),
             ("external_addr = \"127.0.0.1:9092\"", "external_addr"),
             ("external_addr = \"nowhere\"", "external_addr"),
+            ("[raft]\nheartbeat_ms = 0", "raft.heartbeat_ms"),
+            ("[raft]\nelection_max_ms = 800", "raft.election_max_ms"),
+            ("retention_check_ms = 0", "retention_check_ms"),
+            ("durability = \"interval:0\"", "durability"),
         ];
         for (text, setting) in cases {
-            let config: NodeConfig = toml::from_str(text).expect("parses");
-            let err = config.validate().expect_err(text).to_string();
-            assert!(err.contains(setting), "{text}: {err}");
+            let (_dir, path) = file(text);
+            let err = load(Some(&path), &[], &[]).expect_err(text).to_string();
+            assert!(
+                err.contains(&format!("invalid setting {setting}")),
+                "{text}: {err}"
+            );
+            // A setting the file gave is said to come from it.
+            let leaf = setting.rsplit('.').next().unwrap_or(setting);
+            if text.contains(&format!("{leaf} =")) {
+                assert!(
+                    err.contains(&format!("invalid setting {setting} (config file")),
+                    "{text}: {err}"
+                );
+            }
         }
-        assert!(toml::from_str::<NodeConfig>("unknown_key = 1").is_err());
     }
 }

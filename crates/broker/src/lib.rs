@@ -21,7 +21,10 @@ mod produce;
 mod router;
 mod status;
 
-pub use config::{ConfigError, NodeConfig, RaftSettings, parse_peer};
+pub use config::{
+    ConfigError, Layers, NodeConfig, RaftSettings, SETTINGS, Setting, SettingKind,
+    parse_durability, parse_peer,
+};
 pub use node::{Node, NodeError};
 pub use weir_format::wire::LEADER_TRAILER;
 pub use weir_storage::Durability;

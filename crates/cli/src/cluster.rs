@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 
+use crate::table::{Table, ids, or_dash};
 use crate::{Brokers, OutputArg, print_json};
 
 #[derive(Debug, clap::Subcommand)]
@@ -155,25 +156,34 @@ impl Status {
                 id => format!("node {id}"),
             }
         );
-        println!(
-            "{:>4}  {:<22} {:>6} {:>9} {:>8}  state",
-            "NODE", "ADDRESS", "ALIVE", "REPLICAS", "LEADERS"
-        );
+        let mut table = Table::new(&[
+            "NODE", "ADDRESS", "RACK", "ALIVE", "REPLICAS", "LEADERS", "STATE",
+        ]);
         for broker in &metadata.brokers {
-            println!(
-                "{:>4}  {:<22} {:>6} {:>9} {:>8}  {}",
-                broker.id,
-                broker.address,
-                if broker.alive { "yes" } else { "no" },
-                self.replicas.get(&broker.id).copied().unwrap_or(0),
-                self.leaders.get(&broker.id).copied().unwrap_or(0),
+            table.row([
+                broker.id.to_string(),
+                broker.address.clone(),
+                or_dash(&broker.rack).to_string(),
+                if broker.alive { "yes" } else { "no" }.to_string(),
+                self.replicas
+                    .get(&broker.id)
+                    .copied()
+                    .unwrap_or(0)
+                    .to_string(),
+                self.leaders
+                    .get(&broker.id)
+                    .copied()
+                    .unwrap_or(0)
+                    .to_string(),
                 if broker.decommissioning {
                     "draining"
                 } else {
                     "active"
-                },
-            );
+                }
+                .to_string(),
+            ]);
         }
+        table.print();
         let total: usize = metadata.topics.iter().map(|t| t.partitions.len()).sum();
         println!(
             "partitions: {total}; without a known leader: {}; under-replicated: {}; moving: {}",
@@ -186,11 +196,11 @@ impl Status {
         }
         for u in &self.under_replicated {
             println!(
-                "  under-replicated: {}/{}  replicas {:?}, down {:?}, leader {}",
+                "  under-replicated: {}/{}  replicas {}, down {}, leader {}",
                 u.topic,
                 u.partition,
-                u.replicas,
-                u.down,
+                ids(&u.replicas),
+                ids(&u.down),
                 if u.leader == 0 {
                     "-".to_string()
                 } else {
@@ -270,7 +280,10 @@ pub(crate) async fn run(
             client
                 .reassign_partition(&topic, partition, &replicas)
                 .await?;
-            println!("partition {topic}/{partition} moving to {replicas:?}");
+            println!(
+                "partition {topic}/{partition} moving to replicas {}",
+                ids(&replicas)
+            );
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 
 use weir_client::TopicPartitions;
 
+use crate::table::{Table, or_dash};
 use crate::{Brokers, OutputArg, parse_position, print_json};
 
 #[derive(Debug, clap::Subcommand)]
@@ -64,8 +65,13 @@ fn partitions_json(list: &[TopicPartitions]) -> serde_json::Value {
         .into()
 }
 
-fn dash_if_empty(text: &str) -> &str {
-    if text.is_empty() { "-" } else { text }
+/// A coordinator's node id, or `-` when none is known.
+fn coordinator(id: u64) -> String {
+    if id == 0 {
+        "-".to_string()
+    } else {
+        id.to_string()
+    }
 }
 
 pub(crate) async fn run(
@@ -92,23 +98,16 @@ pub(crate) async fn run(
                     .collect();
                 return print_json(&serde_json::json!({ "groups": groups }));
             }
-            println!(
-                "{:<32} {:<12} {:>7} {:>11}",
-                "GROUP", "STATE", "MEMBERS", "COORDINATOR"
-            );
+            let mut table = Table::new(&["GROUP", "STATE", "MEMBERS", "COORDINATOR"]);
             for g in &groups {
-                println!(
-                    "{:<32} {:<12} {:>7} {:>11}",
-                    g.group,
-                    g.state,
-                    g.members,
-                    if g.coordinator == 0 {
-                        "-".to_string()
-                    } else {
-                        g.coordinator.to_string()
-                    }
-                );
+                table.row([
+                    g.group.clone(),
+                    g.state.clone(),
+                    g.members.to_string(),
+                    coordinator(g.coordinator),
+                ]);
             }
+            table.print();
         }
         GroupCommand::Describe { group } => {
             let mut described = client.describe_group(&group).await?;
@@ -165,39 +164,41 @@ pub(crate) async fn run(
                 }
             );
             println!();
-            println!(
-                "{:<40} {:<28} {:>8}  {:<24} owned",
-                "MEMBER", "CLIENT", "IDLE MS", "ASSIGNED"
-            );
-            for m in &described.members {
-                println!(
-                    "{:<40} {:<28} {:>8}  {:<24} {}",
-                    m.member_id,
-                    dash_if_empty(&m.client_id),
-                    m.idle_ms,
-                    partitions_text(&m.assigned),
-                    partitions_text(&m.owned)
-                );
-            }
             if described.members.is_empty() {
-                println!("(no live members)");
+                println!("no live members");
+            } else {
+                let mut members = Table::new(&["MEMBER", "CLIENT", "IDLE MS", "ASSIGNED", "OWNED"]);
+                for m in &described.members {
+                    members.row([
+                        m.member_id.clone(),
+                        or_dash(&m.client_id).to_string(),
+                        m.idle_ms.to_string(),
+                        partitions_text(&m.assigned),
+                        partitions_text(&m.owned),
+                    ]);
+                }
+                members.print();
             }
             println!();
-            println!(
-                "{:<24} {:>9} {:>10} {:>14} {:>8}  member",
-                "TOPIC", "PARTITION", "COMMITTED", "HIGH WATERMARK", "LAG"
-            );
+            let mut partitions = Table::new(&[
+                "TOPIC",
+                "PARTITION",
+                "COMMITTED",
+                "HIGH WATERMARK",
+                "LAG",
+                "MEMBER",
+            ]);
             for p in &described.partitions {
-                println!(
-                    "{:<24} {:>9} {:>10} {:>14} {:>8}  {}",
-                    p.topic,
-                    p.partition,
+                partitions.row([
+                    p.topic.clone(),
+                    p.partition.to_string(),
                     p.committed.map_or("-".to_string(), |c| c.to_string()),
-                    p.high_watermark,
-                    p.lag,
-                    dash_if_empty(&p.member_id)
-                );
+                    p.high_watermark.to_string(),
+                    p.lag.to_string(),
+                    or_dash(&p.member_id).to_string(),
+                ]);
             }
+            partitions.print();
         }
         GroupCommand::Reset {
             group,
@@ -222,10 +223,11 @@ pub(crate) async fn run(
                 return print_json(&serde_json::json!({ "group": group, "offsets": offsets }));
             }
             println!("group {group}: committed offsets of {topic} are now");
-            println!("{:>9} {:>10}", "PARTITION", "COMMITTED");
+            let mut table = Table::new(&["PARTITION", "COMMITTED"]);
             for o in &offsets {
-                println!("{:>9} {:>10}", o.partition, o.offset);
+                table.row([o.partition.to_string(), o.offset.to_string()]);
             }
+            table.print();
         }
     }
     Ok(())

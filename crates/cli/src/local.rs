@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use crate::server::stop_signal;
+use crate::table::Table;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct LocalArgs {
@@ -190,6 +191,8 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
             args.nodes
         );
     }
+    weir_broker::parse_durability(&args.durability)
+        .map_err(|err| anyhow::anyhow!("--durability {err}"))?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let exe = std::env::current_exe().context("finding the weir binary")?;
@@ -242,14 +245,23 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
         });
     }
     println!("weir local: {} nodes running", args.nodes);
+    let mut table = Table::new(&["NODE", "ADDRESS", "ROLE", "DATA", "LOG"]);
     for id in 1..=args.nodes {
-        println!(
-            "  node {id}  {}  data {}  log {}",
+        table.row([
+            id.to_string(),
             addr(id),
-            args.data_dir.join(format!("node-{id}")).display(),
-            args.data_dir.join(format!("node-{id}.log")).display()
-        );
+            if id <= voters { "voter" } else { "joins" }.to_string(),
+            args.data_dir
+                .join(format!("node-{id}"))
+                .display()
+                .to_string(),
+            args.data_dir
+                .join(format!("node-{id}.log"))
+                .display()
+                .to_string(),
+        ]);
     }
+    table.print();
     let brokers: Vec<String> = (1..=args.nodes).map(addr).collect();
     let weir = exe.display();
     println!("Ctrl-C stops the cluster; run the same command again to restart it on its data.");

@@ -16,6 +16,7 @@ mod health;
 mod local;
 mod produce;
 mod server;
+mod table;
 mod topic;
 
 use std::process::ExitCode;
@@ -47,7 +48,7 @@ pub(crate) struct Brokers {
 /// How listings are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Output {
-    /// Aligned columns for people.
+    /// Aligned columns for people (see table.rs: the same look in every command).
     Table,
     /// One JSON document, for scripts.
     Json,

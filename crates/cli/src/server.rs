@@ -1,147 +1,98 @@
-//! `weir server`: one node. Settings come from `--config FILE`, then `WEIR_*` environment
-//! variables, then flags (each overrides the one before). SIGTERM or Ctrl-C stops it cleanly.
+//! `weir server`: one node. Its settings are layered by `weir_broker::NodeConfig::load`:
+//! defaults, then `--config FILE`, then `WEIR_*` environment variables, then flags (each
+//! overrides the one before). The flags are made from `weir_broker::SETTINGS`, so every setting
+//! has one: `--` and the file key with `-` for `_` and `.`. SIGTERM or Ctrl-C stops it cleanly.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use weir_broker::Durability;
-use weir_broker::{Node, NodeConfig};
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use weir_broker::{Layers, Node, NodeConfig, SETTINGS, SettingKind};
 
-#[derive(Debug, clap::Args)]
+const CONFIG: &str = "config";
+
+/// Shown after the flags in `weir server --help`.
+const LAYERS_HELP: &str = "\
+Every setting is a key of the TOML file (--config), a WEIR_* environment variable and a flag, \
+each overriding the one before: file key `advertised_addr`, variable WEIR_ADVERTISED_ADDR, flag \
+--advertised-addr; in the [raft] table, `heartbeat_ms` is WEIR_RAFT__HEARTBEAT_MS and \
+--raft-heartbeat-ms. Lists are comma-separated in variables and flags (WEIR_PEERS=1@a:9092,2@b:9092), \
+switches are true or false in variables (WEIR_ID_FROM_HOSTNAME=true). Other WEIR_* variables \
+(WEIR_BROKERS, ...) are ignored; an empty variable counts as unset.";
+
+/// The flags of `weir server`: the config file and the settings given on the command line.
+#[derive(Debug)]
 pub(crate) struct ServerArgs {
-    /// TOML configuration file (see docs/design.md for the keys).
-    #[arg(long, env = "WEIR_CONFIG")]
     config: Option<PathBuf>,
-    /// This node's id (1 or more).
-    #[arg(long, env = "WEIR_ID", conflicts_with = "id_from_hostname")]
-    id: Option<u64>,
-    /// Take the node id from the host name's trailing ordinal, plus one: `weir-0` is node 1,
-    /// `weir-2` node 3 (a Kubernetes StatefulSet's pods).
-    #[arg(long, env = "WEIR_ID_FROM_HOSTNAME")]
-    id_from_hostname: bool,
-    /// Address to listen on, IP:PORT (clients and peers).
-    #[arg(long, env = "WEIR_ADDR")]
-    addr: Option<String>,
-    /// Address other nodes and clients use, HOST:PORT (default: --addr).
-    #[arg(long, env = "WEIR_ADVERTISED_ADDR")]
-    advertised_addr: Option<String>,
-    /// A second listener, IP:PORT, for clients outside the nodes' network (a container's
-    /// published port): metadata asked there names brokers by their external addresses.
-    #[arg(long, env = "WEIR_EXTERNAL_ADDR")]
-    external_addr: Option<String>,
-    /// The address clients outside the nodes' network use, HOST:PORT (default: --external-addr).
-    #[arg(long, env = "WEIR_EXTERNAL_ADVERTISED_ADDR")]
-    external_advertised_addr: Option<String>,
-    /// Data directory.
-    #[arg(long, env = "WEIR_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Initial controller voters: ID@HOST:PORT, comma-separated (1, 3 or 5).
-    #[arg(long, env = "WEIR_PEERS", value_delimiter = ',')]
-    peers: Option<Vec<String>>,
-    /// Join a running cluster through this node (HOST:PORT) instead of --peers.
-    #[arg(long, env = "WEIR_JOIN")]
-    join: Option<String>,
-    /// Rack (or zone) of this node, for rack-aware placement.
-    #[arg(long, env = "WEIR_RACK")]
-    rack: Option<String>,
-    /// Serve Prometheus metrics on this HOST:PORT (GET /metrics).
-    #[arg(long, env = "WEIR_METRICS_ADDR")]
-    metrics_addr: Option<String>,
-    /// When appends reach the disk: always (fsync before acknowledging; the default), never, or
-    /// interval:MS.
-    #[arg(long, env = "WEIR_DURABILITY", value_parser = parse_durability)]
-    durability: Option<Durability>,
+    /// (setting key, raw value) of each flag given.
+    flags: Vec<(String, String)>,
 }
 
-fn parse_durability(text: &str) -> Result<Durability, String> {
-    match text {
-        "always" => Ok(Durability::Always),
-        "never" => Ok(Durability::Never),
-        other => match other.strip_prefix("interval:") {
-            Some(ms) => ms
-                .parse()
-                .map(|ms| Durability::Interval { ms })
-                .map_err(|_| format!("{ms:?} is not a number of milliseconds")),
-            None => Err(format!("{other:?}: use always, never or interval:MS")),
-        },
+impl clap::FromArgMatches for ServerArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags = Vec::new();
+        for setting in SETTINGS {
+            match setting.kind {
+                SettingKind::Switch => {
+                    if matches.get_flag(setting.key) {
+                        flags.push((setting.key.to_string(), "true".to_string()));
+                    }
+                }
+                _ => {
+                    if let Some(value) = matches.get_one::<String>(setting.key) {
+                        flags.push((setting.key.to_string(), value.clone()));
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            config: matches.get_one::<PathBuf>(CONFIG).cloned(),
+            flags,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
     }
 }
 
-impl ServerArgs {
-    fn into_config(self) -> anyhow::Result<NodeConfig> {
-        let mut config = match &self.config {
-            Some(path) => NodeConfig::from_file(path)?,
-            None => NodeConfig::default(),
-        };
-        if let Some(id) = self.id {
-            config.id = id;
-        }
-        if self.id_from_hostname {
-            let hostname = hostname()?;
-            config.id = id_from_hostname(&hostname)?;
-            tracing::info!(%hostname, id = config.id, "node id from the host name");
-        }
-        if let Some(addr) = self.addr {
-            config.addr = addr;
-        }
-        if let Some(advertised) = self.advertised_addr {
-            config.advertised_addr = Some(advertised);
-        }
-        if let Some(external) = self.external_addr {
-            config.external_addr = Some(external);
-        }
-        if let Some(advertised) = self.external_advertised_addr {
-            config.external_advertised_addr = Some(advertised);
-        }
-        if let Some(dir) = self.data_dir {
-            config.data_dir = dir;
-        }
-        if let Some(peers) = self.peers {
-            config.peers = peers.into_iter().filter(|p| !p.trim().is_empty()).collect();
-        }
-        if let Some(join) = self.join {
-            config.join = Some(join);
-        }
-        if let Some(rack) = self.rack {
-            config.rack = Some(rack);
-        }
-        if let Some(metrics) = self.metrics_addr {
-            config.metrics_addr = Some(metrics);
-        }
-        if let Some(durability) = self.durability {
-            config.durability = durability;
-        }
-        config.validate()?;
-        Ok(config)
+impl clap::Args for ServerArgs {
+    fn augment_args(command: Command) -> Command {
+        let command = command.after_help(LAYERS_HELP).arg(
+            Arg::new(CONFIG)
+                .long(CONFIG)
+                .env("WEIR_CONFIG")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("TOML file of settings (keys as in docs/design.md; unknown keys are errors)"),
+        );
+        SETTINGS.iter().fold(command, |command, setting| {
+            let default = setting
+                .default_text()
+                .map(|text| format!(" [default: {text}]"))
+                .unwrap_or_default();
+            let help = format!(
+                "{}{default} [file: {}] [env: {}]",
+                setting.help, setting.key, setting.env
+            );
+            let arg = Arg::new(setting.key).long(setting.flag).help(help);
+            let arg = match setting.kind {
+                SettingKind::Switch => arg.action(ArgAction::SetTrue),
+                _ => arg.action(ArgAction::Set).value_name(setting.value_name),
+            };
+            let arg = if setting.key == "id" {
+                arg.conflicts_with("id_from_hostname")
+            } else {
+                arg
+            };
+            command.arg(arg)
+        })
     }
-}
 
-/// This machine's host name: `HOSTNAME` (set by Docker and Kubernetes), else the kernel's.
-fn hostname() -> anyhow::Result<String> {
-    if let Ok(name) = std::env::var("HOSTNAME")
-        && !name.trim().is_empty()
-    {
-        return Ok(name.trim().to_string());
+    fn augment_args_for_update(command: Command) -> Command {
+        Self::augment_args(command)
     }
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .context("reading the host name (/proc/sys/kernel/hostname) for --id-from-hostname")?;
-    Ok(name.trim().to_string())
-}
-
-/// `weir-0` → 1: the number after the host name's last `-`, plus one (node ids start at 1).
-fn id_from_hostname(hostname: &str) -> anyhow::Result<u64> {
-    let ordinal = hostname
-        .rsplit_once('-')
-        .map(|(_, ordinal)| ordinal)
-        .and_then(|ordinal| ordinal.parse::<u64>().ok())
-        .with_context(|| {
-            format!(
-                "--id-from-hostname: host name {hostname:?} does not end in -ORDINAL (like weir-0)"
-            )
-        })?;
-    ordinal
-        .checked_add(1)
-        .with_context(|| format!("--id-from-hostname: ordinal {ordinal} is too large"))
 }
 
 /// Waits for SIGTERM or Ctrl-C.
@@ -156,7 +107,11 @@ pub(crate) async fn stop_signal() -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let config = args.into_config()?;
+    let config = NodeConfig::load(Layers {
+        file: args.config.as_deref(),
+        env: NodeConfig::environment(),
+        flags: args.flags,
+    })?;
     let node = Node::start(config, None).await?;
     tracing::info!(addr = %node.local_addr(), "weir node ready");
     stop_signal().await?;
@@ -166,15 +121,51 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::id_from_hostname;
+    use super::*;
+    use clap::{Args, FromArgMatches};
+
+    fn parse(args: &[&str]) -> Result<ServerArgs, clap::Error> {
+        let command = ServerArgs::augment_args(Command::new("server"));
+        let matches = command.try_get_matches_from(args)?;
+        ServerArgs::from_arg_matches(&matches)
+    }
 
     #[test]
-    fn ids_come_from_statefulset_ordinals() {
-        assert_eq!(id_from_hostname("weir-0").expect("ordinal"), 1);
-        assert_eq!(id_from_hostname("my-weir-cluster-12").expect("ordinal"), 13);
-        for bad in ["weir", "weir-", "weir-x", "weir-0a", ""] {
-            let err = id_from_hostname(bad).expect_err(bad).to_string();
-            assert!(err.contains("-ORDINAL"), "{bad}: {err}");
+    fn every_setting_has_its_flag() -> Result<(), clap::Error> {
+        let command = ServerArgs::augment_args(Command::new("server"));
+        for setting in SETTINGS {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == setting.key)
+                .map(|a| a.get_long());
+            assert_eq!(arg, Some(Some(setting.flag)), "{}", setting.key);
         }
+        let args = parse(&[
+            "server",
+            "--config",
+            "node.toml",
+            "--raft-heartbeat-ms",
+            "100",
+            "--peers",
+            "1@a:1,2@b:2,3@c:3",
+            "--id-from-hostname",
+        ])?;
+        assert_eq!(args.config, Some(PathBuf::from("node.toml")));
+        let flags: Vec<(&str, &str)> = args
+            .flags
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                ("id_from_hostname", "true"),
+                ("peers", "1@a:1,2@b:2,3@c:3"),
+                ("raft.heartbeat_ms", "100"),
+            ]
+        );
+        assert!(parse(&["server", "--id", "2", "--id-from-hostname"]).is_err());
+        assert!(parse(&["server", "--no-such-setting", "1"]).is_err());
+        Ok(())
     }
 }

@@ -1,8 +1,11 @@
-//! `weir topic create|list|describe|delete`. Listings come from ListTopics and DescribeTopic and
-//! show each topic's settings; internal topics (`__consumer_offsets`) only with `--internal`.
+//! `weir topic create|list|describe|delete`. `list` (ListTopics) shows each topic's partitions,
+//! leaders and replicas; `describe` (DescribeTopic) adds the topic's settings and each
+//! partition's offsets; internal topics (`__consumer_offsets`) only with `--internal`. With
+//! `--output json` both carry the settings.
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::table::{Table, ids};
 use crate::{Brokers, OutputArg, key_value, print_json};
 
 #[derive(Debug, clap::Subcommand)]
@@ -19,7 +22,8 @@ pub(crate) enum TopicCommand {
         #[arg(long = "config", short = 'c', value_parser = key_value)]
         configs: Vec<(String, String)>,
     },
-    /// List topics with their settings, partitions, replicas and leaders.
+    /// List topics with their partitions, leaders and replicas (settings: describe, or
+    /// --output json).
     List {
         /// Include internal topics (`__consumer_offsets`).
         #[arg(long)]
@@ -40,14 +44,8 @@ fn leader(id: u64) -> String {
     }
 }
 
-/// Settings in key order, as `k=v, k=v`.
-fn configs_line(configs: &HashMap<String, String>) -> String {
-    let sorted: BTreeMap<&String, &String> = configs.iter().collect();
-    sorted
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+fn yes_no(flag: bool) -> &'static str {
+    if flag { "yes" } else { "no" }
 }
 
 fn partition_json(p: &weir_client::PartitionInfo, offsets: bool) -> serde_json::Value {
@@ -116,27 +114,19 @@ pub(crate) async fn run(
                     topics.iter().map(|t| topic_json(t, false)).collect();
                 return print_json(&serde_json::json!({ "topics": topics }));
             }
-            println!(
-                "{:<24} {:>9} {:>8}  replicas",
-                "TOPIC", "PARTITION", "LEADER"
-            );
+            let mut table = Table::new(&["TOPIC", "PARTITION", "LEADER", "REPLICAS", "MOVING"]);
             for topic in &topics {
                 for p in &topic.partitions {
-                    println!(
-                        "{:<24} {:>9} {:>8}  {:?}{}",
-                        topic.name,
-                        p.partition,
+                    table.row([
+                        topic.name.clone(),
+                        p.partition.to_string(),
                         leader(p.leader),
-                        p.replicas,
-                        if p.reassigning { " (moving)" } else { "" }
-                    );
+                        ids(&p.replicas),
+                        yes_no(p.reassigning).to_string(),
+                    ]);
                 }
-                println!(
-                    "  {}configs: {}",
-                    if topic.internal { "(internal) " } else { "" },
-                    configs_line(&topic.configs)
-                );
             }
+            table.print();
         }
         TopicCommand::Describe { name } => {
             let topic = client.describe_topic(&name).await?;
@@ -150,22 +140,33 @@ pub(crate) async fn run(
                 topic.replication_factor,
                 if topic.internal { "  (internal)" } else { "" }
             );
-            println!("configs: {}", configs_line(&topic.configs));
-            println!(
-                "{:>9} {:>8} {:>12} {:>14}  replicas",
-                "PARTITION", "LEADER", "LOG START", "HIGH WATERMARK"
-            );
-            for p in &topic.partitions {
-                println!(
-                    "{:>9} {:>8} {:>12} {:>14}  {:?}{}",
-                    p.partition,
-                    leader(p.leader),
-                    p.log_start_offset,
-                    p.high_watermark,
-                    p.replicas,
-                    if p.reassigning { " (moving)" } else { "" }
-                );
+            let mut configs = Table::new(&["CONFIG", "VALUE"]);
+            let sorted: BTreeMap<&String, &String> = topic.configs.iter().collect();
+            for (key, value) in sorted {
+                configs.row([key, value]);
             }
+            println!();
+            configs.print();
+            let mut partitions = Table::new(&[
+                "PARTITION",
+                "LEADER",
+                "LOG START",
+                "HIGH WATERMARK",
+                "REPLICAS",
+                "MOVING",
+            ]);
+            for p in &topic.partitions {
+                partitions.row([
+                    p.partition.to_string(),
+                    leader(p.leader),
+                    p.log_start_offset.to_string(),
+                    p.high_watermark.to_string(),
+                    ids(&p.replicas),
+                    yes_no(p.reassigning).to_string(),
+                ]);
+            }
+            println!();
+            partitions.print();
         }
         TopicCommand::Delete { name } => {
             client.delete_topic(&name).await?;

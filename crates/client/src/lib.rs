@@ -55,10 +55,10 @@ pub use batch::IdempotentBatcher;
 pub use client::{Acks, Client, Start};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, ResetPolicy};
 pub use error::ClientError;
-/// gRPC status codes, as [`ClientError::code`] reports them.
-pub use tonic::Code;
 pub use health::{NodeHealth, check_health};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+/// gRPC status codes, as [`ClientError::code`] reports them.
+pub use tonic::Code;
 pub use weir_format::batch::Compression;
 pub use weir_format::partitioner::partition_for_key;
 pub use weir_proto::v1::{

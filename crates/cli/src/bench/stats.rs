@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+use crate::table::Table;
+
 /// Bytes in a megabyte, as reported.
 const MB: f64 = 1e6;
 /// Highest latency a histogram holds (larger ones are recorded as this): one hour.
@@ -84,21 +86,16 @@ impl LatencySummary {
         })
     }
 
-    fn row(&self, name: &str, out: &mut String) {
-        let _ = match self.percentiles {
-            Some(p) => writeln!(
-                out,
-                "{name:<12}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>14}",
-                p.p50,
-                p.p90,
-                p.p99,
-                p.p99_9,
-                p.max,
-                p.mean,
-                thousands(self.count)
-            ),
-            None => writeln!(out, "{name:<12}{:>74}", "no samples"),
-        };
+    /// A row of the latency table: the percentiles in ms, or `-` without samples.
+    fn cells(&self, name: &str) -> Vec<String> {
+        let mut cells = vec![name.to_string()];
+        match self.percentiles {
+            Some(p) => cells
+                .extend([p.p50, p.p90, p.p99, p.p99_9, p.max, p.mean].map(|ms| format!("{ms:.3}"))),
+            None => cells.extend(std::iter::repeat_n("-".to_string(), 6)),
+        }
+        cells.push(thousands(self.count));
+        cells
     }
 }
 
@@ -151,16 +148,16 @@ impl Throughput {
         })
     }
 
-    fn row(&self, name: &str, errors: u64, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "{name:<12}{:>14}{:>10.1}{:>14}{:>16}{:>9}",
+    /// A row of the throughput table.
+    fn cells(&self, name: &str, errors: u64) -> Vec<String> {
+        vec![
+            name.to_string(),
             thousands(self.msgs_per_s().round() as u64),
-            self.mb_per_s(),
+            format!("{:.1}", self.mb_per_s()),
             thousands(self.messages),
             thousands(self.bytes),
-            thousands(errors)
-        );
+            thousands(errors),
+        ]
     }
 }
 
@@ -362,24 +359,34 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(out, "{}", self.setup);
         if let Some(timed) = &self.timed {
-            let _ = writeln!(
-                out,
-                "\n{:<12}{:>14}{:>10}{:>14}{:>16}{:>9}",
-                "", "msgs/s", "MB/s", "messages", "bytes", "errors"
-            );
-            timed.publish.row("publish", self.errors.publish, &mut out);
+            let mut throughput = Table::new(&[
+                "THROUGHPUT",
+                "MSGS/S",
+                "MB/S",
+                "MESSAGES",
+                "BYTES",
+                "ERRORS",
+            ]);
+            throughput.row(timed.publish.cells("publish", self.errors.publish));
             if let Some(consume) = &timed.consume {
-                consume.row("consume", self.errors.consume, &mut out);
+                throughput.row(consume.cells("consume", self.errors.consume));
             }
-            let _ = writeln!(
-                out,
-                "\n{:<12}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>14}",
-                "latency ms", "p50", "p90", "p99", "p99.9", "max", "mean", "samples"
-            );
-            timed.publish_latency.row("publish", &mut out);
+            let _ = writeln!(out, "\n{}", throughput.render());
+            let mut latency = Table::new(&[
+                "LATENCY MS",
+                "P50",
+                "P90",
+                "P99",
+                "P99.9",
+                "MAX",
+                "MEAN",
+                "SAMPLES",
+            ]);
+            latency.row(timed.publish_latency.cells("publish"));
             if timed.consume.is_some() {
-                timed.e2e_latency.row("end-to-end", &mut out);
+                latency.row(timed.e2e_latency.cells("end-to-end"));
             }
+            let _ = writeln!(out, "\n{}", latency.render());
         }
         if let Some(t) = &self.totals {
             let consumed = match (t.consumed, t.drained, t.drain_seconds) {
