@@ -1,14 +1,23 @@
 //! # weir-broker
 //!
-//! One Weir node: its configuration ([`NodeConfig`]), the public gRPC services (produce, fetch,
-//! metadata, admin), request routing (writes go through the partition's Raft group, requests for
-//! partitions hosted elsewhere are forwarded once), and the wiring of the controller replica,
-//! the partition reconciler and the peer transport ([`Node`]).
+//! One Weir node: its configuration ([`NodeConfig`], layered: defaults < file < `WEIR_*` <
+//! flags), the public gRPC services and the wiring of the controller replica, the partition
+//! reconciler and the peer transport ([`Node`]).
 //!
-//! Prometheus metrics are served on `metrics_addr` (`GET /metrics`).
+//! - `router`: the one [`Router`](router::Router) every service goes through — topic lookup,
+//!   routes to a local replica or another node, hop-bounded forwarding, the node-to-node client
+//!   factory.
+//! - `broker` (`weir.v1.Broker`) with `produce` (the write path) and `fetch` (the read path);
+//!   `admin` (`weir.v1.Admin`); `groups` (`weir.v1.Groups`: the coordinator, with a pure
+//!   `assignor` and the `offsets` record codec). Separate types; none names another.
+//! - `status`: every error of the layers below → one gRPC status, by the table of
+//!   `proto/weir/v1/weir.proto` ([`weir_format::wire::ERROR_CONTRACT`]).
+//! - `metrics`: Prometheus text on `metrics_addr` (`GET /metrics`).
 //!
-//! Errors become gRPC statuses in one place (`status`); the codes are documented in
-//! `proto/weir/v1/weir.proto`.
+//! Invariants: services reach partitions only through `weir_raft::Partition` (never the segment
+//! log or openraft); a request is forwarded at most [`weir_format::wire::MAX_FORWARD_HOPS`]
+//! times; every client-visible error is mapped in `status` and nowhere else; every request runs
+//! in a `tracing` span and is counted in the metrics.
 
 mod admin;
 mod broker;

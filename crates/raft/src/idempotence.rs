@@ -18,11 +18,24 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use weir_format::batch::BatchHeader;
 
 use crate::error::{Failure, GroupError};
-use crate::partition::ProducerEntry;
+
+/// What is known of one idempotent producer: its newest committed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerEntry {
+    pub epoch: i16,
+    /// Sequence of the first record of the newest batch.
+    pub base_sequence: i32,
+    /// Sequence of its last record.
+    pub last_sequence: i32,
+    /// Offsets of the newest batch.
+    pub base_offset: u64,
+    pub next_offset: u64,
+}
 
 /// How many recent batches per producer the leader remembers (as Kafka does).
 pub(crate) const MAX_TRACKED: usize = 5;

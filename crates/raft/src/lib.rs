@@ -17,6 +17,14 @@
 //! - [`PeerTransport`] / [`PeerService`]: one gRPC connection per peer shared by all groups, with
 //!   optional fault injection for tests.
 //!
+//! Errors are [`GroupError`] variants (a stopped group says why: [`StorageFault`]), never strings
+//! that a caller would have to parse.
+//!
+//! Invariants: an entry is stored once (the Raft log is the segment log); an entry is
+//! acknowledged only once a majority has it durable; a group whose storage failed stops and
+//! reports the typed fault; the broker and the controller use [`Partition`] and [`Group`]'s
+//! methods, never openraft directly.
+//!
 //! Known gaps: state machines are rebuilt by re-applying the log after the last snapshot on
 //! restart (fast — they hold metadata only — but proportional to the log); partition groups
 //! heartbeat independently (no coalescing across groups yet).
@@ -42,9 +50,10 @@ pub mod types;
 pub use error::{GroupError, StorageFault};
 pub use files::FileError;
 pub use group::{Group, GroupConfig, GroupHandle, GroupRegistry, RaftTiming, remove_group_files};
+pub use idempotence::ProducerEntry;
 pub use log_store::{LogBoundary, LogStore};
 pub use network::{FaultPlan, LinkAction, LinkFaults, PeerError, PeerTransport};
-pub use partition::{Partition, PartitionState, ProducerEntry, WaitFor};
+pub use partition::{Partition, PartitionState, WaitFor};
 pub use service::PeerService;
 pub use state_machine::{GroupState, Progress, SnapshotPoint, StateMachine};
 pub use types::{Applied, NodeId, PeerNode, Raft};

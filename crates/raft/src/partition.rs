@@ -19,32 +19,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use weir_format::batch::BatchHeader;
-
-use crate::error::{Failure, GroupError};
 use tokio::sync::watch;
+use weir_format::batch::BatchHeader;
 use weir_storage::{LogBounds, LogMetrics, ReadBatches, StorageError};
 
+use crate::error::{Failure, GroupError};
 use crate::group::{Group, GroupConfig, GroupHandle};
-use crate::idempotence::{Decision, WriteQueue};
+use crate::idempotence::{Decision, ProducerEntry, WriteQueue};
 use crate::network::PeerTransport;
-use crate::state_machine::GroupState;
-use crate::state_machine::Progress;
-use crate::types::Applied;
-use crate::types::{NodeId, PeerNode};
-
-/// What is known of one idempotent producer: its newest committed batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProducerEntry {
-    pub epoch: i16,
-    /// Sequence of the first record of the newest batch.
-    pub base_sequence: i32,
-    /// Sequence of its last record.
-    pub last_sequence: i32,
-    /// Offsets of the newest batch.
-    pub base_offset: u64,
-    pub next_offset: u64,
-}
+use crate::state_machine::{GroupState, Progress};
+use crate::types::{Applied, NodeId, PeerNode};
 
 /// The producer state of one partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
