@@ -7,18 +7,16 @@
 //! corruption ([`StorageError::Corrupt`]), never guessed around. A missing file means a new log
 //! (start 0, index 0).
 //!
-//! Invariant: the file is replaced atomically and durably (temporary file, fsync, rename, fsync
-//! of the directory): a crash leaves the old content or the new, never a mix.
+//! Invariant: the file is replaced with [`crate::fs::write_atomic`] (temporary file, fsync,
+//! rename, fsync of the directory): a crash leaves the old content or the new, never a mix.
 //!
 //! Not handled here: when the file is written, and in which order with the segment files
 //! (truncation and recovery decide that).
 
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
-use crate::durability::sync_dir;
 use crate::error::{Result, StorageError};
+use crate::fs;
 
 /// Persisted log start offset and empty-log entry index.
 pub const META_FILE: &str = "log.meta";
@@ -33,24 +31,16 @@ pub(super) struct Meta {
 }
 
 pub(super) fn write_meta(dir: &Path, log_start_offset: u64, next_index: u64) -> Result<()> {
-    let path = dir.join(META_FILE);
-    let tmp = dir.join(format!("{META_FILE}.tmp"));
     let text =
         format!("{META_HEADER}\nlog_start_offset={log_start_offset}\nnext_index={next_index}\n");
-    let mut file = File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(StorageError::io("write", &tmp))?;
-    std::fs::rename(&tmp, &path).map_err(StorageError::io("rename", &tmp))?;
-    sync_dir(dir)
+    fs::write_atomic(&dir.join(META_FILE), text.as_bytes())?;
+    Ok(())
 }
 
 pub(super) fn read_meta(dir: &Path) -> Result<Option<Meta>> {
     let path = dir.join(META_FILE);
-    let raw = match std::fs::read(&path) {
-        Ok(raw) => raw,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(StorageError::io("read", &path)(err)),
+    let Some(raw) = fs::read(&path)? else {
+        return Ok(None);
     };
     let bad = |reason: String| StorageError::Corrupt {
         path: path.clone(),

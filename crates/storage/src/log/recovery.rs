@@ -25,8 +25,9 @@ use std::sync::{Arc, OnceLock, RwLock};
 use super::meta::{read_meta, write_meta};
 use super::{LogState, PartitionLog, Shared, active_file, delete_segment_files};
 use crate::config::LogConfig;
-use crate::durability::{Syncer, Watermark, sync_dir};
+use crate::durability::{Syncer, Watermark};
 use crate::error::{Result, StorageError};
+use crate::fs::{TEMP_SUFFIX, sync_dir};
 use crate::metrics::Counters;
 use crate::segment::{
     Continuation, IndexRebuild, NO_INDEX, Segment, SegmentPaths, TailRepair, remove_if_present,
@@ -184,7 +185,8 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
         let entry = entry.map_err(StorageError::io("list", dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(".tmp") || name.ends_with(".rewrite") {
+        // `.rewrite`: what earlier versions named a segment being cut in its middle.
+        if name.ends_with(TEMP_SUFFIX) || name.ends_with(".rewrite") {
             remove_if_present(&entry.path())?;
             continue;
         }

@@ -27,8 +27,9 @@ use super::{
     LogState, PartitionLog, RetentionReport, active_file, delete_segment_files, first_index,
     locate_index,
 };
-use crate::durability::{Watermark, sync_dir};
+use crate::durability::Watermark;
 use crate::error::{Result, StorageError};
+use crate::fs::{self, DirSync, sync_dir};
 use crate::metrics::Counters;
 use crate::segment::{Continuation, Located, NO_INDEX, Segment};
 
@@ -288,13 +289,11 @@ fn continuation_before(state: &LogState, at: usize) -> Continuation {
 }
 
 /// Replaces `path` by a copy of its first `len` bytes through a new file and a rename, so maps
-/// of the old file stay valid.
+/// of the old file stay valid. The caller syncs the directory.
 fn rewrite_prefix(path: &Path, len: u64) -> Result<()> {
-    let tmp = path.with_extension("log.rewrite");
     let source = File::open(path).map_err(StorageError::io("open", path))?;
-    let mut target = File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
-    std::io::copy(&mut source.take(len), &mut target).map_err(StorageError::io("copy to", &tmp))?;
-    target.sync_all().map_err(StorageError::io("sync", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(StorageError::io("rename", &tmp))?;
+    fs::write_atomic_with(path, DirSync::Later, |target| {
+        std::io::copy(&mut source.take(len), target).map(drop)
+    })?;
     Ok(())
 }
