@@ -11,13 +11,17 @@
 //! where reading starts); `commit` stores exactly that, so a record returned is never committed
 //! twice and a record not returned is never skipped.
 //!
-//! Group membership follows the protocol described above `service Groups` in the proto, driven
-//! from `poll` (call it at least every few seconds; a member that stays silent for
-//! `session_timeout` loses its partitions):
+//! Group membership follows the protocol described above `service Groups` in the proto. What a
+//! member says and does is decided by [`GroupMember`] (module `group_member`, pure: no I/O, no
+//! clock); this module drives it from `poll` (call it at least every few seconds; a member that
+//! stays silent for `session_timeout` loses its partitions) and only carries messages: it sends
+//! the heartbeats, commits and offset look-ups the member asks for, hands back the answers, and
+//! starts or stops the fetchers the member names. In short:
 //! - a heartbeat every `heartbeat_interval_ms`, reporting the partitions this member reads;
-//! - a partition missing from the answer is revoked: its fetcher stops, its buffered records are
-//!   dropped, its position is committed (with auto-commit), and only then is it reported as no
-//!   longer owned (at once, with another heartbeat) — so no partition is read by two members;
+//! - a partition missing from the answer is revoked: its position is committed (with
+//!   auto-commit), its fetcher stops and its buffered records are dropped, and only then is it
+//!   reported as no longer owned (at once, with another heartbeat) — so no partition is read by
+//!   two members;
 //! - a partition new in the answer is first *claimed*: reported as owned in the next heartbeat
 //!   (sent at once) and read only if that heartbeat's answer still assigns it — the coordinator
 //!   then knew this member reports it, so it gives it to no one else. (Reading straight away is
@@ -29,7 +33,7 @@
 //!
 //! Not handled yet: pausing partitions; a cap on buffered bytes other than the channel's length.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +45,9 @@ use tokio::time::Instant;
 use tonic::Code;
 use weir_proto::v1::{FetchResponse, HeartbeatRequest, PartitionOffset, TopicPartitions};
 
+use crate::group_member::{
+    Answer, BeatError, Failed, GroupMember, LostBecause, Settings, StartFetch, Tp,
+};
 use crate::{Client, ClientError, Start};
 
 /// Where a group member starts on a partition the group has no committed offset for (and where
@@ -122,8 +129,6 @@ pub struct ConsumedRecord {
     pub headers: Vec<(String, Option<Bytes>)>,
 }
 
-type Tp = (Arc<str>, u32);
-
 /// What fetchers send.
 #[derive(Debug)]
 enum Fetched {
@@ -165,18 +170,6 @@ struct PartitionState {
     committed: Option<u64>,
 }
 
-#[derive(Debug)]
-struct Membership {
-    group: String,
-    topics: Vec<String>,
-    member_id: String,
-    generation: u64,
-    heartbeat_interval: Duration,
-    next_heartbeat: Instant,
-    last_heartbeat_ok: Instant,
-    next_auto_commit: Instant,
-}
-
 /// Reads records of assigned partitions, or of a consumer group's share (see the module docs).
 #[derive(Debug)]
 pub struct Consumer {
@@ -187,11 +180,8 @@ pub struct Consumer {
     tx: mpsc::Sender<Fetched>,
     rx: mpsc::Receiver<Fetched>,
     buffer: VecDeque<Buffered>,
-    group: Option<Membership>,
-    /// Group partitions assigned to this member but not read yet: reported as owned, and read
-    /// only once an answer to a heartbeat reporting them still assigns them (see the module
-    /// docs).
-    claimed: BTreeSet<Tp>,
+    /// The group protocol, for a group member: it decides which partitions are read.
+    group: Option<GroupMember>,
 }
 
 /// Fetch answers buffered between the fetchers and `poll` (each at most `max_bytes`): the
@@ -212,7 +202,6 @@ impl Consumer {
             rx,
             buffer: VecDeque::new(),
             group: None,
-            claimed: BTreeSet::new(),
         }
     }
 
@@ -242,22 +231,23 @@ impl Consumer {
         for topic in topics {
             client.partition_count(topic).await?;
         }
-        let now = Instant::now();
+        let settings = Settings {
+            session_timeout: config.session_timeout,
+            auto_commit: config.auto_commit,
+            auto_commit_interval: config.auto_commit_interval,
+            // `Fail` is for exact positions; a group partition nobody committed yet starts at
+            // the oldest record under it.
+            uncommitted_start: config.reset.start().unwrap_or(Start::Earliest),
+        };
         let mut consumer = Self::new(client, config);
-        consumer.group = Some(Membership {
-            group: group.to_string(),
-            topics: topics.to_vec(),
-            member_id: String::new(),
-            generation: 0,
-            heartbeat_interval: consumer.config.session_timeout / 3,
-            next_heartbeat: now,
-            last_heartbeat_ok: now,
-            next_auto_commit: now + consumer.config.auto_commit_interval,
-        });
-        consumer.heartbeat(true).await?;
-        if !consumer.claimed.is_empty() {
+        consumer.group = Some(GroupMember::new(group, topics, settings, std_now()));
+        consumer.heartbeat().await?;
+        if consumer.group.as_ref().is_some_and(GroupMember::has_claims) {
             // Claim what the first answer assigned, and start reading it.
-            consumer.heartbeat(true).await?;
+            consumer.heartbeat().await?;
+        }
+        if let Some(member) = &mut consumer.group {
+            member.joined();
         }
         Ok(consumer)
     }
@@ -316,7 +306,7 @@ impl Consumer {
     /// by its latest fetch, and no partition the group assigned waits to be read (true when
     /// no partition is read or assigned).
     pub fn caught_up(&self) -> bool {
-        self.claimed.is_empty()
+        !self.group.as_ref().is_some_and(GroupMember::has_claims)
             && self
                 .partitions
                 .values()
@@ -329,7 +319,7 @@ impl Consumer {
     /// The group member id: `None` outside a group; empty between losing membership and
     /// rejoining.
     pub fn member_id(&self) -> Option<&str> {
-        self.group.as_ref().map(|g| g.member_id.as_str())
+        self.group.as_ref().map(GroupMember::member_id)
     }
 
     /// Continues reading `partition` of `topic` at `offset`. Records buffered from before are
@@ -436,10 +426,7 @@ impl Consumer {
             }
             let mut wake = deadline;
             if let Some(group) = &self.group {
-                wake = wake.min(group.next_heartbeat);
-                if self.config.auto_commit {
-                    wake = wake.min(group.next_auto_commit);
-                }
+                wake = wake.min(Instant::from_std(group.next_wake()));
             }
             if let Ok(Some(message)) = tokio::time::timeout_at(wake, self.rx.recv()).await {
                 self.accept(message);
@@ -584,7 +571,7 @@ impl Consumer {
         }
         let deadline = Instant::now() + self.group_call_limit();
         self.client
-            .commit_offsets_until(&group.group, &group.member_id, &offsets, deadline)
+            .commit_offsets_until(group.group(), group.member_id(), &offsets, deadline)
             .await?;
         for offset in offsets {
             let tp: Tp = (Arc::from(offset.topic.as_str()), offset.partition);
@@ -603,230 +590,160 @@ impl Consumer {
 
     /// Heartbeat and auto-commit, when due.
     async fn maintain_group(&mut self) -> Result<(), ClientError> {
-        let Some(group) = &self.group else {
+        let Some(group) = &mut self.group else {
             return Ok(());
         };
-        let now = Instant::now();
-        let heartbeat_due = now >= group.next_heartbeat;
-        let commit_due = self.config.auto_commit && now >= group.next_auto_commit;
-        if commit_due {
-            if let Some(group) = &mut self.group {
-                group.next_auto_commit = now + self.config.auto_commit_interval;
-            }
-            if let Err(err) = self.commit().await {
-                tracing::warn!(%err, "auto-commit failed; retrying at the next interval");
-            }
+        let due = group.due(std_now());
+        if due.commit
+            && let Err(err) = self.commit().await
+        {
+            tracing::warn!(%err, "auto-commit failed; retrying at the next interval");
         }
-        if heartbeat_due {
-            self.heartbeat(false).await?;
+        if due.heartbeat {
+            self.heartbeat().await?;
         }
         Ok(())
     }
 
-    /// One heartbeat and what its answer asks for. With `first`, failures are returned (joining
-    /// failed); later ones are retried on the next beat.
-    async fn heartbeat(&mut self, first: bool) -> Result<(), ClientError> {
+    /// One heartbeat and what its answer asks for: [`GroupMember`] decides, this carries the
+    /// messages. While joining, failures are returned; later ones are retried on the next beat
+    /// (or lead to a rejoin).
+    async fn heartbeat(&mut self) -> Result<(), ClientError> {
         let Some(group) = &self.group else {
             return Ok(());
         };
-        let mut owned: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-        for (t, p) in self.partitions.keys().chain(&self.claimed) {
-            owned.entry(t).or_default().push(*p);
-        }
-        let claimed = self.claimed.clone();
+        let beat = group.heartbeat(std_now());
         let request = HeartbeatRequest {
-            group: group.group.clone(),
-            member_id: group.member_id.clone(),
-            topics: group.topics.clone(),
-            owned: owned
-                .into_iter()
+            group: beat.group.clone(),
+            member_id: beat.member_id.clone(),
+            topics: beat.topics.clone(),
+            owned: beat
+                .owned
+                .iter()
                 .map(|(topic, partitions)| TopicPartitions {
-                    topic: topic.to_string(),
-                    partitions,
+                    topic: topic.clone(),
+                    partitions: partitions.clone(),
                 })
                 .collect(),
-            session_timeout_ms: u32::try_from(self.config.session_timeout.as_millis())
-                .unwrap_or(u32::MAX),
+            session_timeout_ms: beat.session_timeout_ms,
             client_id: self.config.client_id.clone(),
         };
-        let started = Instant::now();
-        // Never wait on one beat longer than the member can afford to stay silent.
-        let deadline = started + group.heartbeat_interval.max(Duration::from_secs(1));
-        let last_ok = group.last_heartbeat_ok;
-        let rejoining = group.member_id.is_empty();
-        let answer = self.client.heartbeat(request, deadline).await;
-        let now = Instant::now();
-        match answer {
-            Ok(answer) => {
-                let interval = match answer.heartbeat_interval_ms {
-                    0 => self.config.session_timeout / 3,
-                    ms => Duration::from_millis(u64::from(ms)),
-                }
-                .max(Duration::from_millis(50));
-                if let Some(group) = &mut self.group {
-                    if group.member_id != answer.member_id {
-                        tracing::debug!(group = %group.group, member = %answer.member_id, "joined");
-                    }
-                    group.member_id = answer.member_id.clone();
-                    group.generation = answer.generation;
-                    group.heartbeat_interval = interval;
-                    group.last_heartbeat_ok = now;
-                    group.next_heartbeat = now + interval;
-                }
-                match self.apply_assignment(&answer.assigned, &claimed).await {
-                    Err(err) if !first => {
-                        tracing::warn!(%err, "starting newly assigned partitions failed; retrying");
-                        if let Some(group) = &mut self.group {
-                            group.next_heartbeat = now + Duration::from_millis(200);
+        let answer = self
+            .client
+            .heartbeat(request, Instant::from_std(beat.deadline))
+            .await;
+        let now = std_now();
+        let Some(group) = &mut self.group else {
+            return Ok(());
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(err) => {
+                match group.failed(beat, beat_error(&err), now) {
+                    // Joining failed, or rejoining failed in a way retrying cannot fix (an
+                    // unknown topic, a bad setting).
+                    Failed::GiveUp => return Err(err),
+                    Failed::Retry => tracing::warn!(%err, "heartbeat failed"),
+                    Failed::Rejoin { stop, reason } => {
+                        match reason {
+                            LostBecause::UnknownMember => tracing::warn!(
+                                %err,
+                                "the group coordinator no longer knows this member; rejoining"
+                            ),
+                            LostBecause::SessionExpired => {
+                                tracing::warn!(%err, "heartbeat failed");
+                                tracing::warn!(
+                                    "no heartbeat succeeded for the session timeout; dropping partitions and rejoining"
+                                );
+                            }
                         }
-                        Ok(())
+                        for tp in &stop {
+                            self.stop_partition(tp);
+                        }
                     }
-                    other => other,
                 }
+                return Ok(());
             }
-            // Rejoining failed in a way retrying cannot fix (an unknown topic, a bad setting).
-            Err(err) if first || (rejoining && !retryable_group_error(&err)) => Err(err),
-            // The coordinator does not know the member (it timed out, or the coordinator
-            // moved): NOT_FOUND per the proto. A FAILED_PRECONDITION without a leader hint (a
-            // heartbeat never gets one otherwise) is treated the same.
-            Err(err) if matches!(err.code(), Some(Code::FailedPrecondition | Code::NotFound)) => {
-                tracing::warn!(%err, "the group coordinator no longer knows this member; rejoining");
-                self.lose_membership();
+        };
+        let answer = Answer {
+            member_id: answer.member_id,
+            generation: answer.generation,
+            heartbeat_interval_ms: answer.heartbeat_interval_ms,
+            assigned: answer
+                .assigned
+                .into_iter()
+                .map(|tps| (tps.topic, tps.partitions))
+                .collect(),
+        };
+        let assignment = group.answered(beat, answer, now);
+        // Positions only move when `poll` returns records, so what is committed here is final.
+        // Stopping comes after the commit, so a poll cancelled while committing leaves
+        // everything as it was (the next heartbeat revokes again).
+        if let Some(revoked) = assignment.commit_first()
+            && let Err(err) = self.commit_partitions(revoked).await
+        {
+            tracing::warn!(%err, "committing revoked partitions failed; their next reader may repeat records");
+        }
+        let Some(group) = &mut self.group else {
+            return Ok(());
+        };
+        let settled = group.settle(assignment, std_now());
+        for tp in &settled.stop {
+            self.stop_partition(tp);
+        }
+        let Some(confirmation) = settled.confirm else {
+            return Ok(());
+        };
+        let Some(group) = &self.group else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + self.group_call_limit();
+        let fetched = self
+            .client
+            .fetch_offsets_until(group.group(), &confirmation.topics(), deadline)
+            .await;
+        let Some(group) = &mut self.group else {
+            return Ok(());
+        };
+        match fetched {
+            Ok(offsets) => {
+                let committed: HashMap<(String, u32), u64> = offsets
+                    .into_iter()
+                    .map(|o| ((o.topic, o.partition), o.offset))
+                    .collect();
+                for StartFetch {
+                    tp,
+                    start,
+                    committed,
+                } in group.offsets_fetched(confirmation, &committed)
+                {
+                    self.start_partition(tp.clone(), start);
+                    if let Some(state) = self.partitions.get_mut(&tp) {
+                        state.committed = committed;
+                    }
+                }
                 Ok(())
             }
             Err(err) => {
-                tracing::warn!(%err, "heartbeat failed");
-                if now.duration_since(last_ok) >= self.config.session_timeout {
-                    tracing::warn!(
-                        "no heartbeat succeeded for the session timeout; dropping partitions and rejoining"
-                    );
-                    self.lose_membership();
-                } else if let Some(group) = &mut self.group {
-                    group.next_heartbeat = now + Duration::from_millis(200);
+                if group.offsets_failed(now) {
+                    return Err(err);
                 }
+                tracing::warn!(%err, "starting newly assigned partitions failed; retrying");
                 Ok(())
             }
         }
-    }
-
-    /// The member is out of the group: stop every partition without committing (another
-    /// member may own them already) and rejoin with the next heartbeat.
-    fn lose_membership(&mut self) {
-        let all: Vec<Tp> = self.partitions.keys().cloned().collect();
-        for tp in &all {
-            self.stop_partition(tp);
-        }
-        self.claimed.clear();
-        if let Some(group) = &mut self.group {
-            group.member_id.clear();
-            group.next_heartbeat = Instant::now();
-        }
-    }
-
-    /// Revokes partitions missing from `assigned`, starts reading the claimed ones it still
-    /// holds (`claimed`: those the heartbeat reported as owned before reading them), and claims
-    /// new ones.
-    async fn apply_assignment(
-        &mut self,
-        assigned: &[TopicPartitions],
-        claimed: &BTreeSet<Tp>,
-    ) -> Result<(), ClientError> {
-        let assigned: BTreeSet<(String, u32)> = assigned
-            .iter()
-            .flat_map(|tps| tps.partitions.iter().map(|p| (tps.topic.clone(), *p)))
-            .collect();
-        let holds = |tp: &Tp| assigned.contains(&(tp.0.to_string(), tp.1));
-        let revoked: Vec<Tp> = self
-            .partitions
-            .keys()
-            .filter(|tp| !holds(tp))
-            .cloned()
-            .collect();
-        if !revoked.is_empty() {
-            // Positions only move when `poll` returns records, so what is committed here is
-            // final. Stopping comes after the commit, so a poll cancelled while committing
-            // leaves everything as it was (the next heartbeat revokes again).
-            if self.config.auto_commit
-                && let Err(err) = self.commit_partitions(&revoked).await
-            {
-                tracing::warn!(%err, "committing revoked partitions failed; their next reader may repeat records");
-            }
-            for tp in &revoked {
-                self.stop_partition(tp);
-            }
-        }
-        // Claims the coordinator no longer grants are dropped (nothing was read).
-        self.claimed.retain(|tp| holds(tp));
-        // Partitions new in the answer are claimed: reported as owned with the next heartbeat
-        // and read only if its answer still assigns them. The coordinator answered this member
-        // knowing it reports them, so no other member reads them now and none will be given
-        // them while this member reports them.
-        let mut new_claims = false;
-        for (topic, partition) in &assigned {
-            let tp: Tp = (Arc::from(topic.as_str()), *partition);
-            if !self.partitions.contains_key(&tp) && !self.claimed.contains(&tp) {
-                self.claimed.insert(tp);
-                new_claims = true;
-            }
-        }
-        if !revoked.is_empty() || new_claims {
-            // Tell the coordinator at once: released partitions move on, claims get settled.
-            if let Some(group) = &mut self.group {
-                group.next_heartbeat = Instant::now();
-            }
-        }
-        let confirmed: Vec<Tp> = self
-            .claimed
-            .iter()
-            .filter(|tp| claimed.contains(*tp))
-            .cloned()
-            .collect();
-        if confirmed.is_empty() {
-            return Ok(());
-        }
-        let Some(group) = &self.group else {
-            return Ok(());
-        };
-        let topics: BTreeSet<String> = confirmed.iter().map(|(t, _)| t.to_string()).collect();
-        let topics: Vec<String> = topics.into_iter().collect();
-        let deadline = Instant::now() + self.group_call_limit();
-        let committed: HashMap<(String, u32), u64> = self
-            .client
-            .fetch_offsets_until(&group.group, &topics, deadline)
-            .await?
-            .into_iter()
-            .map(|o| ((o.topic, o.partition), o.offset))
-            .collect();
-        for tp in confirmed {
-            self.claimed.remove(&tp);
-            let offset = committed.get(&(tp.0.to_string(), tp.1)).copied();
-            // `Fail` is for exact positions; a group partition nobody committed yet starts at
-            // the oldest record under it.
-            let reset = self.config.reset.start().unwrap_or(Start::Earliest);
-            let start = offset.map_or(reset, Start::Offset);
-            self.start_partition(tp.clone(), start);
-            if let Some(state) = self.partitions.get_mut(&tp) {
-                state.committed = offset;
-            }
-        }
-        Ok(())
     }
 
     /// Commits (with auto-commit), leaves the group, and stops reading. Every step is tried;
     /// the first failure is returned.
     pub async fn close(mut self) -> Result<(), ClientError> {
         let mut result = Ok(());
-        if self.group.is_some() {
-            if self.config.auto_commit {
+        if let Some(closing) = self.group.as_ref().map(GroupMember::closing) {
+            if closing.commit {
                 result = self.commit().await;
             }
-            if let Some(group) = &self.group
-                && !group.member_id.is_empty()
-            {
-                let left = self
-                    .client
-                    .leave_group(&group.group, &group.member_id)
-                    .await;
+            if let (Some(group), Some(member_id)) = (&self.group, &closing.leave) {
+                let left = self.client.leave_group(group.group(), member_id).await;
                 if result.is_ok() {
                     result = left;
                 }
@@ -846,6 +763,25 @@ impl Drop for Consumer {
             state.fetcher.abort();
         }
     }
+}
+
+/// The protocol's view of a failed heartbeat.
+fn beat_error(err: &ClientError) -> BeatError {
+    if retryable_group_error(err) {
+        BeatError::Retryable
+    } else if matches!(err.code(), Some(Code::FailedPrecondition | Code::NotFound)) {
+        // NOT_FOUND per the proto. A FAILED_PRECONDITION without a leader hint (a heartbeat
+        // never gets one otherwise) is treated the same.
+        BeatError::UnknownMember
+    } else {
+        BeatError::Other
+    }
+}
+
+/// The group protocol's clock: the runtime's (so tests with paused time see it), as a std
+/// instant.
+fn std_now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 /// Whether a failed heartbeat may succeed when repeated (the client already retried it until

@@ -11,8 +11,10 @@
 //!   linger), compresses them, and sends each partition's batches in order to its leader, all
 //!   partitions in parallel. Idempotent: a producer id from the cluster and a sequence per
 //!   partition let the leader drop a retried batch it already wrote.
-//! - [`Consumer`] (module `consumer`): reads assigned partitions, or a consumer group's share of
-//!   its topics, with long-poll fetchers in the background; commits positions.
+//! - [`Consumer`] (modules `consumer`, `group_member`): reads assigned partitions, or a consumer
+//!   group's share of its topics, with long-poll fetchers in the background; commits positions.
+//!   The group membership protocol is a pure state machine (`group_member`) that the consumer
+//!   drives, as the producer drives its `accumulator`.
 //! - [`check_health`] (module `health`): one node's standard gRPC health status.
 //! - [`IdempotentBatcher`] (module `batch`): the low-level batch builder for callers that batch
 //!   themselves.
@@ -47,6 +49,7 @@ mod batch;
 mod client;
 mod consumer;
 mod error;
+mod group_member;
 mod health;
 mod metadata;
 mod producer;

@@ -1,12 +1,14 @@
-//! Small files a Raft group keeps beside its segment log, written atomically: write a temporary
-//! file, fsync it, rename it over the old one, fsync the directory. A reader sees the old or the
-//! new content, never a mix.
+//! Small files a Raft group keeps beside its segment log (`raft.meta`, `raft.snapshot`):
+//! postcard values written with [`weir_storage::fs::write_atomic`] (a temporary file named after
+//! the whole target name, fsync, rename over the old one, fsync of the directory), so a reader
+//! sees the old or the new content, never a mix — also after a crash. This module only adds the
+//! encoding and maps the storage helper's errors into [`FileError`].
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use weir_storage::fs::{self, FsError};
 
 /// Why a group file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -22,51 +24,44 @@ pub enum FileError {
     Decode { path: PathBuf, reason: String },
 }
 
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FileError + use<> {
-    let path = path.to_path_buf();
-    move |source| FileError::Io { op, path, source }
+impl From<FsError> for FileError {
+    fn from(err: FsError) -> Self {
+        Self::Io {
+            op: err.op,
+            path: err.path,
+            source: err.source,
+        }
+    }
 }
 
 /// Replaces `path` with `value` (postcard) atomically and durably.
+///
+/// The vote/purge file and the snapshot file are written from different tasks (openraft's core
+/// and its state machine worker), possibly at the same moment — as on a snapshot install, which
+/// purges the log while the snapshot is stored. Their temporary files must differ (the helper
+/// names them after the whole target name: `raft.meta.tmp`, `raft.snapshot.tmp`); a shared
+/// `raft.tmp`, as `with_extension("tmp")` once gave, failed one rename (a fatal storage error
+/// that stopped the group) or put one file's content under the other's name.
 pub(crate) fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), FileError> {
     let bytes = postcard::to_stdvec(value).map_err(|err| FileError::Decode {
         path: path.to_path_buf(),
         reason: err.to_string(),
     })?;
-    // The temporary file is named after the whole target name (`raft.meta.tmp`,
-    // `raft.snapshot.tmp`). It used to be `with_extension("tmp")`, which gave `raft.meta` and
-    // `raft.snapshot` the same `raft.tmp`: when openraft's core (vote, purge point) and its state
-    // machine worker (snapshot) wrote at the same moment — as on a snapshot install, which purges
-    // the log while the snapshot is stored — one rename failed (a fatal storage error that
-    // stopped the group) or put one file's content under the other's name.
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let mut file = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
-    file.write_all(&bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(io("write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io("rename", &tmp))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("sync directory", dir))?;
-    }
+    fs::write_atomic(path, &bytes)?;
     Ok(())
 }
 
 /// Reads `path` written by [`write_atomic`]; `None` when it does not exist.
 pub(crate) fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, FileError> {
-    match std::fs::read(path) {
-        Ok(bytes) => postcard::from_bytes(&bytes)
-            .map(Some)
-            .map_err(|err| FileError::Decode {
-                path: path.to_path_buf(),
-                reason: err.to_string(),
-            }),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(io("read", path)(err)),
-    }
+    let Some(bytes) = fs::read(path)? else {
+        return Ok(None);
+    };
+    postcard::from_bytes(&bytes)
+        .map(Some)
+        .map_err(|err| FileError::Decode {
+            path: path.to_path_buf(),
+            reason: err.to_string(),
+        })
 }
 
 #[cfg(test)]

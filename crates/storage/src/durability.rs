@@ -334,14 +334,7 @@ fn sync_all(files: &[(Arc<File>, PathBuf)], dir: Option<&PathBuf>) -> Result<(),
             .map_err(|err| format!("fdatasync {}: {err}", path.display()))?;
     }
     if let Some(dir) = dir {
-        sync_dir(dir).map_err(|err| err.to_string())?;
+        crate::fs::sync_dir(dir).map_err(|err| err.to_string())?;
     }
     Ok(())
-}
-
-/// Makes the directory's entries (created, renamed, removed files) durable.
-pub(crate) fn sync_dir(dir: &std::path::Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(StorageError::io("sync directory", dir))
 }

@@ -55,6 +55,16 @@ pub enum StorageError {
     Closed,
 }
 
+impl From<crate::fs::FsError> for StorageError {
+    fn from(err: crate::fs::FsError) -> Self {
+        Self::Io {
+            op: err.op,
+            path: err.path,
+            source: err.source,
+        }
+    }
+}
+
 impl StorageError {
     pub(crate) fn io(
         op: &'static str,

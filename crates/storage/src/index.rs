@@ -25,6 +25,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::error::{Result, StorageError};
+use crate::fs::{self, DirSync};
 
 pub(crate) const OFFSET_ENTRY_LEN: usize = 8;
 pub(crate) const TIME_ENTRY_LEN: usize = 12;
@@ -152,17 +153,11 @@ impl Entries {
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a reader sees the old file
-/// or the whole new one.
+/// or the whole new one. The directory is not synced here: an index file lost in a crash is
+/// rebuilt from its segment, and a roll (which writes the sealed segment's indexes) has the
+/// flusher sync the directory anyway.
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let mut file = File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
-    file.write_all(bytes)
-        .map_err(StorageError::io("write", &tmp))?;
-    file.sync_data().map_err(StorageError::io("sync", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(StorageError::io("rename", &tmp))?;
+    fs::write_atomic_with(path, DirSync::Later, |file| file.write_all(bytes))?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! - [`PartitionLog`]: a directory of segments with append, read, truncation at both ends,
 //!   retention and recovery.
 //! - [`Durability`]: when appends reach the disk (`always` with group commit by default).
+//! - [`fs`]: replacing a whole file atomically and durably (also used for Raft's small files).
 //!
 //! ```
 //! use weir_format::batch::{BatchBuilder, Compression, ValidBatch};
@@ -27,6 +28,7 @@
 mod config;
 mod durability;
 mod error;
+pub mod fs;
 mod index;
 mod log;
 mod metrics;
