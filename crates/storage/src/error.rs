@@ -17,8 +17,8 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("partition directory {} is in use by another process (lock file {} is held)", dir.display(), dir.join(crate::log::LOCK_FILE).display())]
-    Locked { dir: PathBuf },
+    #[error("partition directory {} is in use by another process (lock file {} is held)", dir.display(), lock_file.display())]
+    Locked { dir: PathBuf, lock_file: PathBuf },
     #[error("invalid batch: {0}")]
     InvalidBatch(#[from] CodecError),
     #[error("batch of {size} bytes exceeds the limit of {limit} bytes")]

@@ -172,6 +172,7 @@ fn take_lock(dir: &Path) -> Result<File> {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked {
             dir: dir.to_path_buf(),
+            lock_file: path.clone(),
         }),
         Err(std::fs::TryLockError::Error(err)) => Err(StorageError::io("lock", &path)(err)),
     }
