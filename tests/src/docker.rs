@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 
 use crate::process_cluster::{free_ports, weir_binary};
 
@@ -246,24 +246,20 @@ impl ComposeCluster {
 
     /// Waits until every node reports SERVING on gRPC health through its published port.
     pub async fn wait_healthy(&self, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        for id in 1..=NODES {
-            let addr = self.broker(id);
-            loop {
+        crate::eventually(within, "every node SERVING", || async {
+            let mut not_serving = Vec::new();
+            for id in 1..=NODES {
+                let addr = self.broker(id);
                 let health = weir_client::check_health(&addr, Duration::from_secs(1)).await;
-                if matches!(health, Ok(weir_client::NodeHealth::Serving)) {
-                    break;
+                if !matches!(health, Ok(weir_client::NodeHealth::Serving)) {
+                    not_serving.push(format!("node {id} ({addr}): {health:?}"));
                 }
-                if Instant::now() >= deadline {
-                    bail!(
-                        "node {id} ({addr}) is not SERVING after {within:?}: {health:?}\n{}",
-                        self.logs().unwrap_or_default()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-        }
-        Ok(())
+            ensure!(not_serving.is_empty(), "{}", not_serving.join("; "));
+            Ok(())
+        })
+        .await
+        .map_err(|err| anyhow::anyhow!("{err:#}\n{}", self.logs().unwrap_or_default()))
     }
 
     /// The last lines each node logged (for failure messages).

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use weir_storage::{LogConfig, PartitionLog};
 
 /// Path of the `weir` binary, built first if it is missing or stale.
@@ -62,6 +62,9 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .map(|l| Ok(l.local_addr()?.port()))
         .collect()
 }
+
+/// How long nodes get to stop cleanly on SIGTERM.
+const STOP_WITHIN: Duration = Duration::from_secs(20);
 
 /// N `weir server` processes.
 #[derive(Debug)]
@@ -165,6 +168,18 @@ impl ProcessCluster {
         Ok(())
     }
 
+    /// Waits until node `id` reports SERVING on gRPC health (it loaded the cluster metadata).
+    pub async fn wait_serving(&self, id: u64, within: Duration) -> anyhow::Result<()> {
+        let addr = self.addr(id);
+        crate::eventually(within, &format!("node {id} ({addr}) SERVING"), || async {
+            match weir_client::check_health(&addr, Duration::from_secs(1)).await? {
+                weir_client::NodeHealth::Serving => Ok(()),
+                other => bail!("health {other:?}"),
+            }
+        })
+        .await
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.children.contains_key(&id)
     }
@@ -196,22 +211,15 @@ impl ProcessCluster {
                 );
             }
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + STOP_WITHIN;
         for (id, child) in self.children.iter_mut() {
-            loop {
-                if let Some(status) = child.try_wait()? {
-                    if !status.success() {
-                        bail!("node {id} exited with {status} on SIGTERM (expected a clean stop)");
-                    }
-                    break;
-                }
-                if std::time::Instant::now() > deadline {
-                    child.kill()?;
-                    child.wait()?;
-                    bail!("node {id} did not stop on SIGTERM within 20 s");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let within = deadline.saturating_duration_since(std::time::Instant::now());
+            let status =
+                crate::wait_for_exit(child, within, &format!("node {id} to stop on SIGTERM"))?;
+            ensure!(
+                status.success(),
+                "node {id} exited with {status} on SIGTERM (expected a clean stop)"
+            );
         }
         self.children.clear();
         Ok(())

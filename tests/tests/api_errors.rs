@@ -14,6 +14,10 @@ use weir_proto::v1::{
     ReassignPartitionRequest, Record,
 };
 use weir_storage::codec::{BatchBuilder, Compression, encode_control_batch};
+use weir_tests::retry_unavailable;
+
+/// How long the node may take to form its groups.
+const WAIT: Duration = Duration::from_secs(20);
 
 fn record(value: &str) -> Record {
     Record {
@@ -72,41 +76,20 @@ async fn every_error_path_has_its_status_and_loses_nothing() -> anyhow::Result<(
         replication_factor: rf,
         configs: Default::default(),
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match admin.create_topic(create("events", 2, 1)).await {
-            Ok(_) => break,
-            Err(status)
-                if status.code() == Code::Unavailable && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => anyhow::bail!("create failed: {status}"),
-        }
-    }
+    retry_unavailable(WAIT, "topic events created", || {
+        let mut admin = admin.clone();
+        async move { admin.create_topic(create("events", 2, 1)).await }
+    })
+    .await?;
     let before: Vec<String> = (0..5).map(|i| format!("kept-{i}")).collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match broker
-            .produce(produce(
-                "events",
-                0,
-                before.iter().map(|v| record(v)).collect(),
-            ))
-            .await
-        {
-            Ok(response) => {
-                assert_eq!(response.into_inner().base_offset, Some(0));
-                break;
-            }
-            Err(status)
-                if status.code() == Code::Unavailable && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => anyhow::bail!("produce failed: {status}"),
-        }
-    }
+    let request = produce("events", 0, before.iter().map(|v| record(v)).collect());
+    let response = retry_unavailable(WAIT, "the first records produced", || {
+        let mut broker = broker.clone();
+        let request = request.clone();
+        async move { broker.produce(request).await }
+    })
+    .await?;
+    assert_eq!(response.base_offset, Some(0));
 
     // Admin.
     expect(

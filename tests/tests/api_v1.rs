@@ -20,6 +20,7 @@ use weir_proto::v1::{
     LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, ListTopicsRequest, PartitionOffset,
     ProduceRequest, Record, ResetOffsetsRequest, StartFrom, SubscribeRequest, TopicPartitions,
 };
+use weir_tests::eventually;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -69,6 +70,7 @@ fn expect<T>(result: Result<tonic::Response<T>, tonic::Status>, code: Code, ment
     );
 }
 
+#[derive(Clone)]
 struct Api {
     admin: AdminClient<Channel>,
     broker: BrokerClient<Channel>,
@@ -90,23 +92,12 @@ async fn start() -> anyhow::Result<(Node, tempfile::TempDir, Api)> {
 }
 
 /// Retries `call` while it answers UNAVAILABLE (a node starting, a group being formed).
-async fn retry<T, F, Fut>(mut call: F) -> anyhow::Result<T>
+async fn retry<T, F, Fut>(what: &str, call: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match call().await {
-            Ok(response) => return Ok(response.into_inner()),
-            Err(status)
-                if status.code() == Code::Unavailable && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => anyhow::bail!("{status}"),
-        }
-    }
+    weir_tests::retry_unavailable(WAIT, what, call).await
 }
 
 fn values(records: &[weir_proto::v1::FetchedRecord]) -> Vec<String> {
@@ -135,7 +126,7 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
     weir_tests::init_tracing();
     let (node, _dir, mut api) = start().await?;
     let admin = api.admin.clone();
-    retry(|| {
+    retry("topic keyed created", || {
         let mut admin = admin.clone();
         async move { admin.create_topic(create("keyed", 4, &[])).await }
     })
@@ -222,7 +213,7 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
         Some(0),
         written.iter().map(|v| record(None, v)).collect(),
     );
-    retry(|| {
+    retry("the lz4 records produced", || {
         let mut broker = broker.clone();
         let request = request.clone();
         async move { broker.produce(request).await }
@@ -258,7 +249,7 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
         None,
         keys.iter().map(|k| record(Some(k), k)).collect(),
     );
-    let answer = retry(|| {
+    let answer = retry("the keyed records produced", || {
         let mut broker = broker.clone();
         let request = request.clone();
         async move { broker.produce(request).await }
@@ -308,20 +299,17 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
         assert_eq!(answer.base_offset, None, "{acks:?}");
         assert_eq!(answer.record_count, 1);
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let got = fetch_all(&mut api, "keyed", 1).await?;
-        if got.len() == before + 2 {
-            let tail: BTreeSet<&str> = got[before..].iter().map(String::as_str).collect();
-            assert_eq!(tail, BTreeSet::from(["Leader", "None"]));
-            break;
+    let got = eventually(WAIT, "the acks=leader/none records readable", || {
+        let mut api = api.clone();
+        async move {
+            let got = fetch_all(&mut api, "keyed", 1).await?;
+            anyhow::ensure!(got.len() == before + 2, "partition 1 holds {got:?}");
+            Ok(got)
         }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "acks=leader/none records never became readable: {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await?;
+    let tail: BTreeSet<&str> = got[before..].iter().map(String::as_str).collect();
+    assert_eq!(tail, BTreeSet::from(["Leader", "None"]));
 
     // Producer ids are unique.
     let a = api
@@ -581,7 +569,7 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
     weir_tests::init_tracing();
     let (node, dir, mut api) = start().await?;
     let admin = api.admin.clone();
-    retry(|| {
+    retry("topic orders created", || {
         let mut admin = admin.clone();
         async move { admin.create_topic(create("orders", 4, &[])).await }
     })
@@ -590,7 +578,7 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
         let records = (0..10).map(|i| record(None, &format!("{p}-{i}"))).collect();
         let request = produce("orders", Some(p), records);
         let broker = api.broker.clone();
-        retry(|| {
+        retry("records produced to orders", || {
             let mut broker = broker.clone();
             let request = request.clone();
             async move { broker.produce(request).await }
@@ -600,7 +588,7 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
 
     // The first heartbeat creates the offsets topic and its coordinator; retry while it forms.
     let groups = api.groups.clone();
-    let first = retry(|| {
+    let first = retry("the first heartbeat (the offsets topic forms)", || {
         let mut groups = groups.clone();
         async move { groups.heartbeat(heartbeat("g", "", &[])).await }
     })
@@ -897,7 +885,7 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
         group: "g".into(),
         topics: vec!["orders".into()],
     };
-    let again = retry(|| {
+    let again = retry("the committed offsets fetched after the restart", || {
         let mut groups = groups.clone();
         let request = request.clone();
         async move { groups.fetch_offsets(request).await }
@@ -940,14 +928,14 @@ async fn relaxed_durability_modes_commit_writes() -> anyhow::Result<()> {
             groups: GroupsClient::new(channel),
         };
         let admin = api.admin.clone();
-        retry(|| {
+        retry("topic relaxed created", || {
             let mut admin = admin.clone();
             async move { admin.create_topic(create("relaxed", 1, &[])).await }
         })
         .await?;
         let broker = api.broker.clone();
         let request = produce("relaxed", Some(0), vec![record(None, "kept")]);
-        let answer = retry(|| {
+        let answer = retry("a record produced to relaxed", || {
             let mut broker = broker.clone();
             let request = request.clone();
             async move { broker.produce(request).await }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use weir_client::partition_for_key;
 use weir_tests::process_cluster::{ProcessCluster, weir_binary};
+use weir_tests::{eventually_blocking, wait_for_exit};
 
 /// Three consecutive free ports on 127.0.0.1.
 fn free_base_port() -> anyhow::Result<u16> {
@@ -185,14 +186,11 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
     let stop_local = |mut child: std::process::Child| -> anyhow::Result<String> {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while child.try_wait()?.is_none() {
-            ensure!(
-                std::time::Instant::now() < deadline,
-                "weir local did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_exit(
+            &mut child,
+            Duration::from_secs(30),
+            "weir local to stop on SIGTERM",
+        )?;
         let output = child.wait_with_output()?;
         ensure!(
             output.status.success(),
@@ -279,7 +277,8 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         from_offset.stdout
     );
 
-    // Replay from a time: only what was produced after it.
+    // Replay from a time: only what was produced after it. Timestamps are milliseconds: the
+    // pauses put the cut strictly between the records before it and those after.
     std::thread::sleep(Duration::from_millis(20));
     let cut = std::time::SystemTime::now();
     std::thread::sleep(Duration::from_millis(20));
@@ -487,24 +486,6 @@ fn group_lag(binary: &Path, group: &str, brokers: &str) -> anyhow::Result<u64> {
         .context("partitions")?
         .clone();
     Ok(partitions.iter().filter_map(|p| p["lag"].as_u64()).sum())
-}
-
-fn wait_for(
-    what: &str,
-    within: Duration,
-    mut check: impl FnMut() -> anyhow::Result<bool>,
-) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if check()? {
-            return Ok(());
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -733,12 +714,16 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
             }
         }
     });
-    wait_for("the follower joined", Duration::from_secs(30), || {
+    eventually_blocking(Duration::from_secs(30), "the follower joined", || {
         let described = weir_json(&binary, &["group", "describe", "g1"], &brokers)?;
-        Ok(described["members"]
-            .as_array()
-            .is_some_and(|m| m.len() == 1)
-            && described["state"] == "stable")
+        ensure!(
+            described["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == 1)
+                && described["state"] == "stable",
+            "group g1: {described}"
+        );
+        Ok(())
     })?;
     let late = run(&["produce", "kv", "--key", "late"], Some("late-1\n"))?;
     ensure!(late.code == Some(0), "{}", late.stderr);
@@ -750,18 +735,11 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
         nix::unistd::Pid::from_raw(i32::try_from(follow.id())?),
         nix::sys::signal::Signal::SIGINT,
     )?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = follow.try_wait()? {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = follow.kill();
-            let _ = follow.wait();
-            anyhow::bail!("weir consume --follow did not stop on SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_for_exit(
+        &mut follow,
+        Duration::from_secs(30),
+        "weir consume --follow to stop on SIGINT",
+    )?;
     let _ = reader.join();
     ensure!(status.success(), "consume --follow exited with {status}");
     ensure!(group_lag(&binary, "g1", &brokers)? == 0);
@@ -815,7 +793,7 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
     ensure!(leaders >= 3, "{status}");
     cluster.kill(3)?;
     let two = [cluster.addr(1), cluster.addr(2)].join(",");
-    wait_for("node 3 reported down", Duration::from_secs(60), || {
+    eventually_blocking(Duration::from_secs(60), "node 3 reported down", || {
         let status = weir_json(&binary, &["cluster", "status"], &two)?;
         let down = status["brokers"]
             .as_array()
@@ -823,7 +801,8 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
         let under = status["under_replicated"]
             .as_array()
             .is_some_and(|u| u.iter().any(|u| u["topic"] == "kv"));
-        Ok(down && under)
+        ensure!(down && under, "cluster status: {status}");
+        Ok(())
     })?;
     let table = weir(&binary, &["cluster", "status", "--brokers", &two], None)?;
     ensure!(

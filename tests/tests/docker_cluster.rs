@@ -13,13 +13,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use weir_client::{Client, Consumer, ConsumerConfig, Start};
 use weir_tests::docker::{ComposeCluster, NODES, StatefulSetLike, unavailable};
 use weir_tests::process_cluster::{committed_prefix, stored_entries_in};
 use weir_tests::workload::{Workload, read_back};
+use weir_tests::{abort, eventually, wait_for_leader};
 
 const TOPIC: &str = "faults";
 const PARTITIONS: u32 = 3;
@@ -264,32 +265,12 @@ async fn read_along(
 
 /// The node leading `partition` of the topic.
 async fn leader_of(client: &Client, partition: u32) -> anyhow::Result<u64> {
-    leader_other_than(client, partition, 0).await
+    wait_for_leader(client, TOPIC, partition, 0, RECOVERY).await
 }
 
 /// Waits until a node other than `old` leads `partition`: after a fault, the failover.
 async fn wait_new_leader(client: &Client, partition: u32, old: u64) -> anyhow::Result<u64> {
-    leader_other_than(client, partition, old).await
-}
-
-/// Waits until `partition` has a leader other than `old` (0: any leader) and returns it.
-async fn leader_other_than(client: &Client, partition: u32, old: u64) -> anyhow::Result<u64> {
-    let deadline = Instant::now() + RECOVERY;
-    loop {
-        let metadata = client.metadata(&[TOPIC.to_string()]).await?;
-        let leader = metadata.topics[0]
-            .partitions
-            .iter()
-            .find(|p| p.partition == partition)
-            .map_or(0, |p| p.leader);
-        if leader != 0 && leader != old {
-            return Ok(leader);
-        }
-        if Instant::now() >= deadline {
-            bail!("{TOPIC}/{partition}: no leader other than node {old} after {RECOVERY:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_leader(client, TOPIC, partition, old, RECOVERY).await
 }
 
 async fn wait_for_leaders(client: &Client) -> anyhow::Result<()> {
@@ -305,20 +286,10 @@ async fn await_progress(
     cluster: &ComposeCluster,
     when: &str,
 ) -> anyhow::Result<()> {
-    let before = workload.acknowledged().await;
-    let deadline = Instant::now() + RECOVERY;
-    loop {
-        if workload.acknowledged().await >= before + 200 {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "no writes acknowledged {when} within {RECOVERY:?}\n{}",
-                cluster.logs().unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    workload
+        .wait_progress(200, RECOVERY, when)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err:#}\n{}", cluster.logs().unwrap_or_default()))
 }
 
 /// Waits until every node's log end offset (its metrics, through the published port) reaches
@@ -327,31 +298,30 @@ async fn wait_replicas_caught_up(
     cluster: &ComposeCluster,
     high_watermarks: &BTreeMap<u32, u64>,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + RECOVERY;
-    loop {
-        let mut behind = Vec::new();
-        for id in 1..=NODES {
-            let text = weir_tests::scrape_metrics(Some(cluster.metrics_addr(id)))
-                .await
-                .with_context(|| format!("metrics of node {id}"))?;
-            let ends = log_ends(&text);
-            for (&partition, &hw) in high_watermarks {
-                match ends.get(&partition) {
-                    Some(&end) if end >= hw => {}
-                    other => {
-                        behind.push(format!("node {id} {TOPIC}/{partition}: {other:?} < {hw}"))
+    eventually(
+        RECOVERY,
+        "every replica caught up with the high watermark",
+        || async {
+            let mut behind = Vec::new();
+            for id in 1..=NODES {
+                let text = weir_tests::scrape_metrics(Some(cluster.metrics_addr(id)))
+                    .await
+                    .with_context(|| format!("metrics of node {id}"))?;
+                let ends = log_ends(&text);
+                for (&partition, &hw) in high_watermarks {
+                    match ends.get(&partition) {
+                        Some(&end) if end >= hw => {}
+                        other => {
+                            behind.push(format!("node {id} {TOPIC}/{partition}: {other:?} < {hw}"))
+                        }
                     }
                 }
             }
-        }
-        if behind.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("replicas did not catch up: {}", behind.join(", "));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            ensure!(behind.is_empty(), "behind: {}", behind.join(", "));
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// `weir_partition_log_end_offset` of the test topic's partitions, from Prometheus text.
@@ -474,24 +444,15 @@ async fn wait_status(
     what: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> anyhow::Result<serde_json::Value> {
-    let deadline = Instant::now() + RECOVERY;
-    loop {
-        let last = match set.weir(&["cluster", "status", "--output", "json"], None) {
-            Ok(out) => {
-                let status: serde_json::Value = serde_json::from_str(&out)
-                    .with_context(|| format!("cluster status is not JSON: {out}"))?;
-                if done(&status) {
-                    return Ok(status);
-                }
-                out
-            }
-            Err(err) => format!("{err:#}"),
-        };
-        if Instant::now() >= deadline {
-            bail!("waiting for {what}: last status {last}\n{}", set.logs());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    eventually(RECOVERY, what, || async {
+        let out = set.weir(&["cluster", "status", "--output", "json"], None)?;
+        let status: serde_json::Value = serde_json::from_str(&out)
+            .map_err(|err| abort(anyhow::anyhow!("cluster status is not JSON ({err}): {out}")))?;
+        ensure!(done(&status), "status {out}");
+        Ok(status)
+    })
+    .await
+    .map_err(|err| anyhow::anyhow!("{err:#}\n{}", set.logs()))
 }
 
 /// Ids of the brokers `cluster status` shows alive.
