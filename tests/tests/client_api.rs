@@ -699,22 +699,34 @@ async fn the_producer_rides_out_a_leader_kill_without_duplicates() -> anyhow::Re
     let acknowledged = task.await??;
     producer.flush().await?;
 
-    let mut want: HashMap<String, (u32, u64)> = HashMap::new();
+    // acks=all answers with every record's offset, except for one case `RecordMetadata::offset`
+    // documents: a batch the old leader wrote but whose answer the kill lost, retried behind a
+    // newer batch of its partition, is answered ALREADY_EXISTS (written before) without offsets.
+    // Those records too must be read back exactly once, on the partition that acknowledged them.
+    let mut want: HashMap<String, (u32, Option<u64>)> = HashMap::new();
     for (value, metadata) in &acknowledged {
-        let offset = metadata.offset.context("acks=all answers with offsets")?;
-        want.insert(value.clone(), (metadata.partition, offset));
+        want.insert(value.clone(), (metadata.partition, metadata.offset));
     }
     ensure!(want.len() == acknowledged.len());
+    let retried = want.values().filter(|(_, offset)| offset.is_none()).count();
+    eprintln!(
+        "{} records acknowledged, {retried} of them by a retry without offsets",
+        want.len()
+    );
     let mut consumer = Consumer::new(Arc::clone(&client), ConsumerConfig::default());
     consumer.assign("sturdy", &[], Start::Earliest).await?;
     let records = read_to_end(&mut consumer, Duration::from_secs(120)).await?;
-    let mut got: HashMap<String, (u32, u64)> = HashMap::new();
+    let mut got: HashMap<String, (u32, Option<u64>)> = HashMap::new();
     for r in &records {
+        let value = text(&r.value);
+        // Where the acknowledgement carried no offset, any offset of that partition will do.
+        let offset = match want.get(&value) {
+            Some((_, None)) => None,
+            _ => Some(r.offset),
+        };
         ensure!(
-            got.insert(text(&r.value), (r.partition, r.offset))
-                .is_none(),
-            "{} written twice",
-            text(&r.value)
+            got.insert(value.clone(), (r.partition, offset)).is_none(),
+            "{value} written twice"
         );
     }
     ensure!(
