@@ -1,7 +1,7 @@
 //! The compose cluster of `deploy/` on this machine's Docker engine, for container fault tests:
 //! build the image from the `weir` binary under test (with `deploy/build-image.sh`, pulling
-//! nothing), bring `deploy/docker-compose.yml` up under a project name of its own with free
-//! loopback ports, inject faults into its containers (`docker kill`, `pause`/`unpause`, `network
+//! nothing), bring `deploy/docker-compose.yml` up under a project name of its own with loopback
+//! ports of its own, inject faults into its containers (`docker kill`, `pause`/`unpause`, `network
 //! disconnect`/`connect`, `restart`), and copy each node's data directory out once it stopped.
 //!
 //! Invariant: everything a [`ComposeCluster`] creates — containers, the network, the named
@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 
-use crate::process_cluster::{free_ports, weir_binary};
+use crate::ports::PortReservation;
+use crate::process_cluster::weir_binary;
 
 /// Why Docker cannot be used here, or `None` when an engine answers and Compose is installed.
 pub fn unavailable() -> Option<String> {
@@ -123,7 +124,13 @@ impl ComposeCluster {
         let compose = compose_command().context("docker compose is not installed")?;
         let project = format!("weirtest{}", std::process::id());
         let image = format!("weir-test:{project}");
-        let ports = free_ports(2 * NODES as usize)?;
+        // The nodes advertise their published ports, so those are chosen before the containers
+        // start: held (see PortReservation) while the image builds, released for Docker to bind
+        // them the moment before `up`.
+        let held = (0..2 * NODES)
+            .map(|_| PortReservation::any())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let ports: Vec<u16> = held.iter().map(PortReservation::port).collect();
         let cluster = Self {
             project,
             compose,
@@ -133,6 +140,7 @@ impl ComposeCluster {
         };
         // From here on, Drop cleans up whatever was created.
         build_image(&cluster.image)?;
+        drop(held);
         cluster.compose(&["up", "-d"])?;
         Ok(cluster)
     }

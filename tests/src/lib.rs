@@ -5,6 +5,7 @@
 pub mod crash;
 pub mod docker;
 pub mod eventually;
+pub mod ports;
 pub mod process_cluster;
 pub mod raft_cluster;
 pub mod workload;

@@ -1,9 +1,9 @@
 //! `weir server`: one node. Settings come from `--config FILE`, then `WEIR_*` environment
 //! variables, then flags (each overrides the one before). SIGTERM or Ctrl-C stops it cleanly.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use weir_broker::{Node, NodeConfig};
 use weir_storage::Durability;
 
@@ -51,6 +51,11 @@ pub(crate) struct ServerArgs {
     /// interval:MS.
     #[arg(long, env = "WEIR_DURABILITY", value_parser = parse_durability)]
     durability: Option<Durability>,
+    /// Once the node listens, write the addresses it bound to this file (replacing it in one
+    /// step): `addr=IP:PORT`, plus `external_addr=` and `metrics_addr=` lines for those
+    /// listeners. With port 0 in --addr (or the others), this is how a script learns the port.
+    #[arg(long, env = "WEIR_READY_FILE")]
+    ready_file: Option<PathBuf>,
 }
 
 fn parse_durability(text: &str) -> Result<Durability, String> {
@@ -155,9 +160,52 @@ pub(crate) async fn stop_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fails unless `path` can be created: its directory exists (checked before the node starts).
+fn check_ready_file(path: &Path) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if path.file_name().is_none() || !dir.is_dir() {
+        bail!(
+            "--ready-file {}: not a file in an existing directory",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes the node's bound addresses to `path` (see `--ready-file`): to a temporary file next to
+/// it, renamed over it, so a reader never sees half of it.
+fn write_ready_file(path: &Path, node: &Node) -> anyhow::Result<()> {
+    let mut text = format!("addr={}\n", node.local_addr());
+    if let Some(external) = node.external_addr() {
+        text.push_str(&format!("external_addr={external}\n"));
+    }
+    if let Some(metrics) = node.metrics_addr() {
+        text.push_str(&format!("metrics_addr={metrics}\n"));
+    }
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .with_context(|| format!("--ready-file {}: writing it", path.display()))
+}
+
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let ready_file = args.ready_file.clone();
+    if let Some(path) = &ready_file {
+        check_ready_file(path)?;
+    }
     let config = args.into_config()?;
     let node = Node::start(config, None).await?;
+    if let Some(path) = &ready_file
+        && let Err(err) = write_ready_file(path, &node)
+    {
+        node.shutdown().await;
+        return Err(err);
+    }
     tracing::info!(addr = %node.local_addr(), "weir node ready");
     stop_signal().await?;
     node.shutdown().await;
