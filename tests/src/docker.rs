@@ -11,13 +11,49 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
+use anyhow::{Context, bail, ensure};
 
 use crate::ports::PortReservation;
 use crate::process_cluster::weir_binary;
 
-/// Why Docker cannot be used here, or `None` when an engine answers and Compose is installed.
-pub fn unavailable() -> Option<String> {
+/// The environment variable that makes the container tests required: with
+/// `WEIR_DOCKER_TESTS=1` (`.ci/run` sets it where an engine answers) a missing Docker engine or
+/// Compose fails them; otherwise they are skipped with a message.
+pub const REQUIRED_VAR: &str = "WEIR_DOCKER_TESTS";
+
+/// What a container test needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// A Docker engine (`docker run`, networks).
+    Engine,
+    /// An engine and Compose (`docker compose`, or `docker-compose` v1).
+    Compose,
+}
+
+/// Whether container test `test` runs here: `Ok(true)` when Docker (and Compose, if it needs
+/// it) is usable; `Ok(false)` after printing why it is skipped when not; an error naming what is
+/// missing when [`REQUIRED_VAR`] is `1`.
+pub fn available(test: &str, needs: Needs) -> anyhow::Result<bool> {
+    let required = std::env::var(REQUIRED_VAR).is_ok_and(|v| v == "1");
+    decide(test, required, unavailable(needs))
+}
+
+/// [`available`]'s decision, given whether the tests are required and what is missing.
+pub fn decide(test: &str, required: bool, missing: Option<String>) -> anyhow::Result<bool> {
+    match missing {
+        None => Ok(true),
+        Some(reason) if required => {
+            bail!("{test}: {REQUIRED_VAR}=1 requires Docker, but {reason}")
+        }
+        Some(reason) => {
+            eprintln!("SKIPPED {test}: {reason} (with {REQUIRED_VAR}=1 this fails instead)");
+            Ok(false)
+        }
+    }
+}
+
+/// Why Docker cannot be used here for what a test `needs`, or `None` when it can.
+pub fn unavailable(needs: Needs) -> Option<String> {
     match Command::new("docker")
         .args(["info", "--format", "{{.ServerVersion}}"])
         .stdin(Stdio::null())
@@ -32,7 +68,7 @@ pub fn unavailable() -> Option<String> {
         }
         Ok(_) => {}
     }
-    if compose_command().is_none() {
+    if needs == Needs::Compose && compose_command().is_none() {
         return Some("neither `docker compose` nor `docker-compose` is installed".into());
     }
     None
@@ -465,6 +501,25 @@ impl Drop for StatefulSetLike {
             "docker: removed {} container(s) and their volumes; network {} removed: {removed}",
             self.containers.len(),
             self.network
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decide;
+
+    #[test]
+    fn missing_docker_skips_unless_required() {
+        assert!(decide("t", false, None).expect("runs"));
+        assert!(decide("t", true, None).expect("runs"));
+        assert!(!decide("t", false, Some("no engine".into())).expect("skipped"));
+        let err = decide("t", true, Some("no Docker engine answers".into()))
+            .expect_err("required")
+            .to_string();
+        assert_eq!(
+            err,
+            "t: WEIR_DOCKER_TESTS=1 requires Docker, but no Docker engine answers"
         );
     }
 }

@@ -7,7 +7,9 @@
 //! log end catches up with the high watermark; and, once the nodes stopped, every replica's
 //! stored log holds the same committed entries. A summary line goes to the test output.
 //!
-//! Skipped, with a message saying why, where no Docker engine answers. Everything the test
+//! Skipped, with a message saying why, where no Docker engine answers — unless
+//! `WEIR_DOCKER_TESTS=1` (which `.ci/run` sets where it finds an engine): then a missing engine or
+//! Compose fails them. Everything the test
 //! creates (containers, network, volumes, image) is removed when it ends, also on failure.
 
 use std::collections::BTreeMap;
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use weir_client::{Client, Consumer, ConsumerConfig, Start};
-use weir_tests::docker::{ComposeCluster, NODES, StatefulSetLike, unavailable};
+use weir_tests::docker::{ComposeCluster, NODES, Needs, StatefulSetLike, available};
 use weir_tests::process_cluster::{committed_prefix, stored_entries_in};
 use weir_tests::workload::{Workload, read_back};
 use weir_tests::{abort, eventually, wait_for_leader};
@@ -55,10 +57,10 @@ struct LiveReads {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compose_cluster_survives_kills_pauses_partitions_and_restarts() -> anyhow::Result<()> {
     weir_tests::init_tracing();
-    if let Some(reason) = unavailable() {
-        eprintln!(
-            "SKIPPED compose_cluster_survives_kills_pauses_partitions_and_restarts: {reason}"
-        );
+    if !available(
+        "compose_cluster_survives_kills_pauses_partitions_and_restarts",
+        Needs::Compose,
+    )? {
         return Ok(());
     }
     let cluster = ComposeCluster::start()?;
@@ -368,10 +370,10 @@ fn log_ends_parse_prometheus_text() {
 async fn statefulset_style_nodes_take_ids_from_host_names_and_scale_out_and_in()
 -> anyhow::Result<()> {
     weir_tests::init_tracing();
-    if let Some(reason) = unavailable() {
-        eprintln!(
-            "SKIPPED statefulset_style_nodes_take_ids_from_host_names_and_scale_out_and_in: {reason}"
-        );
+    if !available(
+        "statefulset_style_nodes_take_ids_from_host_names_and_scale_out_and_in",
+        Needs::Engine,
+    )? {
         return Ok(());
     }
     let mut set = StatefulSetLike::new()?;
