@@ -1,11 +1,14 @@
 //! Multi-process admin behaviour: deleting a topic removes its data from every node and the name
 //! can be used again from scratch; after a node restarts, leadership of the partitions it is the
-//! preferred replica of returns to it (leader balancing).
+//! preferred replica of returns to it (leader balancing); every node, whichever is asked, reports
+//! which brokers are alive.
 
 use std::time::Duration;
 
 use anyhow::ensure;
 use weir_client::{Client, IdempotentBatcher};
+use weir_proto::v1::MetadataRequest;
+use weir_proto::v1::broker_client::BrokerClient;
 use weir_tests::process_cluster::ProcessCluster;
 use weir_tests::{eventually, wait_for_leader};
 
@@ -140,6 +143,69 @@ async fn delete_topic_and_leader_balancing() -> anyhow::Result<()> {
         "partition 0 holds {} records",
         fetched.records.len()
     );
+    cluster.stop_all()?;
+    Ok(())
+}
+
+/// How long a broker counts as alive after it last answered (`LIVENESS_WINDOW` in
+/// crates/controller).
+const LIVENESS_WINDOW: Duration = Duration::from_secs(5);
+
+/// The ids of the brokers that node `id`, asked directly, reports alive.
+async fn alive_as_seen_by(cluster: &ProcessCluster, id: u64) -> anyhow::Result<Vec<u64>> {
+    let mut broker = BrokerClient::connect(format!("http://{}", cluster.addr(id))).await?;
+    let metadata = broker
+        .metadata(MetadataRequest { topics: vec![] })
+        .await?
+        .into_inner();
+    Ok(metadata
+        .brokers
+        .iter()
+        .filter(|b| b.alive)
+        .map(|b| b.id)
+        .collect())
+}
+
+/// Fails unless every node in `asked` reports exactly `alive` alive.
+async fn every_view_is(
+    cluster: &ProcessCluster,
+    asked: &[u64],
+    alive: &[u64],
+) -> anyhow::Result<()> {
+    for &id in asked {
+        let seen = alive_as_seen_by(cluster, id).await?;
+        ensure!(seen == alive, "node {id} reports {seen:?} alive");
+    }
+    Ok(())
+}
+
+/// The metadata's `alive` flag is the answering node's view, and every node's view covers every
+/// broker: with no topic yet, only the controller leader has Raft traffic with all nodes, yet a
+/// follower asked directly reports them all alive — and still does after the liveness window
+/// (it probes the brokers it does not otherwise hear from). `weir cluster status` asks whichever
+/// node answers first; before, a follower reported live brokers down once they had not answered
+/// it for 5 s (the StatefulSet test's flake). A killed node is reported down by the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_reports_every_live_broker_alive() -> anyhow::Result<()> {
+    weir_tests::init_tracing();
+    let mut cluster = ProcessCluster::start(3)?;
+    eventually(
+        Duration::from_secs(30),
+        "every node reporting brokers 1, 2 and 3 alive",
+        || every_view_is(&cluster, &[1, 2, 3], &[1, 2, 3]),
+    )
+    .await?;
+    // The views stay whole past the window, with no topic (no partition traffic) at all.
+    tokio::time::sleep(LIVENESS_WINDOW + Duration::from_secs(1)).await;
+    every_view_is(&cluster, &[1, 2, 3], &[1, 2, 3]).await?;
+
+    cluster.kill(3)?;
+    eventually(
+        LIVENESS_WINDOW + Duration::from_secs(10),
+        "nodes 1 and 2 reporting node 3 down",
+        || every_view_is(&cluster, &[1, 2], &[1, 2]),
+    )
+    .await?;
     cluster.stop_all()?;
     Ok(())
 }
