@@ -2,6 +2,8 @@
 //! drive (for example the storage crash child) live in `src/bin/`; code shared between the two
 //! lives here.
 
+pub mod api;
+pub mod cli;
 pub mod crash;
 pub mod docker;
 pub mod eventually;

@@ -1,47 +1,18 @@
-//! The `weir` command as a user runs it: `weir local` starts a 3-node cluster, topics are created,
-//! lines produced and consumed, the cluster stops on SIGTERM and restarts on its data with nothing
-//! lost; bad command lines and configurations fail with a message naming the problem. Against a
-//! process cluster: keys, headers and JSON output, topic settings, consumer groups (resuming,
-//! lag, reset, --follow), and cluster status with a node down.
+//! The `weir` command as a user runs it. `weir local` starts a 3-node cluster: topics are
+//! created, lines produced, consumed and replayed, listings and health shown, mistakes named, and
+//! the cluster stops on SIGTERM and restarts on its data with nothing lost. Against three `weir
+//! server` processes: topic settings, keys, headers and JSON output, consumer groups (resuming,
+//! lag, reset, --follow), errors, and cluster status with a node down. Bad server settings fail
+//! with a message naming the setting. Each test starts its own cluster and checks one behaviour.
 
-use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use weir_client::partition_for_key;
-use weir_tests::process_cluster::{ProcessCluster, weir_binary};
+use weir_tests::cli::{CliCluster, LocalCluster, json_lines, weir};
+use weir_tests::process_cluster::weir_binary;
 use weir_tests::{eventually_blocking, wait_for_exit};
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn weir(binary: &Path, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Run> {
-    let mut child = Command::new(binary)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(input.as_bytes())?;
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output()?;
-    Ok(Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
-}
 
 #[test]
 fn bad_server_settings_fail_with_the_setting_named() -> anyhow::Result<()> {
@@ -222,68 +193,24 @@ fn a_server_on_port_0_reports_the_addresses_it_bound_in_its_ready_file() -> anyh
     Ok(())
 }
 
-#[test]
-fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
-    let binary = weir_binary()?;
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("cluster");
-    // `weir local` puts node I on BASE+I-1, and is started twice on the same ports: they are
-    // held for it (see PortReservation) for the whole test.
-    let ports = weir_tests::ports::consecutive(3)?;
-    let base = ports[0].port();
-    let brokers = (0..3)
-        .map(|i| format!("127.0.0.1:{}", base + i))
-        .collect::<Vec<_>>()
-        .join(",");
-    let start_local = || -> anyhow::Result<std::process::Child> {
-        Ok(Command::new(&binary)
-            .args([
-                "local",
-                "--nodes",
-                "3",
-                "--base-port",
-                &base.to_string(),
-                "--data-dir",
-            ])
-            .arg(&data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?)
-    };
-    let stop_local = |mut child: std::process::Child| -> anyhow::Result<String> {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        wait_for_exit(
-            &mut child,
-            Duration::from_secs(30),
-            "weir local to stop on SIGTERM",
-        )?;
-        let output = child.wait_with_output()?;
-        ensure!(
-            output.status.success(),
-            "weir local exited with {}",
-            output.status
-        );
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    };
+/// `line 1` .. `line 300`.
+fn three_hundred_lines() -> Vec<String> {
+    (1..=300).map(|i| format!("line {i}")).collect()
+}
 
-    let local = start_local()?;
-    let b = ["--brokers", brokers.as_str()];
-    let create = weir(
-        &binary,
+/// Creates topic `demo` (3 partitions, replication factor 3) on a `weir local` cluster and
+/// produces [`three_hundred_lines`] to its partition 1.
+fn demo_with_300_lines(local: &LocalCluster) -> anyhow::Result<Vec<String>> {
+    let create = local.run(
         &[
-            &[
-                "topic",
-                "create",
-                "demo",
-                "--partitions",
-                "3",
-                "--replication-factor",
-                "3",
-            ][..],
-            &b,
-        ]
-        .concat(),
+            "topic",
+            "create",
+            "demo",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+        ],
         None,
     )?;
     ensure!(create.code == Some(0), "topic create: {}", create.stderr);
@@ -294,10 +221,9 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         "{}",
         create.stdout
     );
-    let lines: Vec<String> = (1..=300).map(|i| format!("line {i}")).collect();
-    let produce = weir(
-        &binary,
-        &[&["produce", "demo", "--partition", "1"][..], &b].concat(),
+    let lines = three_hundred_lines();
+    let produce = local.run(
+        &["produce", "demo", "--partition", "1"],
         Some(&(lines.join("\n") + "\n")),
     )?;
     ensure!(produce.code == Some(0), "produce: {}", produce.stderr);
@@ -306,22 +232,44 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         "{}",
         produce.stderr
     );
-    let consume = weir(
-        &binary,
+    Ok(lines)
+}
+
+/// Produces `late 1` .. `late 5` to `demo`/1 after a cut in time; returns the cut and the lines.
+fn late_lines(local: &LocalCluster) -> anyhow::Result<(std::time::SystemTime, Vec<String>)> {
+    // Timestamps are milliseconds: the pauses put the cut strictly between the records before
+    // it and those after.
+    std::thread::sleep(Duration::from_millis(20));
+    let cut = std::time::SystemTime::now();
+    std::thread::sleep(Duration::from_millis(20));
+    let late: Vec<String> = (1..=5).map(|i| format!("late {i}")).collect();
+    let produce_late = local.run(
+        &["produce", "demo", "--partition", "1"],
+        Some(&(late.join("\n") + "\n")),
+    )?;
+    ensure!(
+        produce_late.code == Some(0),
+        "produce: {}",
+        produce_late.stderr
+    );
+    Ok((cut, late))
+}
+
+#[test]
+fn local_cluster_produces_consumes_and_replays_by_offset_and_time() -> anyhow::Result<()> {
+    let mut local = LocalCluster::start()?;
+    let lines = demo_with_300_lines(&local)?;
+    let consume = local.run(
         &[
-            &[
-                "consume",
-                "demo",
-                "--partition",
-                "1",
-                "--from",
-                "earliest",
-                "--count",
-                "300",
-            ][..],
-            &b,
-        ]
-        .concat(),
+            "consume",
+            "demo",
+            "--partition",
+            "1",
+            "--from",
+            "earliest",
+            "--count",
+            "300",
+        ],
         None,
     )?;
     ensure!(consume.code == Some(0), "consume: {}", consume.stderr);
@@ -329,13 +277,8 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         consume.stdout.lines().collect::<Vec<_>>() == lines,
         "consumed lines differ"
     );
-    let from_offset = weir(
-        &binary,
-        &[
-            &["consume", "demo", "--partition", "1", "--from", "295"][..],
-            &b,
-        ]
-        .concat(),
+    let from_offset = local.run(
+        &["consume", "demo", "--partition", "1", "--from", "295"],
         None,
     )?;
     ensure!(
@@ -344,30 +287,11 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         from_offset.stdout
     );
 
-    // Replay from a time: only what was produced after it. Timestamps are milliseconds: the
-    // pauses put the cut strictly between the records before it and those after.
-    std::thread::sleep(Duration::from_millis(20));
-    let cut = std::time::SystemTime::now();
-    std::thread::sleep(Duration::from_millis(20));
-    let late: Vec<String> = (1..=5).map(|i| format!("late {i}")).collect();
-    let produce_late = weir(
-        &binary,
-        &[&["produce", "demo", "--partition", "1"][..], &b].concat(),
-        Some(&(late.join("\n") + "\n")),
-    )?;
-    ensure!(
-        produce_late.code == Some(0),
-        "produce: {}",
-        produce_late.stderr
-    );
+    // Replay from a time: only what was produced after it.
+    let (cut, late) = late_lines(&local)?;
     let at = format!("@{}", humantime::format_rfc3339_millis(cut));
-    let from_time = weir(
-        &binary,
-        &[
-            &["consume", "demo", "--partition", "1", "--from", at.as_str()][..],
-            &b,
-        ]
-        .concat(),
+    let from_time = local.run(
+        &["consume", "demo", "--partition", "1", "--from", at.as_str()],
         None,
     )?;
     ensure!(
@@ -380,39 +304,38 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         "replay from {at}: {}",
         from_time.stdout
     );
+    local.stop()?;
+    Ok(())
+}
 
-    // Mistakes a user makes get a message and a non-zero exit.
-    let unknown = weir(
-        &binary,
-        &[&["produce", "nope"][..], &b].concat(),
-        Some("x\n"),
-    )?;
+/// Mistakes a user makes get a message and a non-zero exit; listings and descriptions show the
+/// topic, as tables and as JSON; cluster status shows every node alive; every node reports
+/// SERVING to `weir health` (the containers' health check).
+#[test]
+fn local_cluster_lists_describes_reports_health_and_names_mistakes() -> anyhow::Result<()> {
+    let mut local = LocalCluster::start()?;
+    demo_with_300_lines(&local)?;
+    late_lines(&local)?;
+
+    let unknown = local.run(&["produce", "nope"], Some("x\n"))?;
     ensure!(
         unknown.code == Some(1) && unknown.stderr.contains("unknown topic"),
         "{}",
         unknown.stderr
     );
-    let bad_from = weir(
-        &binary,
-        &[&["consume", "demo", "--from", "yesterday"][..], &b].concat(),
-        None,
-    )?;
+    let bad_from = local.run(&["consume", "demo", "--from", "yesterday"], None)?;
     ensure!(
         bad_from.code == Some(1) && bad_from.stderr.contains("--from"),
         "{}",
         bad_from.stderr
     );
-    let bad_partition = weir(
-        &binary,
-        &[&["produce", "demo", "--partition", "9"][..], &b].concat(),
-        Some("x\n"),
-    )?;
+    let bad_partition = local.run(&["produce", "demo", "--partition", "9"], Some("x\n"))?;
     ensure!(
         bad_partition.code == Some(1) && bad_partition.stderr.contains("--partition 9"),
         "{}",
         bad_partition.stderr
     );
-    let listing = weir(&binary, &[&["topic", "list"][..], &b].concat(), None)?;
+    let listing = local.run(&["topic", "list"], None)?;
     ensure!(
         listing
             .stdout
@@ -425,18 +348,13 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
     );
 
     // Listings as JSON, for scripts.
-    let json = |args: &[&str]| -> anyhow::Result<serde_json::Value> {
-        let run = weir(&binary, &[args, &["--output", "json"], &b].concat(), None)?;
-        ensure!(run.code == Some(0), "{args:?}: {}", run.stderr);
-        Ok(serde_json::from_str(&run.stdout)?)
-    };
-    let topics = json(&["topic", "list"])?;
+    let topics = local.json(&["topic", "list"])?;
     ensure!(topics["topics"][0]["name"] == "demo", "{topics}");
     ensure!(
         topics["topics"][0]["partitions"].as_array().map(Vec::len) == Some(3),
         "{topics}"
     );
-    let described = json(&["topic", "describe", "demo"])?;
+    let described = local.json(&["topic", "describe", "demo"])?;
     ensure!(
         described["partitions"][1]["high_watermark"] == 305,
         "{described}"
@@ -446,51 +364,62 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         "{described}"
     );
     ensure!(described["replication_factor"] == 3, "{described}");
-    let status = json(&["cluster", "status"])?;
+    let status = local.json(&["cluster", "status"])?;
     let brokers = status["brokers"].as_array().cloned().unwrap_or_default();
     ensure!(
         brokers.len() == 3 && brokers.iter().all(|b| b["alive"] == true),
         "{status}"
     );
-    let table = weir(
-        &binary,
-        &[&["topic", "describe", "demo"][..], &b].concat(),
-        None,
-    )?;
+    let table = local.run(&["topic", "describe", "demo"], None)?;
     ensure!(
         table.stdout.contains("HIGH WATERMARK") && table.stdout.contains("305"),
         "{}",
         table.stdout
     );
-    let missing = weir(
-        &binary,
-        &[&["topic", "describe", "nope"][..], &b].concat(),
-        None,
-    )?;
+    let missing = local.run(&["topic", "describe", "nope"], None)?;
     ensure!(
         missing.code == Some(1) && missing.stderr.contains("unknown topic"),
         "{}",
         missing.stderr
     );
 
-    // Every node reports SERVING to `weir health` (the containers' health check).
+    // Every node reports SERVING to `weir health` once it has loaded the metadata.
     for i in 0..3 {
-        let addr = format!("127.0.0.1:{}", base + i);
-        let health = weir(&binary, &["health", "--addr", &addr], None)?;
-        ensure!(
-            health.code == Some(0) && health.stdout.contains("SERVING"),
-            "weir health {addr}: {} {}",
-            health.stdout,
-            health.stderr
-        );
+        let addr = local.addr(i);
+        eventually_blocking(
+            Duration::from_secs(30),
+            &format!("weir health {addr} SERVING"),
+            || {
+                let health = weir(&local.binary, &["health", "--addr", &addr], None)?;
+                ensure!(
+                    health.code == Some(0) && health.stdout.contains("SERVING"),
+                    "{:?} {} {}",
+                    health.code,
+                    health.stdout,
+                    health.stderr
+                );
+                Ok(())
+            },
+        )?;
     }
+    local.stop()?;
+    Ok(())
+}
 
-    let stopped = stop_local(local)?;
+/// SIGTERM stops the cluster cleanly (a stopped node then fails `weir health`, named); started
+/// again on the same data, it serves the same records.
+#[test]
+fn local_cluster_stops_on_sigterm_and_restarts_on_its_data() -> anyhow::Result<()> {
+    let mut local = LocalCluster::start()?;
+    let lines = demo_with_300_lines(&local)?;
+    let (_, late) = late_lines(&local)?;
+
+    let stopped = local.stop()?;
     ensure!(stopped.contains("stopped"), "{stopped}");
     // A stopped node fails the check, and the message names it.
-    let addr = format!("127.0.0.1:{base}");
+    let addr = local.addr(0);
     let health = weir(
-        &binary,
+        &local.binary,
         &["health", "--addr", &addr, "--timeout", "1"],
         None,
     )?;
@@ -502,14 +431,9 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
     );
 
     // Restarted on the same data, the cluster serves the same records.
-    let local = start_local()?;
-    let again = weir(
-        &binary,
-        &[
-            &["consume", "demo", "--partition", "1", "--count", "305"][..],
-            &b,
-        ]
-        .concat(),
+    local.start_again()?;
+    let again = local.run(
+        &["consume", "demo", "--partition", "1", "--count", "305"],
         None,
     )?;
     ensure!(
@@ -522,49 +446,13 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         again.stdout.lines().collect::<Vec<_>>() == all,
         "records differ after restart"
     );
-    stop_local(local)?;
+    local.stop()?;
     Ok(())
 }
 
-/// Runs `weir ARGS --brokers B` and parses its stdout as one JSON document.
-fn weir_json(binary: &Path, args: &[&str], brokers: &str) -> anyhow::Result<serde_json::Value> {
-    let run = weir(
-        binary,
-        &[args, &["--output", "json", "--brokers", brokers]].concat(),
-        None,
-    )?;
-    ensure!(run.code == Some(0), "{args:?}: {}", run.stderr);
-    serde_json::from_str(&run.stdout).with_context(|| format!("{args:?}: {}", run.stdout))
-}
-
-/// `weir consume --output json` lines, parsed.
-fn json_lines(stdout: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l:?}")))
-        .collect()
-}
-
-/// The (partition, lag) of every partition of a group, via `weir group describe --output json`.
-fn group_lag(binary: &Path, group: &str, brokers: &str) -> anyhow::Result<u64> {
-    let described = weir_json(binary, &["group", "describe", group], brokers)?;
-    let partitions = described["partitions"]
-        .as_array()
-        .context("partitions")?
-        .clone();
-    Ok(partitions.iter().filter_map(|p| p["lag"].as_u64()).sum())
-}
-
-#[test]
-fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
-    let mut cluster = ProcessCluster::start(3)?;
-    let binary = cluster.binary().to_path_buf();
-    let brokers = cluster.brokers().join(",");
-    let b = ["--brokers", brokers.as_str()];
-    let run = |args: &[&str], stdin: Option<&str>| weir(&binary, &[args, &b].concat(), stdin);
-
-    // A topic with a setting, shown by describe.
-    let create = run(
+/// Creates topic `kv`: 3 partitions, replication factor 3, an hour's retention.
+fn create_kv(cli: &CliCluster) -> anyhow::Result<()> {
+    let create = cli.run(
         &[
             "topic",
             "create",
@@ -579,23 +467,24 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
         None,
     )?;
     ensure!(create.code == Some(0), "topic create: {}", create.stderr);
-    let described = weir_json(&binary, &["topic", "describe", "kv"], &brokers)?;
-    ensure!(
-        described["configs"]["retention.ms"] == "3600000",
-        "{described}"
-    );
-    let bad_config = run(
-        &["topic", "create", "bad", "--config", "retention.ms=soon"],
-        None,
-    )?;
-    ensure!(
-        bad_config.code == Some(1) && bad_config.stderr.contains("retention.ms"),
-        "{}",
-        bad_config.stderr
-    );
+    Ok(())
+}
 
-    // Keys from a separator, headers on every record.
-    let produce = run(
+/// What [`produce_keys_and_headers`] ran.
+struct Produced {
+    /// alice:1, bob:2, carol:3, alice:4 with --separator : and two headers.
+    keyed: weir_tests::cli::Run,
+    /// x and y with --key fixed.
+    fixed: weir_tests::cli::Run,
+    /// dave:5, then a line without the separator.
+    bad_line: weir_tests::cli::Run,
+}
+
+/// Topic `kv` and seven records in it: keys from a separator with headers on every record, one
+/// key for all records, and a line without the separator (the one before it is sent).
+fn produce_keys_and_headers(cli: &CliCluster) -> anyhow::Result<Produced> {
+    create_kv(cli)?;
+    let keyed = cli.run(
         &[
             "produce",
             "kv",
@@ -608,20 +497,85 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
         ],
         Some("alice:1\nbob:2\ncarol:3\nalice:4\n"),
     )?;
-    ensure!(produce.code == Some(0), "produce: {}", produce.stderr);
-    ensure!(
-        produce.stderr.contains("4 records acknowledged"),
-        "{}",
-        produce.stderr
-    );
-    // One key for all records.
-    let fixed = run(&["produce", "kv", "--key", "fixed"], Some("x\ny\n"))?;
-    ensure!(fixed.code == Some(0), "produce --key: {}", fixed.stderr);
-    // A line without the separator is named, and the command fails.
-    let bad_line = run(
+    let fixed = cli.run(&["produce", "kv", "--key", "fixed"], Some("x\ny\n"))?;
+    let bad_line = cli.run(
         &["produce", "kv", "--separator", ":"],
         Some("dave:5\nno separator here\n"),
     )?;
+    Ok(Produced {
+        keyed,
+        fixed,
+        bad_line,
+    })
+}
+
+/// Group `g1` reads the seven records of [`produce_keys_and_headers`]: four, then, resuming,
+/// the other three. Returns (first values, second values).
+fn group_reads_all(cli: &CliCluster) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let first = cli.run(
+        &[
+            "consume", "kv", "--group", "g1", "--from", "earliest", "--count", "4",
+        ],
+        None,
+    )?;
+    ensure!(first.code == Some(0), "consume --group: {}", first.stderr);
+    let second = cli.run(
+        &["consume", "kv", "--group", "g1", "--from", "earliest"],
+        None,
+    )?;
+    ensure!(
+        second.code == Some(0),
+        "consume --group again: {}",
+        second.stderr
+    );
+    Ok((
+        first.stdout.lines().map(str::to_string).collect(),
+        second.stdout.lines().map(str::to_string).collect(),
+    ))
+}
+
+/// A topic with a setting, shown by describe; a bad setting is named.
+#[test]
+fn topic_create_takes_settings_and_describe_shows_them() -> anyhow::Result<()> {
+    let mut cli = CliCluster::start()?;
+    create_kv(&cli)?;
+    let described = cli.json(&["topic", "describe", "kv"])?;
+    ensure!(
+        described["configs"]["retention.ms"] == "3600000",
+        "{described}"
+    );
+    let bad_config = cli.run(
+        &["topic", "create", "bad", "--config", "retention.ms=soon"],
+        None,
+    )?;
+    ensure!(
+        bad_config.code == Some(1) && bad_config.stderr.contains("retention.ms"),
+        "{}",
+        bad_config.stderr
+    );
+    cli.cluster.stop_all()?;
+    Ok(())
+}
+
+/// Keys from a separator or one for all, headers on every record; consume prints them as JSON
+/// lines, each on its key's partition; a line without the separator and an offset outside the
+/// log are named.
+#[test]
+fn produce_takes_keys_and_headers_and_consume_prints_them_as_json() -> anyhow::Result<()> {
+    let mut cli = CliCluster::start()?;
+    let Produced {
+        keyed,
+        fixed,
+        bad_line,
+    } = produce_keys_and_headers(&cli)?;
+    ensure!(keyed.code == Some(0), "produce: {}", keyed.stderr);
+    ensure!(
+        keyed.stderr.contains("4 records acknowledged"),
+        "{}",
+        keyed.stderr
+    );
+    ensure!(fixed.code == Some(0), "produce --key: {}", fixed.stderr);
+    // A line without the separator is named, and the command fails.
     ensure!(
         bad_line.code == Some(1) && bad_line.stderr.contains("line 2"),
         "{}",
@@ -629,7 +583,7 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
     );
 
     // An exact offset outside the log fails with the range named, instead of waiting.
-    let past_end = run(
+    let past_end = cli.run(
         &[
             "consume",
             "kv",
@@ -649,7 +603,7 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
         past_end.stderr
     );
 
-    let consume = run(&["consume", "kv", "--output", "json"], None)?;
+    let consume = cli.run(&["consume", "kv", "--output", "json"], None)?;
     ensure!(consume.code == Some(0), "consume: {}", consume.stderr);
     let records = json_lines(&consume.stdout)?;
     let mut pairs: Vec<(String, String)> = Vec::new();
@@ -693,46 +647,40 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     ensure!(pairs == want, "{pairs:?}");
+    cli.cluster.stop_all()?;
+    Ok(())
+}
 
-    // A group reads part, then resumes where it stopped.
-    let first = run(
-        &[
-            "consume", "kv", "--group", "g1", "--from", "earliest", "--count", "4",
-        ],
-        None,
-    )?;
-    ensure!(first.code == Some(0), "consume --group: {}", first.stderr);
-    let second = run(
-        &["consume", "kv", "--group", "g1", "--from", "earliest"],
-        None,
-    )?;
-    ensure!(
-        second.code == Some(0),
-        "consume --group again: {}",
-        second.stderr
-    );
-    let first_values: Vec<&str> = first.stdout.lines().collect();
-    let second_values: Vec<&str> = second.stdout.lines().collect();
+/// A group reads part, then resumes where it stopped; new records show up as lag; a reset to
+/// the start makes everything lag again, and the group reads it all.
+#[test]
+fn a_consumer_group_resumes_shows_lag_and_resets() -> anyhow::Result<()> {
+    let mut cli = CliCluster::start()?;
+    produce_keys_and_headers(&cli)?;
+    let (first_values, second_values) = group_reads_all(&cli)?;
     ensure!(
         first_values.len() == 4 && second_values.len() == 3,
         "first {first_values:?}, second {second_values:?}"
     );
-    let mut all: Vec<&str> = first_values.iter().chain(&second_values).copied().collect();
+    let mut all: Vec<&str> = first_values
+        .iter()
+        .chain(&second_values)
+        .map(String::as_str)
+        .collect();
     all.sort_unstable();
     ensure!(all == ["1", "2", "3", "4", "5", "x", "y"], "{all:?}");
-    ensure!(group_lag(&binary, "g1", &brokers)? == 0);
+    ensure!(cli.group_lag("g1")? == 0);
 
     // New records show up as lag.
-    let more = run(&["produce", "kv"], Some("m1\nm2\nm3\n"))?;
-    ensure!(more.code == Some(0), "produce: {}", more.stderr);
-    ensure!(group_lag(&binary, "g1", &brokers)? == 3);
-    let table = run(&["group", "describe", "g1"], None)?;
+    cli.ok(&["produce", "kv"], Some("m1\nm2\nm3\n"))?;
+    ensure!(cli.group_lag("g1")? == 3);
+    let table = cli.run(&["group", "describe", "g1"], None)?;
     ensure!(
         table.code == Some(0) && table.stdout.contains("LAG") && table.stdout.contains("COMMITTED"),
         "{}",
         table.stdout
     );
-    let groups = weir_json(&binary, &["group", "list"], &brokers)?;
+    let groups = cli.json(&["group", "list"])?;
     ensure!(
         groups["groups"]
             .as_array()
@@ -741,23 +689,28 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
     );
 
     // Reset to the start: everything is lag again, and the group reads it all.
-    let reset = weir_json(
-        &binary,
-        &["group", "reset", "g1", "--topic", "kv", "--to", "earliest"],
-        &brokers,
-    )?;
+    let reset = cli.json(&["group", "reset", "g1", "--topic", "kv", "--to", "earliest"])?;
     ensure!(
         reset["offsets"].as_array().is_some_and(|o| o.len() == 3),
         "{reset}"
     );
-    ensure!(group_lag(&binary, "g1", &brokers)? == 10);
-    let again = run(&["consume", "kv", "--group", "g1"], None)?;
+    ensure!(cli.group_lag("g1")? == 10);
+    let again = cli.run(&["consume", "kv", "--group", "g1"], None)?;
     ensure!(again.code == Some(0), "{}", again.stderr);
     ensure!(again.stdout.lines().count() == 10, "{}", again.stdout);
-    ensure!(group_lag(&binary, "g1", &brokers)? == 0);
+    ensure!(cli.group_lag("g1")? == 0);
+    cli.cluster.stop_all()?;
+    Ok(())
+}
 
-    // --follow waits for new records; Ctrl-C commits and leaves.
-    let mut follow = Command::new(&binary)
+/// --follow waits for new records; Ctrl-C commits and leaves.
+#[test]
+fn consume_follow_prints_new_records_and_commits_on_ctrl_c() -> anyhow::Result<()> {
+    let mut cli = CliCluster::start()?;
+    produce_keys_and_headers(&cli)?;
+    group_reads_all(&cli)?;
+    ensure!(cli.group_lag("g1")? == 0, "g1 read everything before");
+    let mut follow = Command::new(&cli.binary)
         .args([
             "consume",
             "kv",
@@ -765,39 +718,41 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
             "g1",
             "--follow",
             "--brokers",
-            &brokers,
+            &cli.brokers,
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let stdout = follow.stdout.take().context("stdout")?;
-    let (line_tx, line_rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            if line_tx.send(line).is_err() {
-                break;
+    let followed = (|| -> anyhow::Result<()> {
+        let stdout = follow.stdout.take().context("stdout")?;
+        let (line_tx, line_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
             }
-        }
-    });
-    eventually_blocking(Duration::from_secs(30), "the follower joined", || {
-        let described = weir_json(&binary, &["group", "describe", "g1"], &brokers)?;
-        ensure!(
-            described["members"]
-                .as_array()
-                .is_some_and(|m| m.len() == 1)
-                && described["state"] == "stable",
-            "group g1: {described}"
-        );
+        });
+        eventually_blocking(Duration::from_secs(30), "the follower joined", || {
+            let described = cli.json(&["group", "describe", "g1"])?;
+            ensure!(
+                described["members"]
+                    .as_array()
+                    .is_some_and(|m| m.len() == 1)
+                    && described["state"] == "stable",
+                "group g1: {described}"
+            );
+            Ok(())
+        })?;
+        cli.ok(&["produce", "kv", "--key", "late"], Some("late-1\n"))?;
+        let line = line_rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("--follow printed nothing")??;
+        ensure!(line == "late-1", "{line}");
         Ok(())
-    })?;
-    let late = run(&["produce", "kv", "--key", "late"], Some("late-1\n"))?;
-    ensure!(late.code == Some(0), "{}", late.stderr);
-    let line = line_rx
-        .recv_timeout(Duration::from_secs(30))
-        .context("--follow printed nothing")??;
-    ensure!(line == "late-1", "{line}");
+    })();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(follow.id())?),
         nix::sys::signal::Signal::SIGINT,
@@ -807,29 +762,36 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
         Duration::from_secs(30),
         "weir consume --follow to stop on SIGINT",
     )?;
-    let _ = reader.join();
+    followed?;
     ensure!(status.success(), "consume --follow exited with {status}");
-    ensure!(group_lag(&binary, "g1", &brokers)? == 0);
-    let described = weir_json(&binary, &["group", "describe", "g1"], &brokers)?;
+    ensure!(cli.group_lag("g1")? == 0);
+    let described = cli.json(&["group", "describe", "g1"])?;
     ensure!(
         described["members"].as_array().is_some_and(Vec::is_empty),
         "{described}"
     );
+    cli.cluster.stop_all()?;
+    Ok(())
+}
 
-    // Errors name the problem.
-    let unknown = run(&["consume", "nope"], None)?;
+/// Errors name the problem.
+#[test]
+fn cli_errors_name_the_problem() -> anyhow::Result<()> {
+    let mut cli = CliCluster::start()?;
+    create_kv(&cli)?;
+    let unknown = cli.run(&["consume", "nope"], None)?;
     ensure!(
         unknown.code == Some(1) && unknown.stderr.contains("unknown topic"),
         "{}",
         unknown.stderr
     );
-    let no_group = run(&["group", "describe", "nosuch"], None)?;
+    let no_group = cli.run(&["group", "describe", "nosuch"], None)?;
     ensure!(
         no_group.code == Some(1) && no_group.stderr.contains("unknown group"),
         "{}",
         no_group.stderr
     );
-    let bad_to = run(
+    let bad_to = cli.run(
         &["group", "reset", "g1", "--topic", "kv", "--to", "soon"],
         None,
     )?;
@@ -838,10 +800,34 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
         "{}",
         bad_to.stderr
     );
+    cli.cluster.stop_all()?;
+    Ok(())
+}
 
-    // Cluster status: every node, the controller leader, leaders per node; with a node down,
-    // its partitions are under-replicated.
-    let status = weir_json(&binary, &["cluster", "status"], &brokers)?;
+/// Cluster status: every node, the controller leader, leaders per node; with a node down, its
+/// partitions are under-replicated.
+#[test]
+fn cluster_status_shows_leaders_and_a_down_nodes_partitions_under_replicated() -> anyhow::Result<()>
+{
+    let mut cli = CliCluster::start()?;
+    create_kv(&cli)?;
+    // The new topic's partitions elect their leaders first.
+    let status = eventually_blocking(
+        Duration::from_secs(30),
+        "every partition of kv led, none under-replicated",
+        || {
+            let status = cli.json(&["cluster", "status"])?;
+            let leaders: u64 = status["brokers"]
+                .as_array()
+                .map(|b| b.iter().filter_map(|b| b["leaders"].as_u64()).sum())
+                .unwrap_or(0);
+            let under = status["under_replicated"]
+                .as_array()
+                .is_some_and(Vec::is_empty);
+            ensure!(leaders >= 3 && under, "{status}");
+            Ok(status)
+        },
+    )?;
     ensure!(status["controller_leader"].is_u64(), "{status}");
     ensure!(
         status["brokers"].as_array().is_some_and(|b| b.len() == 3),
@@ -858,10 +844,10 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
         .map(|b| b.iter().filter_map(|b| b["leaders"].as_u64()).sum())
         .unwrap_or(0);
     ensure!(leaders >= 3, "{status}");
-    cluster.kill(3)?;
-    let two = [cluster.addr(1), cluster.addr(2)].join(",");
+    cli.cluster.kill(3)?;
+    let two = [cli.cluster.addr(1), cli.cluster.addr(2)].join(",");
     eventually_blocking(Duration::from_secs(60), "node 3 reported down", || {
-        let status = weir_json(&binary, &["cluster", "status"], &two)?;
+        let status = weir_tests::cli::weir_json(&cli.binary, &["cluster", "status"], &two)?;
         let down = status["brokers"]
             .as_array()
             .is_some_and(|b| b.iter().any(|b| b["id"] == 3 && b["alive"] == false));
@@ -871,12 +857,12 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
         ensure!(down && under, "cluster status: {status}");
         Ok(())
     })?;
-    let table = weir(&binary, &["cluster", "status", "--brokers", &two], None)?;
+    let table = weir(&cli.binary, &["cluster", "status", "--brokers", &two], None)?;
     ensure!(
         table.stdout.contains("under-replicated: kv/"),
         "{}",
         table.stdout
     );
-    cluster.stop_all()?;
+    cli.cluster.stop_all()?;
     Ok(())
 }

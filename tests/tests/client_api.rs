@@ -86,15 +86,15 @@ fn text(bytes: &Option<Bytes>) -> String {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn produce_and_consume_keys_headers_offsets_and_times() -> anyhow::Result<()> {
-    let _turn = TURN.lock().await;
-    weir_tests::init_tracing();
-    let (_cluster, client) = cluster().await?;
-    client.create_topic("events", 3, 3).await?;
+/// (key, value, `seq` header) of each record of topic `events`, by (partition, offset).
+type Events = BTreeMap<(u32, u64), (String, String, String)>;
 
-    // Keyed records with headers, acks=all: each lands on its key's partition, with an offset.
-    let producer = Producer::new(Arc::clone(&client), ProducerConfig::default()).await?;
+/// Topic `events` (3 partitions) and 60 keyed records with headers, produced with acks=all:
+/// each lands on its key's partition, with an offset; per partition the offsets are dense from
+/// 0, in send order. Returns where each went.
+async fn produce_events(client: &Arc<Client>) -> anyhow::Result<Events> {
+    client.create_topic("events", 3, 3).await?;
+    let producer = Producer::new(Arc::clone(client), ProducerConfig::default()).await?;
     let mut sent = Vec::new();
     for i in 0..60 {
         let key = format!("user-{}", i % 7);
@@ -105,7 +105,7 @@ async fn produce_and_consume_keys_headers_offsets_and_times() -> anyhow::Result<
         sent.push((key, i, producer.send("events", record).await?));
     }
     producer.flush().await?;
-    let mut expected: BTreeMap<(u32, u64), (String, String, String)> = BTreeMap::new();
+    let mut expected = Events::new();
     for (key, i, delivery) in sent {
         let metadata = delivery.await?;
         ensure!(metadata.topic == "events");
@@ -140,8 +140,19 @@ async fn produce_and_consume_keys_headers_offsets_and_times() -> anyhow::Result<
         );
     }
     producer.close().await?;
+    Ok(expected)
+}
 
-    // Read everything from the start: exactly what was sent, where it was acknowledged.
+/// Keyed records with headers, acks=all, read back from the start: exactly what was sent, where
+/// it was acknowledged, headers in order, and nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keyed_records_with_headers_are_read_back_where_they_were_acknowledged()
+-> anyhow::Result<()> {
+    let _turn = TURN.lock().await;
+    weir_tests::init_tracing();
+    let (_cluster, client) = cluster().await?;
+    let expected = produce_events(&client).await?;
+
     let mut consumer = Consumer::new(Arc::clone(&client), ConsumerConfig::default());
     consumer.assign("events", &[], Start::Earliest).await?;
     let records = read_n(&mut consumer, 60, Duration::from_secs(30)).await?;
@@ -170,8 +181,21 @@ async fn produce_and_consume_keys_headers_offsets_and_times() -> anyhow::Result<
     );
     let rest = read_to_end(&mut consumer, Duration::from_secs(30)).await?;
     ensure!(rest.is_empty(), "{} records more than produced", rest.len());
+    consumer.close().await?;
+    Ok(())
+}
 
-    // Replay from an offset.
+/// A consumer that seeks to an offset replays its partition from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_replays_a_partition_from_an_offset() -> anyhow::Result<()> {
+    let _turn = TURN.lock().await;
+    weir_tests::init_tracing();
+    let (_cluster, client) = cluster().await?;
+    let expected = produce_events(&client).await?;
+    let mut consumer = Consumer::new(Arc::clone(&client), ConsumerConfig::default());
+    consumer.assign("events", &[], Start::Earliest).await?;
+    read_n(&mut consumer, 60, Duration::from_secs(30)).await?;
+
     let p = partition_for_key(b"user-3", 3);
     // (offset, value) of the partition, in offset order.
     let in_p: Vec<(u64, String)> = expected
@@ -191,11 +215,14 @@ async fn produce_and_consume_keys_headers_offsets_and_times() -> anyhow::Result<
     let replayed: Vec<(u64, String)> = replay.iter().map(|r| (r.offset, text(&r.value))).collect();
     ensure!(replayed == want, "replay from {from}: {replayed:?}");
     consumer.close().await?;
+    Ok(())
+}
 
-    // Replay from a time: records with explicit timestamps, one partition.
+/// Topic `timed` (1 partition) holding `at-0` .. `at-9` stamped T0, T0 + 1 s, ... Returns T0.
+async fn produce_timed(client: &Arc<Client>) -> anyhow::Result<i64> {
     client.create_topic("timed", 1, 3).await?;
     let producer = Producer::new(
-        Arc::clone(&client),
+        Arc::clone(client),
         ProducerConfig {
             linger: Duration::from_millis(1),
             ..ProducerConfig::default()
@@ -212,6 +239,16 @@ async fn produce_and_consume_keys_headers_offsets_and_times() -> anyhow::Result<
         d.await?;
     }
     producer.close().await?;
+    Ok(t0)
+}
+
+/// Replay from a time: records with explicit timestamps, one partition; the same as a stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_replays_from_a_time_also_as_a_stream() -> anyhow::Result<()> {
+    let _turn = TURN.lock().await;
+    weir_tests::init_tracing();
+    let (_cluster, client) = cluster().await?;
+    let t0 = produce_timed(&client).await?;
     let mut consumer = Consumer::new(Arc::clone(&client), ConsumerConfig::default());
     consumer
         .assign("timed", &[0], Start::Timestamp(t0 + 6500))
@@ -246,8 +283,16 @@ async fn produce_and_consume_keys_headers_offsets_and_times() -> anyhow::Result<
         again.iter().map(|r| r.offset).collect::<Vec<_>>()
     );
     consumer.close().await?;
+    Ok(())
+}
 
-    // acks=leader and acks=none are acknowledged without offsets.
+/// acks=leader and acks=none are acknowledged without offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acks_leader_and_none_are_acknowledged_without_offsets() -> anyhow::Result<()> {
+    let _turn = TURN.lock().await;
+    weir_tests::init_tracing();
+    let (_cluster, client) = cluster().await?;
+    produce_timed(&client).await?;
     for acks in [Acks::Leader, Acks::None] {
         let producer = Producer::new(
             Arc::clone(&client),
@@ -264,8 +309,16 @@ async fn produce_and_consume_keys_headers_offsets_and_times() -> anyhow::Result<
         ensure!(metadata.offset.is_none(), "{acks:?}: {metadata:?}");
         producer.close().await?;
     }
+    Ok(())
+}
 
-    // Mistakes fail at once with the problem named.
+/// Mistakes fail at once with the problem named: an unknown topic, a partition it does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn producer_mistakes_fail_at_once_with_the_problem_named() -> anyhow::Result<()> {
+    let _turn = TURN.lock().await;
+    weir_tests::init_tracing();
+    let (_cluster, client) = cluster().await?;
+    produce_timed(&client).await?;
     let producer = Producer::new(Arc::clone(&client), ProducerConfig::default()).await?;
     let unknown = producer.send("nope", ProducerRecord::new("x")).await;
     ensure!(

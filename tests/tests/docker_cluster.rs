@@ -54,6 +54,11 @@ struct LiveReads {
     repeated: AtomicUsize,
 }
 
+/// One container fault test: the faults run in sequence on one cluster under load (an image build
+/// and a compose cluster per fault would take minutes each), and the phases below say which
+/// behaviour failed: the cluster serving through its published ports, each fault's failover and
+/// recovery, the exactly-once read back, the live consumer, the replicas catching up, and the
+/// replicas' stored logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compose_cluster_survives_kills_pauses_partitions_and_restarts() -> anyhow::Result<()> {
     weir_tests::init_tracing();
@@ -64,18 +69,9 @@ async fn compose_cluster_survives_kills_pauses_partitions_and_restarts() -> anyh
         return Ok(());
     }
     let cluster = ComposeCluster::start()?;
-    cluster.wait_healthy(RECOVERY).await?;
-    let client = Arc::new(Client::new(&cluster.brokers())?);
-    client.create_topic(TOPIC, PARTITIONS, 3).await?;
-    wait_for_leaders(&client).await?;
-    let brokers = client.metadata(&[]).await?.brokers;
-    ensure!(
-        brokers.len() == NODES as usize
-            && brokers
-                .iter()
-                .all(|b| cluster.brokers().contains(&b.address)),
-        "metadata from the published port must name the published addresses: {brokers:?}"
-    );
+    let client = serve_through_published_ports(&cluster)
+        .await
+        .context("the compose cluster serves the test topic through its published ports")?;
 
     let workload = Workload::start(Arc::clone(&client), TOPIC, PARTITIONS, 20);
     let reads = Arc::new(LiveReads::default());
@@ -85,66 +81,14 @@ async fn compose_cluster_survives_kills_pauses_partitions_and_restarts() -> anyh
         Arc::clone(&reads),
         Arc::clone(&stop_reading),
     ));
-    await_progress(&workload, &cluster, "start").await?;
-
-    let mut faults: Vec<String> = Vec::new();
-
-    // 1. SIGKILL the leader of partition 0; it comes back on its volume.
-    let leader = leader_of(&client, 0).await?;
-    cluster.kill(leader)?;
-    faults.push(format!("docker kill node {leader} (leader of {TOPIC}/0)"));
-    wait_new_leader(&client, 0, leader).await?;
-    await_progress(&workload, &cluster, "after the leader kill").await?;
-    cluster.start_node(leader)?;
-    cluster.wait_healthy(RECOVERY).await?;
-
-    // 2. Freeze the leader of partition 1 past its election timeout, then thaw it.
-    let fault = leader_outage(
-        &client,
-        &workload,
-        &cluster,
-        1,
-        "pause/unpause",
-        |c, id| c.pause(id),
-        |c, id| c.unpause(id),
-    )
-    .await?;
-    faults.push(fault);
-
-    // 3. Cut the leader of partition 2 off the network (a partition), then heal it.
-    let fault = leader_outage(
-        &client,
-        &workload,
-        &cluster,
-        2,
-        "network disconnect/connect",
-        |c, id| c.disconnect(id),
-        |c, id| c.connect(id),
-    )
-    .await?;
-    faults.push(fault);
-
-    // 4. Restart every node in turn (SIGTERM, start), as a rolling upgrade does.
-    for id in 1..=NODES {
-        cluster.restart(id)?;
-        faults.push(format!("docker restart node {id}"));
-        cluster.wait_healthy(RECOVERY).await?;
-        await_progress(&workload, &cluster, &format!("after restarting node {id}")).await?;
-    }
-
-    // 5. SIGKILL whichever node leads partition 0 now, once more, while traffic runs.
-    let leader = leader_of(&client, 0).await?;
-    cluster.kill(leader)?;
-    faults.push(format!("docker kill node {leader} (leader of {TOPIC}/0)"));
-    wait_new_leader(&client, 0, leader).await?;
-    await_progress(&workload, &cluster, "after the second kill").await?;
-    cluster.start_node(leader)?;
-    cluster.wait_healthy(RECOVERY).await?;
-    await_progress(&workload, &cluster, "with every node back").await?;
+    await_progress(&workload, &cluster, "at the start").await?;
+    let faults = inject_faults(&client, &workload, &cluster).await?;
 
     let (batches, acked) = workload.stop().await?;
     stop_reading.store(true, Ordering::Relaxed);
-    reader.await??;
+    reader
+        .await?
+        .context("the live consumer read along through every fault")?;
     let readback = read_back(&client, TOPIC, &acked).await?;
     report(&format!(
         "docker fault test: acknowledged {}, read {}, lost {}, duplicated {}, out of order {:?}; \
@@ -181,10 +125,124 @@ async fn compose_cluster_survives_kills_pauses_partitions_and_restarts() -> anyh
     // Every replica catches up with the high watermark ...
     wait_replicas_caught_up(&cluster, &readback.high_watermarks).await?;
     // ... and, the nodes stopped, every replica stores the same committed log.
+    replicas_store_the_same_committed_log(&cluster, &readback.high_watermarks)?;
+    report(&format!(
+        "docker fault test: all {NODES} replicas of {PARTITIONS} partitions store the same committed log"
+    ));
+    Ok(())
+}
+
+/// Waits until every node serves, creates the test topic and waits for its leaders; checks that
+/// metadata asked through a published port names the brokers by their published addresses.
+async fn serve_through_published_ports(cluster: &ComposeCluster) -> anyhow::Result<Arc<Client>> {
+    cluster.wait_healthy(RECOVERY).await?;
+    let client = Arc::new(Client::new(&cluster.brokers())?);
+    client.create_topic(TOPIC, PARTITIONS, 3).await?;
+    wait_for_leaders(&client).await?;
+    let brokers = client.metadata(&[]).await?.brokers;
+    ensure!(
+        brokers.len() == NODES as usize
+            && brokers
+                .iter()
+                .all(|b| cluster.brokers().contains(&b.address)),
+        "metadata from the published port must name the published addresses: {brokers:?}"
+    );
+    Ok(client)
+}
+
+/// The faults, one after the other while the workload runs; each must fail over (when it takes
+/// a leader out) and let writes go on, and the cluster must serve again after it. Returns what
+/// was injected.
+async fn inject_faults(
+    client: &Client,
+    workload: &Workload,
+    cluster: &ComposeCluster,
+) -> anyhow::Result<Vec<String>> {
+    let mut faults: Vec<String> = Vec::new();
+
+    // 1. SIGKILL the leader of partition 0; it comes back on its volume.
+    let fault = leader_kill(client, workload, cluster, "the leader kill")
+        .await
+        .context("fault 1: docker kill of a partition leader")?;
+    faults.push(fault);
+
+    // 2. Freeze the leader of partition 1 past its election timeout, then thaw it.
+    let fault = leader_outage(
+        client,
+        workload,
+        cluster,
+        1,
+        "pause/unpause",
+        |c, id| c.pause(id),
+        |c, id| c.unpause(id),
+    )
+    .await
+    .context("fault 2: docker pause of a partition leader")?;
+    faults.push(fault);
+
+    // 3. Cut the leader of partition 2 off the network (a partition), then heal it.
+    let fault = leader_outage(
+        client,
+        workload,
+        cluster,
+        2,
+        "network disconnect/connect",
+        |c, id| c.disconnect(id),
+        |c, id| c.connect(id),
+    )
+    .await
+    .context("fault 3: a partition leader cut off the network")?;
+    faults.push(fault);
+
+    // 4. Restart every node in turn (SIGTERM, start), as a rolling upgrade does.
+    for id in 1..=NODES {
+        cluster.restart(id)?;
+        faults.push(format!("docker restart node {id}"));
+        cluster
+            .wait_healthy(RECOVERY)
+            .await
+            .with_context(|| format!("fault 4: rolling restart, node {id}"))?;
+        await_progress(workload, cluster, &format!("after restarting node {id}"))
+            .await
+            .with_context(|| format!("fault 4: rolling restart, node {id}"))?;
+    }
+
+    // 5. SIGKILL whichever node leads partition 0 now, once more, while traffic runs.
+    let fault = leader_kill(client, workload, cluster, "the second kill")
+        .await
+        .context("fault 5: a second docker kill of a partition leader")?;
+    faults.push(fault);
+    await_progress(workload, cluster, "with every node back").await?;
+    Ok(faults)
+}
+
+/// SIGKILLs the leader of partition 0, waits for the failover and for writes to go on, starts
+/// it again and waits until every node serves. Returns the fault's description.
+async fn leader_kill(
+    client: &Client,
+    workload: &Workload,
+    cluster: &ComposeCluster,
+    what: &str,
+) -> anyhow::Result<String> {
+    let leader = leader_of(client, 0).await?;
+    cluster.kill(leader)?;
+    wait_new_leader(client, 0, leader).await?;
+    await_progress(workload, cluster, &format!("after {what}")).await?;
+    cluster.start_node(leader)?;
+    cluster.wait_healthy(RECOVERY).await?;
+    Ok(format!("docker kill node {leader} (leader of {TOPIC}/0)"))
+}
+
+/// Stops the nodes, copies their data out and checks that every replica of every partition
+/// stores the same committed log (entries below the high watermark).
+fn replicas_store_the_same_committed_log(
+    cluster: &ComposeCluster,
+    high_watermarks: &BTreeMap<u32, u64>,
+) -> anyhow::Result<()> {
     let copies = tempfile::tempdir()?;
     let data_dirs = cluster.stop_and_copy_data(copies.path())?;
     for partition in 0..PARTITIONS {
-        let hw = readback.high_watermarks[&partition];
+        let hw = high_watermarks[&partition];
         let mut prefixes = Vec::new();
         for dir in &data_dirs {
             let entries = stored_entries_in(dir, TOPIC, partition)?;
@@ -202,9 +260,6 @@ async fn compose_cluster_survives_kills_pauses_partitions_and_restarts() -> anyh
             );
         }
     }
-    report(&format!(
-        "docker fault test: all {NODES} replicas of {PARTITIONS} partitions store the same committed log"
-    ));
     Ok(())
 }
 
