@@ -1,7 +1,7 @@
 //! The compose cluster of `deploy/` on this machine's Docker engine, for container fault tests:
 //! build the image from the `weir` binary under test (with `deploy/build-image.sh`, pulling
-//! nothing), bring `deploy/docker-compose.yml` up under a project name of its own with free
-//! loopback ports, inject faults into its containers (`docker kill`, `pause`/`unpause`, `network
+//! nothing), bring `deploy/docker-compose.yml` up under a project name of its own with loopback
+//! ports of its own, inject faults into its containers (`docker kill`, `pause`/`unpause`, `network
 //! disconnect`/`connect`, `restart`), and copy each node's data directory out once it stopped.
 //!
 //! Invariant: everything a [`ComposeCluster`] creates — containers, the network, the named
@@ -13,10 +13,47 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 
-use crate::process_cluster::{free_ports, weir_binary};
+use crate::ports::PortReservation;
+use crate::process_cluster::weir_binary;
 
-/// Why Docker cannot be used here, or `None` when an engine answers and Compose is installed.
-pub fn unavailable() -> Option<String> {
+/// The environment variable that makes the container tests required: with
+/// `WEIR_DOCKER_TESTS=1` (`.ci/run` sets it where an engine answers) a missing Docker engine or
+/// Compose fails them; otherwise they are skipped with a message.
+pub const REQUIRED_VAR: &str = "WEIR_DOCKER_TESTS";
+
+/// What a container test needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// A Docker engine (`docker run`, networks).
+    Engine,
+    /// An engine and Compose (`docker compose`, or `docker-compose` v1).
+    Compose,
+}
+
+/// Whether container test `test` runs here: `Ok(true)` when Docker (and Compose, if it needs
+/// it) is usable; `Ok(false)` after printing why it is skipped when not; an error naming what is
+/// missing when [`REQUIRED_VAR`] is `1`.
+pub fn available(test: &str, needs: Needs) -> anyhow::Result<bool> {
+    let required = std::env::var(REQUIRED_VAR).is_ok_and(|v| v == "1");
+    decide(test, required, unavailable(needs))
+}
+
+/// [`available`]'s decision, given whether the tests are required and what is missing.
+pub fn decide(test: &str, required: bool, missing: Option<String>) -> anyhow::Result<bool> {
+    match missing {
+        None => Ok(true),
+        Some(reason) if required => {
+            bail!("{test}: {REQUIRED_VAR}=1 requires Docker, but {reason}")
+        }
+        Some(reason) => {
+            eprintln!("SKIPPED {test}: {reason} (with {REQUIRED_VAR}=1 this fails instead)");
+            Ok(false)
+        }
+    }
+}
+
+/// Why Docker cannot be used here for what a test `needs`, or `None` when it can.
+pub fn unavailable(needs: Needs) -> Option<String> {
     match Command::new("docker")
         .args(["info", "--format", "{{.ServerVersion}}"])
         .stdin(Stdio::null())
@@ -31,7 +68,7 @@ pub fn unavailable() -> Option<String> {
         }
         Ok(_) => {}
     }
-    if compose_command().is_none() {
+    if needs == Needs::Compose && compose_command().is_none() {
         return Some("neither `docker compose` nor `docker-compose` is installed".into());
     }
     None
@@ -123,7 +160,13 @@ impl ComposeCluster {
         let compose = compose_command().context("docker compose is not installed")?;
         let project = format!("weirtest{}", std::process::id());
         let image = format!("weir-test:{project}");
-        let ports = free_ports(2 * NODES as usize)?;
+        // The nodes advertise their published ports, so those are chosen before the containers
+        // start: held (see PortReservation) while the image builds, released for Docker to bind
+        // them the moment before `up`.
+        let held = (0..2 * NODES)
+            .map(|_| PortReservation::any())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let ports: Vec<u16> = held.iter().map(PortReservation::port).collect();
         let cluster = Self {
             project,
             compose,
@@ -133,6 +176,7 @@ impl ComposeCluster {
         };
         // From here on, Drop cleans up whatever was created.
         build_image(&cluster.image)?;
+        drop(held);
         cluster.compose(&["up", "-d"])?;
         Ok(cluster)
     }
@@ -246,24 +290,20 @@ impl ComposeCluster {
 
     /// Waits until every node reports SERVING on gRPC health through its published port.
     pub async fn wait_healthy(&self, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        for id in 1..=NODES {
-            let addr = self.broker(id);
-            loop {
+        crate::eventually(within, "every node SERVING", || async {
+            let mut not_serving = Vec::new();
+            for id in 1..=NODES {
+                let addr = self.broker(id);
                 let health = weir_client::check_health(&addr, Duration::from_secs(1)).await;
-                if matches!(health, Ok(weir_client::NodeHealth::Serving)) {
-                    break;
+                if !matches!(health, Ok(weir_client::NodeHealth::Serving)) {
+                    not_serving.push(format!("node {id} ({addr}): {health:?}"));
                 }
-                if Instant::now() >= deadline {
-                    bail!(
-                        "node {id} ({addr}) is not SERVING after {within:?}: {health:?}\n{}",
-                        self.logs().unwrap_or_default()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-        }
-        Ok(())
+            ensure!(not_serving.is_empty(), "{}", not_serving.join("; "));
+            Ok(())
+        })
+        .await
+        .map_err(|err| anyhow::anyhow!("{err:#}\n{}", self.logs().unwrap_or_default()))
     }
 
     /// The last lines each node logged (for failure messages).
@@ -461,6 +501,25 @@ impl Drop for StatefulSetLike {
             "docker: removed {} container(s) and their volumes; network {} removed: {removed}",
             self.containers.len(),
             self.network
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decide;
+
+    #[test]
+    fn missing_docker_skips_unless_required() {
+        assert!(decide("t", false, None).expect("runs"));
+        assert!(decide("t", true, None).expect("runs"));
+        assert!(!decide("t", false, Some("no engine".into())).expect("skipped"));
+        let err = decide("t", true, Some("no Docker engine answers".into()))
+            .expect_err("required")
+            .to_string();
+        assert_eq!(
+            err,
+            "t: WEIR_DOCKER_TESTS=1 requires Docker, but no Docker engine answers"
         );
     }
 }

@@ -2,11 +2,92 @@
 //! drive (for example the storage crash child) live in `src/bin/`; code shared between the two
 //! lives here.
 
+pub mod api;
+pub mod cli;
 pub mod crash;
 pub mod docker;
+pub mod eventually;
+pub mod ports;
 pub mod process_cluster;
 pub mod raft_cluster;
 pub mod workload;
+
+pub use eventually::{abort, eventually, eventually_blocking};
+
+/// Runs a gRPC call until it answers anything but UNAVAILABLE (a node starting, a group being
+/// formed), with [`eventually`]; another error ends the wait at once.
+pub async fn retry_unavailable<T, F, Fut>(
+    within: std::time::Duration,
+    what: &str,
+    mut call: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    eventually(within, what, || {
+        let answer = call();
+        async move {
+            match answer.await {
+                Ok(response) => Ok(response.into_inner()),
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    Err(anyhow::anyhow!("{status}"))
+                }
+                Err(status) => Err(abort(anyhow::anyhow!("{status}"))),
+            }
+        }
+    })
+    .await
+}
+
+/// Waits until the metadata names a leader of `topic`/`partition` other than node `not` (0: any
+/// leader) and returns it: a partition's first election, or its failover after a fault.
+pub async fn wait_for_leader(
+    client: &weir_client::Client,
+    topic: &str,
+    partition: u32,
+    not: u64,
+    within: std::time::Duration,
+) -> anyhow::Result<u64> {
+    let what = match not {
+        0 => format!("a leader of {topic}/{partition}"),
+        old => format!("a leader of {topic}/{partition} other than node {old}"),
+    };
+    eventually(within, &what, || async {
+        let metadata = client.metadata(&[topic.to_string()]).await?;
+        let leader = metadata
+            .topics
+            .iter()
+            .find(|t| t.name == topic)
+            .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+            .map_or(0, |p| p.leader);
+        anyhow::ensure!(
+            leader != 0 && leader != not,
+            "the metadata names leader {leader}"
+        );
+        Ok(leader)
+    })
+    .await
+}
+
+/// Waits up to `within` for `child` to exit (after a signal asked it to) and returns how it
+/// exited; one that does not is killed and reaped, and the wait fails naming `what`.
+pub fn wait_for_exit(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+    what: &str,
+) -> anyhow::Result<std::process::ExitStatus> {
+    let exited = eventually_blocking(within, what, || {
+        child
+            .try_wait()?
+            .ok_or_else(|| anyhow::anyhow!("still running"))
+    });
+    if exited.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    exited
+}
 
 /// Logs to the test's output when `RUST_LOG` is set (`RUST_LOG=info cargo test ...`).
 pub fn init_tracing() {

@@ -5,13 +5,15 @@
 //! The `weir` binary is built (if needed) with the same cargo and profile that built the test.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use weir_storage::{LogConfig, PartitionLog};
+
+use crate::ports::PortReservation;
 
 /// Path of the `weir` binary, built first if it is missing or stale.
 pub fn weir_binary() -> anyhow::Result<PathBuf> {
@@ -52,23 +54,27 @@ pub fn weir_binary() -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
-/// Ports that were free a moment ago on 127.0.0.1.
-pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
-}
+/// How long nodes get to stop cleanly on SIGTERM.
+const STOP_WITHIN: Duration = Duration::from_secs(20);
+/// How long a node gets to bind its listeners and report them in its ready file.
+const READY_WITHIN: Duration = Duration::from_secs(30);
 
 /// N `weir server` processes.
+///
+/// Addresses: the initial controller voters must name each other in `--peers` before any of them
+/// runs, so the cluster reserves their ports first (see [`PortReservation`]) and each binds its
+/// own; a node added later binds port 0. Every node reports the address it bound in its
+/// `--ready-file`, which [`ProcessCluster`] waits for (and checks) before it goes on. Once a node
+/// listens on a port, the port stays the node's: held by a reservation while the node is down,
+/// it is rebound on restart.
 #[derive(Debug)]
 pub struct ProcessCluster {
     binary: PathBuf,
     root: tempfile::TempDir,
-    ports: BTreeMap<u64, u16>,
+    /// Node id → the address it listens on.
+    addrs: BTreeMap<u64, SocketAddr>,
+    /// Ports held for nodes (the initial voters from the start, others once they were killed).
+    reservations: BTreeMap<u64, PortReservation>,
     children: BTreeMap<u64, Child>,
     /// The initial controller voters; nodes added later join through node 1.
     voters: Vec<u64>,
@@ -77,34 +83,44 @@ pub struct ProcessCluster {
 }
 
 impl ProcessCluster {
-    /// Starts `n` nodes, all initial controller voters.
+    /// Starts `n` nodes, all initial controller voters, and waits until each listens.
     pub fn start(n: u64) -> anyhow::Result<Self> {
         let binary = weir_binary()?;
-        let ports = free_ports(n as usize)?;
+        let mut reservations = BTreeMap::new();
+        for id in 1..=n {
+            reservations.insert(id, PortReservation::any()?);
+        }
         let mut cluster = Self {
             binary,
             root: tempfile::tempdir()?,
-            ports: (1..=n).zip(ports).collect(),
+            addrs: reservations.iter().map(|(id, r)| (*id, r.addr())).collect(),
+            reservations,
             children: BTreeMap::new(),
             voters: (1..=n).collect(),
             extra_args: Vec::new(),
         };
         for id in 1..=n {
-            cluster.spawn(id)?;
+            cluster.spawn(id, &cluster.addr(id))?;
+        }
+        for id in 1..=n {
+            cluster.wait_listening(id)?;
         }
         Ok(cluster)
     }
 
     pub fn addr(&self, id: u64) -> String {
-        format!("127.0.0.1:{}", self.ports[&id])
+        self.addrs.get(&id).map_or_else(
+            || format!("(node {id} has no address)"),
+            ToString::to_string,
+        )
     }
 
     pub fn brokers(&self) -> Vec<String> {
-        self.ports.keys().map(|id| self.addr(*id)).collect()
+        self.addrs.keys().map(|id| self.addr(*id)).collect()
     }
 
     pub fn node_ids(&self) -> Vec<u64> {
-        self.ports.keys().copied().collect()
+        self.addrs.keys().copied().collect()
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
@@ -115,21 +131,36 @@ impl ProcessCluster {
         self.root.path().join(format!("node-{id}.log"))
     }
 
+    /// The file node `id` reports its bound addresses in (`weir server --ready-file`).
+    pub fn ready_file(&self, id: u64) -> PathBuf {
+        self.root.path().join(format!("node-{id}.ready"))
+    }
+
+    /// The last `lines` lines node `id` logged (for failure messages).
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     pub fn binary(&self) -> &Path {
         &self.binary
     }
 
-    /// Starts a new node `id` that joins the running cluster through node 1.
+    /// Starts a new node `id` on port 0 that joins the running cluster through node 1, and waits
+    /// until it listens.
     pub fn add_node(&mut self, id: u64) -> anyhow::Result<()> {
-        if self.ports.contains_key(&id) {
+        if self.addrs.contains_key(&id) {
             bail!("node {id} exists");
         }
-        let port = free_ports(1)?[0];
-        self.ports.insert(id, port);
-        self.spawn(id)
+        self.spawn(id, "127.0.0.1:0")?;
+        let addr = self.wait_listening(id)?;
+        self.addrs.insert(id, addr);
+        Ok(())
     }
 
-    fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+    /// Starts node `id`'s process listening on `addr` (port 0: any).
+    fn spawn(&mut self, id: u64, addr: &str) -> anyhow::Result<()> {
         let peers: Vec<String> = self
             .voters
             .iter()
@@ -140,6 +171,13 @@ impl ProcessCluster {
         } else {
             vec!["--join".into(), self.addr(1)]
         };
+        let ready_file = self.ready_file(id);
+        match std::fs::remove_file(&ready_file) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(err).context("removing the old ready file");
+            }
+            _ => {}
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -147,9 +185,11 @@ impl ProcessCluster {
         let child = Command::new(&self.binary)
             .arg("server")
             .args(["--id", &id.to_string()])
-            .args(["--addr", &self.addr(id)])
+            .args(["--addr", addr])
             .arg("--data-dir")
             .arg(self.data_dir(id))
+            .arg("--ready-file")
+            .arg(&ready_file)
             .args(&role)
             .args(&self.extra_args)
             .env(
@@ -165,24 +205,79 @@ impl ProcessCluster {
         Ok(())
     }
 
+    /// Waits until node `id` reported the address it listens on in its ready file and returns
+    /// it; fails at once if the node exits first, and if a node with a known address (an
+    /// initial voter, a restart) listens elsewhere.
+    fn wait_listening(&mut self, id: u64) -> anyhow::Result<SocketAddr> {
+        let ready_file = self.ready_file(id);
+        let expected = self.addrs.get(&id).copied();
+        let child = self.children.get_mut(&id).context("node not running")?;
+        let listening = crate::eventually_blocking(
+            READY_WITHIN,
+            &format!("node {id} to listen (its ready file)"),
+            || {
+                if let Some(status) = child.try_wait()? {
+                    return Err(crate::abort(anyhow::anyhow!(
+                        "node {id} exited with {status} before it listened"
+                    )));
+                }
+                let text = std::fs::read_to_string(&ready_file)
+                    .with_context(|| format!("no {}", ready_file.display()))?;
+                ready_addr(&text).map_err(crate::abort)
+            },
+        );
+        let addr = listening.map_err(|err| {
+            anyhow::anyhow!("{err:#}\n--- node {id} log ---\n{}", self.log_tail(id, 30))
+        })?;
+        if let Some(expected) = expected {
+            ensure!(
+                addr == expected,
+                "node {id} listens on {addr}, not on {expected}"
+            );
+        }
+        Ok(addr)
+    }
+
+    /// Waits until node `id` reports SERVING on gRPC health (it loaded the cluster metadata).
+    pub async fn wait_serving(&self, id: u64, within: Duration) -> anyhow::Result<()> {
+        let addr = self.addr(id);
+        crate::eventually(within, &format!("node {id} ({addr}) SERVING"), || async {
+            match weir_client::check_health(&addr, Duration::from_secs(1)).await? {
+                weir_client::NodeHealth::Serving => Ok(()),
+                other => bail!("health {other:?}"),
+            }
+        })
+        .await
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.children.contains_key(&id)
     }
 
-    /// SIGKILLs node `id` and reaps it.
+    /// SIGKILLs node `id` and reaps it; its port is held until it restarts.
     pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
         let mut child = self.children.remove(&id).context("node not running")?;
         child.kill()?;
         child.wait()?;
+        if !self.reservations.contains_key(&id)
+            && let Some(addr) = self.addrs.get(&id)
+        {
+            let held = PortReservation::at(addr.port()).with_context(|| {
+                format!("holding node {id}'s port {} for its restart", addr.port())
+            })?;
+            self.reservations.insert(id, held);
+        }
         Ok(())
     }
 
-    /// Restarts node `id` on its data directory and port.
+    /// Restarts node `id` on its data directory and address, and waits until it listens.
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
         if self.children.contains_key(&id) {
             bail!("node {id} is running");
         }
-        self.spawn(id)
+        self.spawn(id, &self.addr(id))?;
+        self.wait_listening(id)?;
+        Ok(())
     }
 
     /// Sends SIGTERM to every node and waits for them to stop cleanly (exit 0); kills any that
@@ -196,22 +291,15 @@ impl ProcessCluster {
                 );
             }
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + STOP_WITHIN;
         for (id, child) in self.children.iter_mut() {
-            loop {
-                if let Some(status) = child.try_wait()? {
-                    if !status.success() {
-                        bail!("node {id} exited with {status} on SIGTERM (expected a clean stop)");
-                    }
-                    break;
-                }
-                if std::time::Instant::now() > deadline {
-                    child.kill()?;
-                    child.wait()?;
-                    bail!("node {id} did not stop on SIGTERM within 20 s");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let within = deadline.saturating_duration_since(std::time::Instant::now());
+            let status =
+                crate::wait_for_exit(child, within, &format!("node {id} to stop on SIGTERM"))?;
+            ensure!(
+                status.success(),
+                "node {id} exited with {status} on SIGTERM (expected a clean stop)"
+            );
         }
         self.children.clear();
         Ok(())
@@ -232,6 +320,16 @@ impl ProcessCluster {
     ) -> anyhow::Result<Vec<(u64, u64, u64, u32)>> {
         stored_entries_in(&self.data_dir(id), topic, partition)
     }
+}
+
+/// The `addr=` line of a node's ready file (`weir server --ready-file`).
+pub fn ready_addr(text: &str) -> anyhow::Result<SocketAddr> {
+    let addr = text
+        .lines()
+        .find_map(|line| line.strip_prefix("addr="))
+        .with_context(|| format!("no addr= line in the ready file: {text:?}"))?;
+    addr.parse()
+        .with_context(|| format!("addr={addr} in the ready file is not IP:PORT"))
 }
 
 /// The directory of `topic`'s partition `partition` in a node's data directory, if it is there.

@@ -29,6 +29,9 @@ use weir_raft::{
 };
 use weir_storage::LogConfig;
 
+/// How long a restarted node may take to get its port and its groups' files back.
+const REOPEN_WITHIN: Duration = Duration::from_secs(5);
+
 /// Raft timing for tests: fast elections, but slow enough for a loaded 2-core CI machine.
 pub fn test_timing() -> RaftTiming {
     RaftTiming {
@@ -164,12 +167,24 @@ impl RaftCluster {
             timing,
             retention_check: Duration::from_millis(200),
         };
-        let opened = Group::open(
-            node,
-            config,
-            PartitionState::default(),
-            Arc::clone(&running.transport),
-        )
+        // After a crash, the old incarnation's log closes once its last handle is gone (tasks of
+        // the old group may still hold one for a moment).
+        let transport = &running.transport;
+        let what = format!("opening {group} on node {node}");
+        let opened = crate::eventually(REOPEN_WITHIN, &what, || async {
+            let opened = Group::open(
+                node,
+                config.clone(),
+                PartitionState::default(),
+                Arc::clone(transport),
+            )
+            .await;
+            match opened {
+                Ok(opened) => Ok(opened),
+                Err(err) if err.to_string().contains("in use") => Err(err.into()),
+                Err(err) => Err(crate::abort(err)),
+            }
+        })
         .await?;
         running.registry.insert(group, opened.handle());
         running
@@ -267,20 +282,10 @@ impl RaftCluster {
     /// Restarts `node` on its old address and directories, reopening every group it had.
     pub async fn restart(&mut self, node: NodeId) -> anyhow::Result<()> {
         let addr = self.addrs[&node];
-        let listener = {
-            let mut tries = 0;
-            loop {
-                match TcpListener::bind(addr).await {
-                    Ok(l) => break l,
-                    Err(err) if tries < 50 => {
-                        tries += 1;
-                        tracing::debug!(error = %err, "rebinding {addr}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(err) => return Err(err.into()),
-                }
-            }
-        };
+        let listener = crate::eventually(REOPEN_WITHIN, &format!("rebinding {addr}"), || async {
+            Ok(TcpListener::bind(addr).await?)
+        })
+        .await?;
         let running = self.run_node(node, listener).await?;
         self.nodes.insert(node, Some(running));
         let groups: Vec<(String, LogConfig)> = self
@@ -290,19 +295,7 @@ impl RaftCluster {
             .collect();
         for (group, log) in groups {
             if self.group_dir(node, &group).exists() {
-                // The crashed incarnation's log closes once its last handle is gone (tasks of
-                // the old group may still hold one for a moment).
-                let mut tries = 0;
-                loop {
-                    match self.open_group(node, &group, log.clone()).await {
-                        Ok(_) => break,
-                        Err(err) if tries < 100 && err.to_string().contains("in use") => {
-                            tries += 1;
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        Err(err) => return Err(err),
-                    }
-                }
+                self.open_group(node, &group, log).await?;
             }
         }
         Ok(())
@@ -363,25 +356,31 @@ impl RaftCluster {
         index: u64,
         within: Duration,
     ) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + within;
-        for (&id, node) in &self.nodes {
-            let Some(g) = node.as_ref().and_then(|n| n.groups.get(group)) else {
-                continue;
-            };
-            let mut progress = g.progress();
-            loop {
-                if progress.borrow().applied_index.is_some_and(|a| a >= index) {
-                    break;
-                }
-                if tokio::time::timeout_at(deadline, progress.changed())
-                    .await
-                    .is_err()
-                {
-                    bail!("node {id} did not apply {group} up to {index} within {within:?}");
-                }
-            }
-        }
-        Ok(())
+        let what = format!("every running replica of {group} applied up to {index}");
+        crate::eventually(within, &what, || {
+            let behind: Vec<String> = self
+                .nodes
+                .iter()
+                .filter_map(|(id, node)| {
+                    let applied = node
+                        .as_ref()?
+                        .groups
+                        .get(group)?
+                        .progress()
+                        .borrow()
+                        .applied_index;
+                    applied
+                        .is_none_or(|a| a < index)
+                        .then(|| format!("node {id} applied {applied:?}"))
+                })
+                .collect();
+            std::future::ready(if behind.is_empty() {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("{}", behind.join(", ")))
+            })
+        })
+        .await
     }
 
     /// The nodes running a replica of `group`.
@@ -431,19 +430,11 @@ impl RaftCluster {
     /// offset, CRC), starting at the same entry and offset. Returns the leader and the last
     /// index.
     pub async fn converge(&self, group: &str, within: Duration) -> anyhow::Result<Converged> {
-        let deadline = tokio::time::Instant::now() + within;
         let client = self.client(group);
-        let mut last_problem;
-        loop {
-            match self.agreement(&client, group) {
-                Ok(converged) => return Ok(converged),
-                Err(problem) => last_problem = problem,
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!("replicas of {group} did not converge within {within:?}: {last_problem:#}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::eventually(within, &format!("replicas of {group} to converge"), || {
+            std::future::ready(self.agreement(&client, group))
+        })
+        .await
     }
 
     fn agreement(&self, client: &GroupClient, group: &str) -> anyhow::Result<Converged> {
@@ -591,31 +582,24 @@ impl GroupClient {
 
     /// Waits until a running replica leads the group.
     pub async fn wait_leader(&self, within: Duration) -> anyhow::Result<NodeId> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some((id, _)) = self.current_leader() {
-                return Ok(id);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!("no leader for {} within {within:?}", self.group);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.leader_within(within).await.map(|(id, _)| id)
+    }
+
+    async fn leader_within(
+        &self,
+        within: Duration,
+    ) -> anyhow::Result<(NodeId, Arc<Group<PartitionState>>)> {
+        crate::eventually(within, &format!("a leader for {}", self.group), || {
+            std::future::ready(self.current_leader().context("no running replica leads"))
+        })
+        .await
     }
 
     /// One attempt: waits for a leader, proposes `batch` there and waits for it to commit, all
     /// within `within`. An error does not mean the batch was not committed.
     pub async fn write_once(&self, batch: Bytes, within: Duration) -> anyhow::Result<Applied> {
         let deadline = tokio::time::Instant::now() + within;
-        let (id, g) = loop {
-            if let Some(found) = self.current_leader() {
-                break found;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!("no leader for {} within {within:?}", self.group);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let (id, g) = self.leader_within(within).await?;
         match tokio::time::timeout_at(deadline, g.write(batch)).await {
             Ok(Ok(applied)) => Ok(applied),
             Ok(Err(err)) => Err(anyhow::Error::new(err).context(format!("write on node {id}"))),
@@ -626,24 +610,24 @@ impl GroupClient {
     /// Writes `batch`, retrying only unambiguous failures (see [`RaftCluster::write`]).
     pub async fn write(&self, batch: Bytes, within: Duration) -> anyhow::Result<Applied> {
         let deadline = tokio::time::Instant::now() + within;
-        loop {
+        let what = format!("a write to {} acknowledged", self.group);
+        crate::eventually(within, &what, || async {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if remaining.is_zero() {
-                bail!("write to {} not acknowledged within {within:?}", self.group);
-            }
             match self.write_once(batch.clone(), remaining).await {
-                Ok(applied) => return Ok(applied),
+                Ok(applied) => Ok(applied),
+                // Refused by a node that no longer leads: not written, safe to retry.
                 Err(err)
                     if matches!(
                         err.downcast_ref::<GroupError>(),
                         Some(GroupError::NotLeader { .. })
                     ) =>
                 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Err(err)
                 }
-                Err(err) => return Err(err),
+                Err(err) => Err(crate::abort(err)),
             }
-        }
+        })
+        .await
     }
 }
 

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use tokio::sync::Mutex;
@@ -74,6 +75,32 @@ impl Workload {
     /// Values acknowledged so far.
     pub async fn acknowledged(&self) -> usize {
         self.acked.lock().await.values().map(Vec::len).sum()
+    }
+
+    /// Waits until `more` values more than now are acknowledged: the cluster serves writes
+    /// (`when`, such as "after the leader kill", names the moment in the failure message).
+    pub async fn wait_progress(
+        &self,
+        more: usize,
+        within: Duration,
+        when: &str,
+    ) -> anyhow::Result<()> {
+        let target = self.acknowledged().await + more;
+        let what = format!("{more} more values acknowledged {when}");
+        crate::eventually(within, &what, || async {
+            if self.tasks.iter().any(tokio::task::JoinHandle::is_finished) {
+                return Err(crate::abort(anyhow::anyhow!(
+                    "a producer stopped (Workload::stop returns its error)"
+                )));
+            }
+            let acknowledged = self.acknowledged().await;
+            ensure!(
+                acknowledged >= target,
+                "{acknowledged} acknowledged, waiting for {target}"
+            );
+            Ok(())
+        })
+        .await
     }
 
     /// Stops the producers; returns the batches acknowledged and the acknowledged values per

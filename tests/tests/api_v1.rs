@@ -1,147 +1,69 @@
 //! The v1 API beyond plain produce and fetch, over raw generated gRPC stubs (as a client in any
 //! language would use it) against one in-process node: topic settings, produce by key, acks
 //! leader and none, producer ids, the produce stream, long-poll fetch, start positions,
-//! Subscribe, and every consumer-group call with its documented error statuses.
+//! Subscribe, and every consumer-group call with its documented error statuses. Each test starts
+//! its own node (a fraction of a second) and checks one behaviour.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use bytes::Bytes;
 use tonic::Code;
-use tonic::transport::Channel;
-use weir_broker::Node;
 use weir_format::partitioner::partition_for_key;
-use weir_proto::v1::admin_client::AdminClient;
-use weir_proto::v1::broker_client::BrokerClient;
-use weir_proto::v1::groups_client::GroupsClient;
 use weir_proto::v1::{
-    Acks, CommitOffsetsRequest, CreateTopicRequest, DescribeGroupRequest, DescribeTopicRequest,
-    FetchOffsetsRequest, FetchRequest, HeartbeatRequest, HeartbeatResponse, InitProducerRequest,
-    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, ListTopicsRequest, PartitionOffset,
-    ProduceRequest, Record, ResetOffsetsRequest, StartFrom, SubscribeRequest, TopicPartitions,
+    Acks, CommitOffsetsRequest, DescribeGroupRequest, DescribeTopicRequest, FetchOffsetsRequest,
+    FetchRequest, HeartbeatRequest, HeartbeatResponse, InitProducerRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, ListTopicsRequest, PartitionOffset, ProduceRequest,
+    ResetOffsetsRequest, StartFrom, SubscribeRequest, TopicPartitions,
 };
+use weir_tests::api::{
+    Api, ApiNode, WAIT, create, expect_status as expect, produce, record, values,
+};
+use weir_tests::eventually;
 
-const WAIT: Duration = Duration::from_secs(20);
-
-fn record(key: Option<&str>, value: &str) -> Record {
-    Record {
-        key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
-        value: Some(Bytes::copy_from_slice(value.as_bytes())),
-        headers: Vec::new(),
-        timestamp_ms: 0,
-    }
+/// A node with topic `keyed`: 4 partitions, no settings.
+async fn keyed() -> anyhow::Result<ApiNode> {
+    let node = ApiNode::start().await?;
+    node.api.create_topic("keyed", 4, &[]).await?;
+    Ok(node)
 }
 
-fn produce(topic: &str, partition: Option<u32>, records: Vec<Record>) -> ProduceRequest {
-    ProduceRequest {
-        topic: topic.into(),
-        partition,
-        records,
-        ..ProduceRequest::default()
-    }
+/// `n` values `{prefix}{i}` produced to `partition` of `keyed`, one record each.
+async fn fill(api: &Api, partition: u32, prefix: &str, n: u32) -> anyhow::Result<Vec<String>> {
+    let written: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    api.produce_values("keyed", partition, &written).await?;
+    Ok(written)
 }
 
-fn create(name: &str, partitions: u32, configs: &[(&str, &str)]) -> CreateTopicRequest {
-    CreateTopicRequest {
-        name: name.into(),
-        partitions,
-        replication_factor: 1,
-        configs: configs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
-}
-
-fn status_of<T>(result: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
-    match result {
-        Ok(_) => (Code::Ok, String::new()),
-        Err(status) => (status.code(), status.message().to_string()),
-    }
-}
-
-fn expect<T>(result: Result<tonic::Response<T>, tonic::Status>, code: Code, mentions: &str) {
-    let (got, message) = status_of(result);
-    assert_eq!(got, code, "message: {message}");
-    assert!(
-        message.contains(mentions),
-        "{message:?} should mention {mentions:?}"
-    );
-}
-
-struct Api {
-    admin: AdminClient<Channel>,
-    broker: BrokerClient<Channel>,
-    groups: GroupsClient<Channel>,
-}
-
-async fn start() -> anyhow::Result<(Node, tempfile::TempDir, Api)> {
-    let dir = tempfile::tempdir()?;
-    let node = weir_tests::start_single_node(dir.path()).await?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.local_addr()))?
-        .connect()
-        .await?;
-    let api = Api {
-        admin: AdminClient::new(channel.clone()),
-        broker: BrokerClient::new(channel.clone()),
-        groups: GroupsClient::new(channel),
-    };
-    Ok((node, dir, api))
-}
-
-/// Retries `call` while it answers UNAVAILABLE (a node starting, a group being formed).
-async fn retry<T, F, Fut>(mut call: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match call().await {
-            Ok(response) => return Ok(response.into_inner()),
-            Err(status)
-                if status.code() == Code::Unavailable && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => anyhow::bail!("{status}"),
-        }
-    }
-}
-
-fn values(records: &[weir_proto::v1::FetchedRecord]) -> Vec<String> {
-    records
-        .iter()
-        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or(b"")).into_owned())
+/// 2000 characters lz4 cannot shrink.
+fn incompressible() -> String {
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    (0..2000)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(b'!' + (seed % 90) as u8)
+        })
         .collect()
 }
 
-async fn fetch_all(api: &mut Api, topic: &str, partition: u32) -> anyhow::Result<Vec<String>> {
-    let fetched = api
-        .broker
-        .fetch(FetchRequest {
-            topic: topic.into(),
-            partition,
-            from: StartFrom::Earliest as i32,
-            ..FetchRequest::default()
-        })
-        .await?
-        .into_inner();
-    Ok(values(&fetched.records))
+/// Topic `small`: max.message.bytes 1000, an hour's retention, lz4.
+async fn create_small(api: &Api) -> anyhow::Result<()> {
+    api.create_topic(
+        "small",
+        1,
+        &[
+            ("max.message.bytes", "1000"),
+            ("retention.ms", "3600000"),
+            ("compression", "lz4"),
+        ],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
-    weir_tests::init_tracing();
-    let (node, _dir, mut api) = start().await?;
-    let admin = api.admin.clone();
-    retry(|| {
-        let mut admin = admin.clone();
-        async move { admin.create_topic(create("keyed", 4, &[])).await }
-    })
-    .await?;
-
-    // Topic settings: bad names and values are INVALID_ARGUMENT naming the limit.
+async fn bad_topic_settings_are_invalid_argument_naming_the_limit() -> anyhow::Result<()> {
+    let ApiNode { node, mut api, .. } = keyed().await?;
     expect(
         api.admin
             .create_topic(create("t1", 1, &[("segment.bytes", "10")]))
@@ -170,31 +92,23 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
         Code::InvalidArgument,
         "producer, none, lz4",
     );
-    // Settings apply: a small max.message.bytes limits batches, and describe shows them.
-    api.admin
-        .create_topic(create(
-            "small",
-            1,
-            &[
-                ("max.message.bytes", "1000"),
-                ("retention.ms", "3600000"),
-                ("compression", "lz4"),
-            ],
-        ))
-        .await?;
-    // Incompressible (the limit applies to the stored, lz4-compressed batch).
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let big: String = (0..2000)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            char::from(b'!' + (seed % 90) as u8)
-        })
-        .collect();
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_settings_apply_and_list_topics_shows_them() -> anyhow::Result<()> {
+    let ApiNode { node, mut api, .. } = keyed().await?;
+    create_small(&api).await?;
+    // A small max.message.bytes limits batches (the stored, lz4-compressed batch: incompressible
+    // values make it as big as the records).
     expect(
         api.broker
-            .produce(produce("small", Some(0), vec![record(None, &big)]))
+            .produce(produce(
+                "small",
+                Some(0),
+                vec![record(None, &incompressible())],
+            ))
             .await,
         Code::InvalidArgument,
         "limit of 1000 bytes",
@@ -214,21 +128,18 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
     assert_eq!(small.configs["compression"], "lz4");
     assert_eq!(small.configs["retention.bytes"], "-1");
     assert!(!small.internal);
-    // lz4 storage is transparent to readers.
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lz4_storage_is_transparent_to_readers_and_describe_shows_the_offsets() -> anyhow::Result<()>
+{
+    let ApiNode { node, mut api, .. } = keyed().await?;
+    create_small(&api).await?;
     let written: Vec<String> = (0..20).map(|i| format!("compressible-{i}")).collect();
-    let broker = api.broker.clone();
-    let request = produce(
-        "small",
-        Some(0),
-        written.iter().map(|v| record(None, v)).collect(),
-    );
-    retry(|| {
-        let mut broker = broker.clone();
-        let request = request.clone();
-        async move { broker.produce(request).await }
-    })
-    .await?;
-    assert_eq!(fetch_all(&mut api, "small", 0).await?, written);
+    api.produce_values("small", 0, &written).await?;
+    assert_eq!(api.fetch_all("small", 0).await?, written);
     let described = api
         .admin
         .describe_topic(DescribeTopicRequest {
@@ -249,21 +160,26 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
         Code::NotFound,
         "unknown topic",
     );
+    node.shutdown().await;
+    Ok(())
+}
 
-    // Produce by key: each record lands on partition_for_key of its key; a request without a
-    // partition may span partitions and says where each part went.
+/// Produce by key: each record lands on partition_for_key of its key; a request without a
+/// partition may span partitions and says where each part went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_produced_by_key_land_on_their_keys_partitions() -> anyhow::Result<()> {
+    let ApiNode { node, mut api, .. } = keyed().await?;
+    api.wait_for_leaders("keyed").await?;
     let keys = ["alice", "bob", "carol", "dave", "erin", "frank"];
-    let request = produce(
-        "keyed",
-        None,
-        keys.iter().map(|k| record(Some(k), k)).collect(),
-    );
-    let answer = retry(|| {
-        let mut broker = broker.clone();
-        let request = request.clone();
-        async move { broker.produce(request).await }
-    })
-    .await?;
+    let answer = api
+        .broker
+        .produce(produce(
+            "keyed",
+            None,
+            keys.iter().map(|k| record(Some(k), k)).collect(),
+        ))
+        .await?
+        .into_inner();
     let total: u32 = answer.partitions.iter().map(|p| p.record_count).sum();
     assert_eq!(total, keys.len() as u32);
     for p in 0..4 {
@@ -272,11 +188,7 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
             .filter(|k| partition_for_key(k.as_bytes(), 4) == p)
             .map(|k| k.to_string())
             .collect();
-        assert_eq!(
-            fetch_all(&mut api, "keyed", p).await?,
-            expected,
-            "partition {p}"
-        );
+        assert_eq!(api.fetch_all("keyed", p).await?, expected, "partition {p}");
     }
     expect(
         api.broker
@@ -293,9 +205,15 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
         Code::InvalidArgument,
         "no records",
     );
+    node.shutdown().await;
+    Ok(())
+}
 
-    // acks = leader and none answer without offsets; the records are then readable.
-    let before = fetch_all(&mut api, "keyed", 1).await?.len();
+/// acks = leader and none answer without offsets; the records are then readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_leader_and_none_answer_without_offsets() -> anyhow::Result<()> {
+    let ApiNode { node, mut api, .. } = keyed().await?;
+    let before = fill(&api, 1, "acked-", 3).await?.len();
     for acks in [Acks::Leader, Acks::None] {
         let answer = api
             .broker
@@ -308,22 +226,21 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
         assert_eq!(answer.base_offset, None, "{acks:?}");
         assert_eq!(answer.record_count, 1);
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let got = fetch_all(&mut api, "keyed", 1).await?;
-        if got.len() == before + 2 {
-            let tail: BTreeSet<&str> = got[before..].iter().map(String::as_str).collect();
-            assert_eq!(tail, BTreeSet::from(["Leader", "None"]));
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "acks=leader/none records never became readable: {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let got = eventually(WAIT, "the acks=leader/none records readable", || async {
+        let got = api.fetch_all("keyed", 1).await?;
+        anyhow::ensure!(got.len() == before + 2, "partition 1 holds {got:?}");
+        Ok(got)
+    })
+    .await?;
+    let tail: BTreeSet<&str> = got[before..].iter().map(String::as_str).collect();
+    assert_eq!(tail, BTreeSet::from(["Leader", "None"]));
+    node.shutdown().await;
+    Ok(())
+}
 
-    // Producer ids are unique.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_ids_are_unique() -> anyhow::Result<()> {
+    let ApiNode { node, mut api, .. } = keyed().await?;
     let a = api
         .broker
         .init_producer(InitProducerRequest {})
@@ -336,9 +253,16 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
         .into_inner();
     assert_ne!(a.producer_id, b.producer_id);
     assert!(a.producer_id > 0 && b.producer_id > 0);
+    node.shutdown().await;
+    Ok(())
+}
 
-    // ProduceStream: answers carry request ids; one partition keeps stream order; a bad
-    // request fails alone and the stream goes on.
+/// ProduceStream: answers carry request ids; one partition keeps stream order; a bad request
+/// fails alone and the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_produce_stream_answers_each_request_and_keeps_partition_order() -> anyhow::Result<()> {
+    let ApiNode { node, mut api, .. } = keyed().await?;
+    let before = fill(&api, 2, "before-", 3).await?;
     let mut requests: Vec<ProduceRequest> = (0..30u64)
         .map(|i| ProduceRequest {
             request_id: i,
@@ -352,7 +276,6 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
             ..produce("nope", Some(0), vec![record(None, "lost")])
         },
     );
-    let before = fetch_all(&mut api, "keyed", 2).await?;
     let mut answers = api
         .broker
         .produce_stream(tokio_stream::iter(requests))
@@ -376,14 +299,22 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
     for window in ordered.windows(2) {
         assert!(window[0].1 < window[1].1, "stream order kept: {ordered:?}");
     }
-    let after = fetch_all(&mut api, "keyed", 2).await?;
+    let after = api.fetch_all("keyed", 2).await?;
     let expected: Vec<String> = before
         .into_iter()
         .chain((0..30).map(|i| format!("s{i}")))
         .collect();
     assert_eq!(after, expected);
+    node.shutdown().await;
+    Ok(())
+}
 
-    // Fetch start positions and long poll.
+/// Fetch start positions: latest (nothing, at the high watermark), a time in the future (the
+/// high watermark), a time long past (the first record); a long-poll wait over 30 s is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_starts_at_latest_or_at_a_time() -> anyhow::Result<()> {
+    let ApiNode { node, mut api, .. } = keyed().await?;
+    fill(&api, 2, "s", 30).await?;
     let offsets = api
         .broker
         .list_offsets(ListOffsetsRequest {
@@ -441,9 +372,26 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
         Code::InvalidArgument,
         "30000",
     );
-    // A long poll at the high watermark answers with the record produced while it waits.
+    node.shutdown().await;
+    Ok(())
+}
+
+/// A long poll at the high watermark answers with the record produced while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_with_the_record_produced_while_it_waits() -> anyhow::Result<()> {
+    let ApiNode { node, mut api, .. } = keyed().await?;
+    fill(&api, 2, "s", 30).await?;
+    let hw = api
+        .broker
+        .list_offsets(ListOffsetsRequest {
+            topic: "keyed".into(),
+            partition: 2,
+            timestamp_ms: None,
+        })
+        .await?
+        .into_inner()
+        .high_watermark;
     let mut poller = api.broker.clone();
-    let hw = offsets.high_watermark;
     let waiting = tokio::spawn(async move {
         poller
             .fetch(FetchRequest {
@@ -460,8 +408,18 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
         .await?;
     let polled = waiting.await??.into_inner();
     assert_eq!(values(&polled.records), vec!["awaited".to_string()]);
+    node.shutdown().await;
+    Ok(())
+}
 
-    // Raw batches: the same records, as stored, for the client to decode.
+/// Raw batches: the same records, as stored, for the client to decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_batches_hold_the_records_a_decoded_fetch_returns() -> anyhow::Result<()> {
+    let ApiNode { node, mut api, .. } = keyed().await?;
+    // Batches of two records: offset 3 is the second record of one.
+    for batch in 0..4 {
+        fill(&api, 2, &format!("b{batch}-"), 2).await?;
+    }
     let decoded = api
         .broker
         .fetch(FetchRequest {
@@ -512,8 +470,15 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
         .collect();
     assert_eq!(from_raw, from_records);
     assert!(!from_records.is_empty());
+    node.shutdown().await;
+    Ok(())
+}
 
-    // Subscribe streams what is committed from its start, then what arrives.
+/// Subscribe streams what is committed from its start, then what arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_streams_the_committed_records_then_new_ones() -> anyhow::Result<()> {
+    let ApiNode { node, mut api, .. } = keyed().await?;
+    fill(&api, 3, "old", 4).await?;
     let mut stream = api
         .broker
         .subscribe(SubscribeRequest {
@@ -524,7 +489,7 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    let existing = fetch_all(&mut api, "keyed", 3).await?;
+    let existing = api.fetch_all("keyed", 3).await?;
     for i in 0..3 {
         api.broker
             .produce(produce(
@@ -551,6 +516,10 @@ async fn topics_produce_and_fetch_paths() -> anyhow::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Consumer groups: group `g` on topic `orders` (4 partitions of 10 records each).
+// ---------------------------------------------------------------------------------------------
+
 fn heartbeat(group: &str, member: &str, owned: &[u32]) -> HeartbeatRequest {
     HeartbeatRequest {
         group: group.into(),
@@ -576,39 +545,238 @@ fn assigned(answer: &HeartbeatResponse) -> Vec<u32> {
     partitions
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
-    weir_tests::init_tracing();
-    let (node, dir, mut api) = start().await?;
-    let admin = api.admin.clone();
-    retry(|| {
-        let mut admin = admin.clone();
-        async move { admin.create_topic(create("orders", 4, &[])).await }
-    })
-    .await?;
-    for p in 0..4 {
-        let records = (0..10).map(|i| record(None, &format!("{p}-{i}"))).collect();
-        let request = produce("orders", Some(p), records);
-        let broker = api.broker.clone();
-        retry(|| {
-            let mut broker = broker.clone();
-            let request = request.clone();
-            async move { broker.produce(request).await }
-        })
-        .await?;
-    }
+/// Group `g` after its first member `a` joined and took every partition.
+struct OneMember {
+    node: ApiNode,
+    /// The answer to the first heartbeat.
+    first: HeartbeatResponse,
+    a: String,
+    /// The answer to a's heartbeat reporting every partition owned.
+    taken: HeartbeatResponse,
+}
 
+async fn one_member() -> anyhow::Result<OneMember> {
+    let node = ApiNode::start().await?;
+    node.api.create_topic("orders", 4, &[]).await?;
+    for p in 0..4 {
+        let records: Vec<String> = (0..10).map(|i| format!("{p}-{i}")).collect();
+        node.api.produce_values("orders", p, &records).await?;
+    }
     // The first heartbeat creates the offsets topic and its coordinator; retry while it forms.
-    let groups = api.groups.clone();
-    let first = retry(|| {
-        let mut groups = groups.clone();
-        async move { groups.heartbeat(heartbeat("g", "", &[])).await }
-    })
+    let groups = node.api.groups.clone();
+    let first = weir_tests::retry_unavailable(
+        WAIT,
+        "the first heartbeat (the offsets topic forms)",
+        || {
+            let mut groups = groups.clone();
+            async move { groups.heartbeat(heartbeat("g", "", &[])).await }
+        },
+    )
     .await?;
     let a = first.member_id.clone();
+    let taken = node
+        .api
+        .groups
+        .clone()
+        .heartbeat(heartbeat("g", &a, &[0, 1, 2, 3]))
+        .await?
+        .into_inner();
+    Ok(OneMember {
+        node,
+        first,
+        a,
+        taken,
+    })
+}
+
+/// Group `g` once a second member `b` joined and each member took its share: two partitions.
+struct TwoMembers {
+    node: ApiNode,
+    first: HeartbeatResponse,
+    a: String,
+    /// The answer to b's first heartbeat.
+    joined: HeartbeatResponse,
+    b: String,
+    a_share: Vec<u32>,
+    /// The answer to a's heartbeat reporting its share owned.
+    a_now: HeartbeatResponse,
+    b_share: Vec<u32>,
+}
+
+async fn two_members() -> anyhow::Result<TwoMembers> {
+    let OneMember { node, first, a, .. } = one_member().await?;
+    let mut groups = node.api.groups.clone();
+    let joined = groups
+        .heartbeat(heartbeat("g", "", &[]))
+        .await?
+        .into_inner();
+    let b = joined.member_id.clone();
+    let a_share = assigned(
+        &groups
+            .heartbeat(heartbeat("g", &a, &[0, 1, 2, 3]))
+            .await?
+            .into_inner(),
+    );
+    let a_now = groups
+        .heartbeat(heartbeat("g", &a, &a_share))
+        .await?
+        .into_inner();
+    let b_share = assigned(
+        &groups
+            .heartbeat(heartbeat("g", &b, &[]))
+            .await?
+            .into_inner(),
+    );
+    groups.heartbeat(heartbeat("g", &b, &b_share)).await?;
+    anyhow::ensure!(
+        a_share.len() == 2 && b_share.len() == 2,
+        "fixture: shares {a_share:?} and {b_share:?} (a_joining_member_gets_its_share_... checks)"
+    );
+    Ok(TwoMembers {
+        node,
+        first,
+        a,
+        joined,
+        b,
+        a_share,
+        a_now,
+        b_share,
+    })
+}
+
+fn commit(member: &str, partition: u32, offset: u64) -> CommitOffsetsRequest {
+    CommitOffsetsRequest {
+        group: "g".into(),
+        member_id: member.into(),
+        offsets: vec![PartitionOffset {
+            topic: "orders".into(),
+            partition,
+            offset,
+        }],
+    }
+}
+
+/// Commits: a member commits what it holds (a: offset 7 of its first partition); not what it
+/// does not; nobody else while the group is live.
+async fn check_commits(group: &mut TwoMembers) -> anyhow::Result<()> {
+    let TwoMembers {
+        node,
+        a,
+        a_share,
+        b_share,
+        ..
+    } = group;
+    let groups = &mut node.api.groups;
+    groups.commit_offsets(commit(a, a_share[0], 7)).await?;
+    expect(
+        groups.commit_offsets(commit(a, b_share[0], 7)).await,
+        Code::FailedPrecondition,
+        "not held",
+    );
+    expect(
+        groups.commit_offsets(commit("", a_share[0], 1)).await,
+        Code::FailedPrecondition,
+        "live members",
+    );
+    expect(
+        groups.commit_offsets(commit("ghost", a_share[0], 1)).await,
+        Code::NotFound,
+        "unknown member",
+    );
+    expect(
+        groups.commit_offsets(commit(a, 9, 1)).await,
+        Code::NotFound,
+        "partition 9",
+    );
+    expect(
+        groups
+            .commit_offsets(CommitOffsetsRequest {
+                offsets: vec![],
+                ..commit(a, 0, 0)
+            })
+            .await,
+        Code::InvalidArgument,
+        "no offsets",
+    );
+    Ok(())
+}
+
+async fn leave(api: &mut Api, member: &str) -> Result<tonic::Response<()>, tonic::Status> {
+    api.groups
+        .leave_group(LeaveGroupRequest {
+            group: "g".into(),
+            member_id: member.into(),
+        })
+        .await
+        .map(|answer| answer.map(drop))
+}
+
+fn reset(to: StartFrom, offset: u64) -> ResetOffsetsRequest {
+    ResetOffsetsRequest {
+        group: "g".into(),
+        topic: "orders".into(),
+        partitions: vec![],
+        to: to as i32,
+        offset,
+        timestamp_ms: 0,
+    }
+}
+
+/// (partition, committed offset) of group `g`.
+async fn committed(api: &mut Api) -> anyhow::Result<Vec<(u32, u64)>> {
+    let fetched = api
+        .groups
+        .fetch_offsets(FetchOffsetsRequest {
+            group: "g".into(),
+            topics: vec![],
+        })
+        .await?
+        .into_inner();
+    Ok(fetched
+        .offsets
+        .iter()
+        .map(|o| (o.partition, o.offset))
+        .collect())
+}
+
+/// Both members leave; every offset is reset to 99 (clamped to the high watermark, 10), then
+/// partition 1 to the earliest. Returns the committed offsets.
+async fn leave_and_reset(group: &mut TwoMembers) -> anyhow::Result<Vec<(u32, u64)>> {
+    let api = &mut group.node.api;
+    leave(api, &group.a).await?;
+    leave(api, &group.b).await?;
+    let moved = api
+        .groups
+        .reset_offsets(reset(StartFrom::Offset, 99))
+        .await?
+        .into_inner();
+    assert_eq!(moved.offsets.len(), 4);
+    assert!(
+        moved.offsets.iter().all(|o| o.offset == 10),
+        "clamped to the high watermark"
+    );
+    api.groups
+        .reset_offsets(ResetOffsetsRequest {
+            partitions: vec![1],
+            ..reset(StartFrom::Earliest, 0)
+        })
+        .await?;
+    committed(api).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_heartbeat_creates_the_offsets_topic_and_assigns_every_partition()
+-> anyhow::Result<()> {
+    let OneMember {
+        mut node,
+        first,
+        taken,
+        ..
+    } = one_member().await?;
     assert_eq!(assigned(&first), vec![0, 1, 2, 3]);
     assert!(first.heartbeat_interval_ms > 0);
-    let topics = api
+    let topics = node
+        .api
         .admin
         .list_topics(ListTopicsRequest {})
         .await?
@@ -619,99 +787,61 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
             .iter()
             .any(|t| t.name == "__consumer_offsets" && t.internal)
     );
-
     // a takes its partitions (reports them owned).
-    let taken = api
-        .groups
-        .heartbeat(heartbeat("g", &a, &[0, 1, 2, 3]))
-        .await?
-        .into_inner();
     assert_eq!(assigned(&taken), vec![0, 1, 2, 3]);
-    // A second member joins: it gets its share only once the first releases it.
-    let joined = api
-        .groups
-        .heartbeat(heartbeat("g", "", &[]))
-        .await?
-        .into_inner();
-    let b = joined.member_id.clone();
+    node.shutdown().await;
+    Ok(())
+}
+
+/// A second member joins: it gets its share only once the first releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_member_gets_its_share_once_the_first_releases_it() -> anyhow::Result<()> {
+    let TwoMembers {
+        node,
+        first,
+        a,
+        joined,
+        b,
+        a_share,
+        a_now,
+        b_share,
+    } = two_members().await?;
     assert_ne!(a, b);
     assert!(joined.generation > first.generation);
     assert!(assigned(&joined).is_empty(), "a still owns everything");
-    let a_share = assigned(
-        &api.groups
-            .heartbeat(heartbeat("g", &a, &[0, 1, 2, 3]))
-            .await?
-            .into_inner(),
-    );
     assert_eq!(a_share.len(), 2);
-    let a_now = api
-        .groups
-        .heartbeat(heartbeat("g", &a, &a_share))
-        .await?
-        .into_inner();
     assert_eq!(assigned(&a_now), a_share);
-    let b_share = assigned(
-        &api.groups
-            .heartbeat(heartbeat("g", &b, &[]))
-            .await?
-            .into_inner(),
-    );
     assert_eq!(b_share.len(), 2);
     let all: BTreeSet<u32> = a_share.iter().chain(&b_share).copied().collect();
     assert_eq!(all, BTreeSet::from([0, 1, 2, 3]));
-    api.groups.heartbeat(heartbeat("g", &b, &b_share)).await?;
+    node.shutdown().await;
+    Ok(())
+}
 
-    // Commits: a member commits what it holds; not what it does not; nobody else while the
-    // group is live.
-    let commit = |member: &str, partition: u32, offset: u64| CommitOffsetsRequest {
-        group: "g".into(),
-        member_id: member.into(),
-        offsets: vec![PartitionOffset {
-            topic: "orders".into(),
-            partition,
-            offset,
-        }],
-    };
-    api.groups.commit_offsets(commit(&a, a_share[0], 7)).await?;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_are_taken_only_from_the_member_holding_the_partition() -> anyhow::Result<()> {
+    let mut group = two_members().await?;
+    check_commits(&mut group).await?;
+    group.node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_heartbeats_get_their_documented_statuses() -> anyhow::Result<()> {
+    let TwoMembers {
+        mut node,
+        a,
+        a_share,
+        ..
+    } = two_members().await?;
+    let groups = &mut node.api.groups;
     expect(
-        api.groups.commit_offsets(commit(&a, b_share[0], 7)).await,
-        Code::FailedPrecondition,
-        "not held",
-    );
-    expect(
-        api.groups.commit_offsets(commit("", a_share[0], 1)).await,
-        Code::FailedPrecondition,
-        "live members",
-    );
-    expect(
-        api.groups
-            .commit_offsets(commit("ghost", a_share[0], 1))
-            .await,
-        Code::NotFound,
-        "unknown member",
-    );
-    expect(
-        api.groups.commit_offsets(commit(&a, 9, 1)).await,
-        Code::NotFound,
-        "partition 9",
-    );
-    expect(
-        api.groups
-            .commit_offsets(CommitOffsetsRequest {
-                offsets: vec![],
-                ..commit(&a, 0, 0)
-            })
-            .await,
-        Code::InvalidArgument,
-        "no offsets",
-    );
-    expect(
-        api.groups.heartbeat(heartbeat("g", "ghost", &[])).await,
+        groups.heartbeat(heartbeat("g", "ghost", &[])).await,
         Code::NotFound,
         "rejoin",
     );
     expect(
-        api.groups
+        groups
             .heartbeat(HeartbeatRequest {
                 session_timeout_ms: 10,
                 ..heartbeat("g", &a, &a_share)
@@ -721,7 +851,7 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
         "session_timeout_ms",
     );
     expect(
-        api.groups
+        groups
             .heartbeat(HeartbeatRequest {
                 topics: vec!["nope".into()],
                 ..heartbeat("g", &a, &a_share)
@@ -731,34 +861,56 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
         "unknown topic",
     );
     expect(
-        api.groups.heartbeat(heartbeat("", "", &[])).await,
+        groups.heartbeat(heartbeat("", "", &[])).await,
         Code::InvalidArgument,
         "group name",
     );
+    node.shutdown().await;
+    Ok(())
+}
 
-    // Metrics show the coordinated group: members, committed offsets, requests by result.
-    let metrics = weir_tests::scrape_metrics(node.metrics_addr()).await?;
+/// Metrics show the coordinated group: members, committed offsets, requests by result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_groups_members_offsets_and_request_results() -> anyhow::Result<()> {
+    let mut group = two_members().await?;
+    check_commits(&mut group).await?;
+    let metrics = weir_tests::scrape_metrics(group.node.node.metrics_addr()).await?;
     for line in [
         "weir_group_members{group=\"g\"} 2".to_string(),
         format!(
             "weir_group_committed_offset{{group=\"g\",topic=\"orders\",partition=\"{}\"}} 7",
-            a_share[0]
+            group.a_share[0]
         ),
         "weir_group_requests_total{rpc=\"commit_offsets\",result=\"FailedPrecondition\"} 2"
             .to_string(),
     ] {
         assert!(metrics.contains(&line), "metrics lack {line:?}:\n{metrics}");
     }
+    group.node.shutdown().await;
+    Ok(())
+}
 
-    // Describe: members, and per partition committed offset, high watermark and lag.
-    let described = api
+/// Describe: members, and per partition committed offset, high watermark and lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_shows_members_committed_offsets_and_lag() -> anyhow::Result<()> {
+    let mut group = two_members().await?;
+    check_commits(&mut group).await?;
+    let TwoMembers {
+        mut node,
+        a,
+        a_share,
+        b_share,
+        ..
+    } = group;
+    let described = node
+        .api
         .groups
         .describe_group(DescribeGroupRequest { group: "g".into() })
         .await?
         .into_inner();
     assert_eq!(described.members.len(), 2);
     assert_eq!(described.state, "stable");
-    assert_eq!(described.coordinator, node.config().id);
+    assert_eq!(described.coordinator, node.node.config().id);
     let lag = described
         .partitions
         .iter()
@@ -776,7 +928,8 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
     assert_eq!(uncommitted.committed, None);
     assert_eq!(uncommitted.lag, 10);
     expect(
-        api.groups
+        node.api
+            .groups
             .describe_group(DescribeGroupRequest {
                 group: "nobody".into(),
             })
@@ -784,85 +937,61 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
         Code::NotFound,
         "unknown group",
     );
+    node.shutdown().await;
+    Ok(())
+}
 
-    // Reset needs an empty group.
-    let reset = |to: StartFrom, offset| ResetOffsetsRequest {
-        group: "g".into(),
-        topic: "orders".into(),
-        partitions: vec![],
-        to: to as i32,
-        offset,
-        timestamp_ms: 0,
-    };
+/// A member that leaves releases its partitions at once: the other gets them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_leaves_hands_its_partitions_over_at_once() -> anyhow::Result<()> {
+    let TwoMembers {
+        mut node,
+        a,
+        b,
+        b_share,
+        ..
+    } = two_members().await?;
+    leave(&mut node.api, &a).await?;
     expect(
-        api.groups
-            .reset_offsets(reset(StartFrom::Earliest, 0))
-            .await,
-        Code::FailedPrecondition,
-        "live members",
-    );
-    api.groups
-        .leave_group(LeaveGroupRequest {
-            group: "g".into(),
-            member_id: a.clone(),
-        })
-        .await?;
-    expect(
-        api.groups
-            .leave_group(LeaveGroupRequest {
-                group: "g".into(),
-                member_id: a.clone(),
-            })
-            .await,
+        leave(&mut node.api, &a).await,
         Code::NotFound,
         "unknown member",
     );
-    // b now gets a's partitions at once (a released them by leaving).
     let b_all = assigned(
-        &api.groups
+        &node
+            .api
+            .groups
             .heartbeat(heartbeat("g", &b, &b_share))
             .await?
             .into_inner(),
     );
     assert_eq!(b_all, vec![0, 1, 2, 3]);
-    api.groups
-        .leave_group(LeaveGroupRequest {
-            group: "g".into(),
-            member_id: b.clone(),
-        })
-        .await?;
-    let moved = api
-        .groups
-        .reset_offsets(reset(StartFrom::Offset, 99))
-        .await?
-        .into_inner();
-    assert_eq!(moved.offsets.len(), 4);
-    assert!(
-        moved.offsets.iter().all(|o| o.offset == 10),
-        "clamped to the high watermark"
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Reset needs an empty group; offsets past the high watermark are clamped to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_are_reset_only_in_an_empty_group() -> anyhow::Result<()> {
+    let mut group = two_members().await?;
+    check_commits(&mut group).await?;
+    expect(
+        group
+            .node
+            .api
+            .groups
+            .reset_offsets(reset(StartFrom::Earliest, 0))
+            .await,
+        Code::FailedPrecondition,
+        "live members",
     );
-    api.groups
-        .reset_offsets(ResetOffsetsRequest {
-            partitions: vec![1],
-            ..reset(StartFrom::Earliest, 0)
-        })
-        .await?;
-    let fetched = api
-        .groups
-        .fetch_offsets(FetchOffsetsRequest {
-            group: "g".into(),
-            topics: vec![],
-        })
-        .await?
-        .into_inner();
-    let committed: Vec<(u32, u64)> = fetched
-        .offsets
-        .iter()
-        .map(|o| (o.partition, o.offset))
-        .collect();
+    let committed = leave_and_reset(&mut group).await?;
     assert_eq!(committed, vec![(0, 10), (1, 0), (2, 10), (3, 10)]);
     expect(
-        api.groups
+        group
+            .node
+            .api
+            .groups
             .reset_offsets(ResetOffsetsRequest {
                 partitions: vec![8],
                 ..reset(StartFrom::Earliest, 0)
@@ -871,9 +1000,18 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
         Code::NotFound,
         "partition 8",
     );
+    group.node.shutdown().await;
+    Ok(())
+}
 
-    // Listing shows the group, now empty.
-    let listed = api
+/// Listing shows the group, empty once its members left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_groups_shows_a_group_empty_once_its_members_left() -> anyhow::Result<()> {
+    let mut group = two_members().await?;
+    leave_and_reset(&mut group).await?;
+    let listed = group
+        .node
+        .api
         .groups
         .list_groups(ListGroupsRequest::default())
         .await?
@@ -884,24 +1022,32 @@ async fn consumer_group_calls_and_their_errors() -> anyhow::Result<()> {
         .find(|g| g.group == "g")
         .ok_or_else(|| anyhow::anyhow!("group not listed: {listed:?}"))?;
     assert_eq!((g.members, g.state.as_str()), (0, "empty"));
+    group.node.shutdown().await;
+    Ok(())
+}
 
-    // Committed offsets survive a restart of the (only) node: they are records of the
-    // replicated offsets topic.
-    node.shutdown().await;
-    let node = weir_tests::start_single_node(dir.path()).await?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.local_addr()))?
-        .connect()
-        .await?;
-    let groups = GroupsClient::new(channel);
+/// Committed offsets survive a restart of the (only) node: they are records of the replicated
+/// offsets topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_survive_a_restart_of_the_node() -> anyhow::Result<()> {
+    let mut group = two_members().await?;
+    check_commits(&mut group).await?;
+    let committed = leave_and_reset(&mut group).await?;
+    let node = group.node.restart().await?;
+    let groups = node.api.groups.clone();
     let request = FetchOffsetsRequest {
         group: "g".into(),
         topics: vec!["orders".into()],
     };
-    let again = retry(|| {
-        let mut groups = groups.clone();
-        let request = request.clone();
-        async move { groups.fetch_offsets(request).await }
-    })
+    let again = weir_tests::retry_unavailable(
+        WAIT,
+        "the committed offsets fetched after the restart",
+        || {
+            let mut groups = groups.clone();
+            let request = request.clone();
+            async move { groups.fetch_offsets(request).await }
+        },
+    )
     .await?;
     let again: Vec<(u32, u64)> = again
         .offsets
@@ -929,35 +1075,14 @@ async fn relaxed_durability_modes_commit_writes() -> anyhow::Result<()> {
             durability,
             ..weir_broker::NodeConfig::default()
         };
-        let node = Node::start(config, None).await?;
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", node.local_addr()))?
-                .connect()
-                .await?;
-        let mut api = Api {
-            admin: AdminClient::new(channel.clone()),
-            broker: BrokerClient::new(channel.clone()),
-            groups: GroupsClient::new(channel),
-        };
-        let admin = api.admin.clone();
-        retry(|| {
-            let mut admin = admin.clone();
-            async move { admin.create_topic(create("relaxed", 1, &[])).await }
-        })
-        .await?;
-        let broker = api.broker.clone();
-        let request = produce("relaxed", Some(0), vec![record(None, "kept")]);
-        let answer = retry(|| {
-            let mut broker = broker.clone();
-            let request = request.clone();
-            async move { broker.produce(request).await }
-        })
-        .await?;
+        let node = weir_broker::Node::start(config, None).await?;
+        let api = Api::connect(node.local_addr()).await?;
+        api.create_topic("relaxed", 1, &[]).await?;
+        let answer = api
+            .produce_values("relaxed", 0, &["kept".to_string()])
+            .await?;
         assert_eq!(answer.base_offset, Some(0), "{durability:?}");
-        assert_eq!(
-            fetch_all(&mut api, "relaxed", 0).await?,
-            vec!["kept".to_string()]
-        );
+        assert_eq!(api.fetch_all("relaxed", 0).await?, vec!["kept".to_string()]);
         node.shutdown().await;
     }
     Ok(())
@@ -968,13 +1093,8 @@ async fn relaxed_durability_modes_commit_writes() -> anyhow::Result<()> {
 /// fenced epochs and malformed fields get the documented codes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_records_carry_producer_fields() -> anyhow::Result<()> {
-    let (_node, _dir, mut api) = start().await?;
-    let admin = api.admin.clone();
-    retry(|| {
-        let mut admin = admin.clone();
-        async move { admin.create_topic(create("idem", 1, &[])).await }
-    })
-    .await?;
+    let ApiNode { node, mut api, .. } = ApiNode::start().await?;
+    api.create_topic("idem", 1, &[]).await?;
     let producer = api
         .broker
         .init_producer(InitProducerRequest {})
@@ -990,29 +1110,15 @@ async fn idempotent_records_carry_producer_fields() -> anyhow::Result<()> {
             values.iter().map(|v| record(None, v)).collect(),
         )
     };
-    let broker = api.broker.clone();
-    let first = retry(|| {
-        let mut broker = broker.clone();
-        let request = request(0, 0, &["a", "b"]);
-        async move { broker.produce(request).await }
-    })
-    .await?;
+    let first = api.produce(request(0, 0, &["a", "b"])).await?;
     assert_eq!(first.base_offset, Some(0));
     // The same request again (a retry after a lost answer): the first write's offsets, no copy.
-    let again = api
-        .broker
-        .produce(request(0, 0, &["a", "b"]))
-        .await?
-        .into_inner();
+    let again = api.produce(request(0, 0, &["a", "b"])).await?;
     assert_eq!(again.base_offset, Some(0));
     // Sequences count records: the next request starts at 2.
-    let next = api
-        .broker
-        .produce(request(0, 2, &["c"]))
-        .await?
-        .into_inner();
+    let next = api.produce(request(0, 2, &["c"])).await?;
     assert_eq!(next.base_offset, Some(2));
-    assert_eq!(fetch_all(&mut api, "idem", 0).await?, ["a", "b", "c"]);
+    assert_eq!(api.fetch_all("idem", 0).await?, ["a", "b", "c"]);
 
     // Ahead of the next expected sequence (3): ABORTED, nothing written.
     expect(
@@ -1021,10 +1127,13 @@ async fn idempotent_records_carry_producer_fields() -> anyhow::Result<()> {
         "3 was expected",
     );
     // A new epoch starts at 0 and fences the old one: FAILED_PRECONDITION, final.
-    api.broker.produce(request(1, 0, &["d"])).await?;
-    let fenced = api.broker.produce(request(0, 3, &["old"])).await;
-    expect(fenced, Code::FailedPrecondition, "fenced by epoch 1");
-    assert_eq!(fetch_all(&mut api, "idem", 0).await?, ["a", "b", "c", "d"]);
+    api.produce(request(1, 0, &["d"])).await?;
+    expect(
+        api.broker.produce(request(0, 3, &["old"])).await,
+        Code::FailedPrecondition,
+        "fenced by epoch 1",
+    );
+    assert_eq!(api.fetch_all("idem", 0).await?, ["a", "b", "c", "d"]);
 
     // Malformed producer fields.
     let no_partition = ProduceRequest {
@@ -1056,5 +1165,6 @@ async fn idempotent_records_carry_producer_fields() -> anyhow::Result<()> {
         Code::InvalidArgument,
         "producer_id goes with records",
     );
+    node.shutdown().await;
     Ok(())
 }

@@ -1,31 +1,18 @@
 //! `weir bench` against a 3-node process cluster: a short timed run, a backlog drain and a small
 //! replay report real outcomes in their JSON (everything acknowledged was consumed, no errors,
-//! ordered percentiles, exactly the bytes written read back), and bad options fail with the
-//! option named. Nothing here asserts on speed.
+//! ordered percentiles, exactly the bytes written read back) and leave no topic behind, and bad
+//! options fail with the option named. Nothing here asserts on speed. Each test starts its own
+//! cluster and checks one behaviour.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use anyhow::{Context, ensure};
 use serde_json::Value;
+use weir_tests::cli::Run;
 use weir_tests::process_cluster::{ProcessCluster, weir_binary};
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 fn weir(binary: &Path, args: &[&str]) -> anyhow::Result<Run> {
-    let output = Command::new(binary)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()?;
-    Ok(Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
+    weir_tests::cli::weir(binary, args, None)
 }
 
 /// Runs `weir bench ARGS --json` and parses its standard output (which must be one JSON object).
@@ -76,11 +63,33 @@ fn check_latency(report: &Value, pointer: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn bench_reports_real_outcomes_and_names_bad_options() -> anyhow::Result<()> {
-    let binary = weir_binary()?;
+/// Every bench topic was deleted at the end of the runs.
+fn ensure_no_bench_topics(binary: &Path, brokers: &str) -> anyhow::Result<()> {
+    let topics = weir(
+        binary,
+        &["topic", "list", "--brokers", brokers, "--output", "json"],
+    )?;
+    ensure!(topics.code == Some(0), "{}", topics.stderr);
+    ensure!(
+        !topics.stdout.contains("weir-bench"),
+        "bench topics left behind: {}",
+        topics.stdout
+    );
+    Ok(())
+}
 
-    // Bad options fail before touching any cluster, naming the option.
+/// A 3-node cluster, the `weir` binary and the cluster's addresses (for `--brokers`).
+fn cluster() -> anyhow::Result<(ProcessCluster, std::path::PathBuf, String)> {
+    let cluster = ProcessCluster::start(3)?;
+    let binary = cluster.binary().to_path_buf();
+    let brokers = cluster.brokers().join(",");
+    Ok((cluster, binary, brokers))
+}
+
+/// Bad options fail before touching any cluster, naming the option.
+#[test]
+fn bad_bench_options_fail_before_touching_a_cluster_naming_the_option() -> anyhow::Result<()> {
+    let binary = weir_binary()?;
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["bench", "--message-size", "4"], "--message-size"),
         (vec!["bench", "--acks", "sometimes"], "--acks"),
@@ -110,11 +119,13 @@ fn bench_reports_real_outcomes_and_names_bad_options() -> anyhow::Result<()> {
         );
         ensure!(run.stdout.is_empty(), "{args:?}: stdout {:?}", run.stdout);
     }
+    Ok(())
+}
 
-    let cluster = ProcessCluster::start(3)?;
-    let brokers = cluster.brokers().join(",");
-
-    // More replicas than brokers: refused with the option named.
+/// More replicas than brokers: refused with the option named.
+#[test]
+fn bench_refuses_more_replicas_than_brokers() -> anyhow::Result<()> {
+    let (_cluster, binary, brokers) = cluster()?;
     let run = weir(
         &binary,
         &["bench", "--brokers", &brokers, "--replication-factor", "5"],
@@ -125,8 +136,14 @@ fn bench_reports_real_outcomes_and_names_bad_options() -> anyhow::Result<()> {
         run.code,
         run.stderr
     );
+    Ok(())
+}
 
-    // A short timed run with a backlog after it.
+/// A short timed run with a backlog after it: no errors, everything acknowledged consumed,
+/// ordered latencies, the backlog written and drained in full.
+#[test]
+fn a_timed_bench_with_a_backlog_reports_what_it_measured() -> anyhow::Result<()> {
+    let (_cluster, binary, brokers) = cluster()?;
     let report = bench_json(
         &binary,
         &brokers,
@@ -190,8 +207,13 @@ fn bench_reports_real_outcomes_and_names_bad_options() -> anyhow::Result<()> {
         f64_at(&report, "/backlog/drain/mb_per_s")? > 0.0,
         "{report}"
     );
+    ensure_no_bench_topics(&binary, &brokers)
+}
 
-    // A fixed rate, consumers in a group, lz4.
+/// A fixed rate, consumers in a group, lz4: everything published is consumed.
+#[test]
+fn a_fixed_rate_group_bench_with_lz4_consumes_everything_published() -> anyhow::Result<()> {
+    let (_cluster, binary, brokers) = cluster()?;
     let report = bench_json(
         &binary,
         &brokers,
@@ -220,8 +242,14 @@ fn bench_reports_real_outcomes_and_names_bad_options() -> anyhow::Result<()> {
         "{report}"
     );
     check_latency(&report, "/publish/latency_ms")?;
+    ensure_no_bench_topics(&binary, &brokers)
+}
 
-    // Replay: exactly the bytes written come back, the last record shorter.
+/// Replay: exactly the bytes written come back, the last record shorter; the same with the
+/// plain fetch loop as the reader.
+#[test]
+fn a_replay_bench_reads_back_exactly_the_bytes_written() -> anyhow::Result<()> {
+    let (_cluster, binary, brokers) = cluster()?;
     let bytes: u64 = (8 << 20) + 100;
     let report = bench_json(
         &binary,
@@ -244,7 +272,6 @@ fn bench_reports_real_outcomes_and_names_bad_options() -> anyhow::Result<()> {
     );
     ensure!(f64_at(&report, "/replay/read/mb_per_s")? > 0.0, "{report}");
 
-    // The same with the plain fetch loop as the reader.
     let report = bench_json(
         &binary,
         &brokers,
@@ -261,17 +288,5 @@ fn bench_reports_real_outcomes_and_names_bad_options() -> anyhow::Result<()> {
         report["replay"]["verified"] == true && u64_at(&report, "/replay/read/bytes")? == 1 << 20,
         "{report}"
     );
-
-    // Every bench topic was deleted at the end.
-    let topics = weir(
-        &binary,
-        &["topic", "list", "--brokers", &brokers, "--output", "json"],
-    )?;
-    ensure!(topics.code == Some(0), "{}", topics.stderr);
-    ensure!(
-        !topics.stdout.contains("weir-bench"),
-        "bench topics left behind: {}",
-        topics.stdout
-    );
-    Ok(())
+    ensure_no_bench_topics(&binary, &brokers)
 }

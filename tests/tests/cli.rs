@@ -1,79 +1,18 @@
-//! The `weir` command as a user runs it: `weir local` starts a 3-node cluster, topics are created,
-//! lines produced and consumed, the cluster stops on SIGTERM and restarts on its data with nothing
-//! lost; bad command lines and configurations fail with a message naming the problem. Against a
-//! process cluster: keys, headers and JSON output, topic settings, consumer groups (resuming,
-//! lag, reset, --follow), and cluster status with a node down.
+//! The `weir` command as a user runs it. `weir local` starts a 3-node cluster: topics are
+//! created, lines produced, consumed and replayed, listings and health shown, mistakes named, and
+//! the cluster stops on SIGTERM and restarts on its data with nothing lost. Against three `weir
+//! server` processes: topic settings, keys, headers and JSON output, consumer groups (resuming,
+//! lag, reset, --follow), errors, and cluster status with a node down. Bad server settings fail
+//! with a message naming the setting. Each test starts its own cluster and checks one behaviour.
 
-use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use weir_client::partition_for_key;
-use weir_tests::process_cluster::{ProcessCluster, weir_binary};
-
-/// Three consecutive free ports on 127.0.0.1.
-fn free_base_port() -> anyhow::Result<u16> {
-    for _ in 0..50 {
-        let base = 20_000 + (std::process::id() as u16 % 20_000) + rand_offset();
-        let ok = (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if ok {
-            return Ok(base);
-        }
-    }
-    anyhow::bail!("no three consecutive free ports")
-}
-
-fn rand_offset() -> u16 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    (nanos % 5_000) as u16
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn weir(binary: &Path, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Run> {
-    weir_with_env(binary, args, &[], stdin)
-}
-
-/// Environment variables, name and value.
-type Vars<'a> = Vec<(&'a str, &'a str)>;
-
-/// `weir ARGS` with these environment variables set.
-fn weir_with_env(
-    binary: &Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-    stdin: Option<&str>,
-) -> anyhow::Result<Run> {
-    let mut child = Command::new(binary)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(input.as_bytes())?;
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output()?;
-    Ok(Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
-}
+use weir_tests::cli::{CliCluster, LocalCluster, json_lines, weir, weir_with_env};
+use weir_tests::process_cluster::weir_binary;
+use weir_tests::{eventually_blocking, wait_for_exit};
 
 #[test]
 fn bad_server_settings_fail_with_the_setting_named() -> anyhow::Result<()> {
@@ -136,6 +75,20 @@ fn bad_server_settings_fail_with_the_setting_named() -> anyhow::Result<()> {
             ],
             "cannot be used with",
         ),
+        (
+            vec![
+                "server",
+                "--ready-file",
+                "/nonexistent/weir.ready",
+                "--data-dir",
+                data,
+            ],
+            "--ready-file /nonexistent/weir.ready: not a file in an existing directory",
+        ),
+        (
+            vec!["server", "--ready-file", "", "--data-dir", data],
+            "--ready-file",
+        ),
     ];
     for (args, mentions) in cases {
         let run = weir(&binary, &args, None)?;
@@ -168,9 +121,20 @@ fn bad_server_settings_fail_with_the_setting_named() -> anyhow::Result<()> {
         "{}",
         run.stderr
     );
+    Ok(())
+}
 
-    // The layers: file < WEIR_* environment < flags; the message names the setting and the
-    // file, variable or flag its value came from.
+/// Environment variables, name and value.
+type Vars<'a> = Vec<(&'a str, &'a str)>;
+
+/// The layers: file < WEIR_* environment < flags; a bad value's message names the setting and
+/// the file, variable or flag it came from.
+#[test]
+fn server_settings_layer_file_env_and_flags_and_name_the_source() -> anyhow::Result<()> {
+    let binary = weir_binary()?;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let data = data.to_str().context("path")?;
     let layered = dir.path().join("layered.toml");
     std::fs::write(
         &layered,
@@ -249,73 +213,93 @@ fn bad_server_settings_fail_with_the_setting_named() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `weir server --addr 127.0.0.1:0 --ready-file F`: the node binds ephemeral ports and reports
+/// them, once it listens, in F, which scripts (and the process cluster of the tests) read.
 #[test]
-fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
+fn a_server_on_port_0_reports_the_addresses_it_bound_in_its_ready_file() -> anyhow::Result<()> {
     let binary = weir_binary()?;
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("cluster");
-    let base = free_base_port()?;
-    let brokers = (0..3)
-        .map(|i| format!("127.0.0.1:{}", base + i))
-        .collect::<Vec<_>>()
-        .join(",");
-    let start_local = || -> anyhow::Result<std::process::Child> {
-        // WEIR_* variables of client commands and tests reach the nodes (children of `weir
-        // local`): they are not server settings, and the servers ignore them.
-        Ok(Command::new(&binary)
-            .env("WEIR_BROKERS", &brokers)
-            .env("WEIR_DOCKER_TESTS", "1")
-            .env("WEIR_FUZZ_SECONDS", "5")
-            .args([
-                "local",
-                "--nodes",
-                "3",
-                "--base-port",
-                &base.to_string(),
-                "--data-dir",
-            ])
-            .arg(&data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?)
-    };
-    let stop_local = |mut child: std::process::Child| -> anyhow::Result<String> {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while child.try_wait()?.is_none() {
-            ensure!(
-                std::time::Instant::now() < deadline,
-                "weir local did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let output = child.wait_with_output()?;
+    let ready = dir.path().join("node.ready");
+    let mut server = Command::new(&binary)
+        .args([
+            "server",
+            "--addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let checked = (|| -> anyhow::Result<()> {
+        let text = eventually_blocking(Duration::from_secs(30), "the ready file", || {
+            Ok(std::fs::read_to_string(&ready)?)
+        })?;
+        let field = |key: &str| -> anyhow::Result<std::net::SocketAddr> {
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .with_context(|| format!("no {key}= in {text:?}"))?;
+            Ok(value.parse()?)
+        };
+        let addr = field("addr")?;
+        let metrics = field("metrics_addr")?;
         ensure!(
-            output.status.success(),
-            "weir local exited with {}",
-            output.status
+            addr.ip().is_loopback() && addr.port() != 0 && metrics.port() != 0,
+            "{text}"
         );
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    };
+        ensure!(addr != metrics, "{text}");
+        ensure!(
+            !text.contains("external_addr"),
+            "no external listener: {text}"
+        );
+        // The node serves on the address it reported.
+        eventually_blocking(Duration::from_secs(30), "the node SERVING", || {
+            let health = weir(&binary, &["health", "--addr", &addr.to_string()], None)?;
+            ensure!(
+                health.code == Some(0),
+                "{} {}",
+                health.stdout,
+                health.stderr
+            );
+            Ok(())
+        })?;
+        std::net::TcpStream::connect(metrics).context("the metrics listener")?;
+        Ok(())
+    })();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(server.id())?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let status = wait_for_exit(&mut server, Duration::from_secs(30), "weir server to stop")?;
+    checked?;
+    ensure!(status.success(), "weir server exited with {status}");
+    Ok(())
+}
 
-    let local = start_local()?;
-    let b = ["--brokers", brokers.as_str()];
-    let create = weir(
-        &binary,
+/// `line 1` .. `line 300`.
+fn three_hundred_lines() -> Vec<String> {
+    (1..=300).map(|i| format!("line {i}")).collect()
+}
+
+/// Creates topic `demo` (3 partitions, replication factor 3) on a `weir local` cluster and
+/// produces [`three_hundred_lines`] to its partition 1.
+fn demo_with_300_lines(local: &LocalCluster) -> anyhow::Result<Vec<String>> {
+    let create = local.run(
         &[
-            &[
-                "topic",
-                "create",
-                "demo",
-                "--partitions",
-                "3",
-                "--replication-factor",
-                "3",
-            ][..],
-            &b,
-        ]
-        .concat(),
+            "topic",
+            "create",
+            "demo",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+        ],
         None,
     )?;
     ensure!(create.code == Some(0), "topic create: {}", create.stderr);
@@ -326,10 +310,9 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         "{}",
         create.stdout
     );
-    let lines: Vec<String> = (1..=300).map(|i| format!("line {i}")).collect();
-    let produce = weir(
-        &binary,
-        &[&["produce", "demo", "--partition", "1"][..], &b].concat(),
+    let lines = three_hundred_lines();
+    let produce = local.run(
+        &["produce", "demo", "--partition", "1"],
         Some(&(lines.join("\n") + "\n")),
     )?;
     ensure!(produce.code == Some(0), "produce: {}", produce.stderr);
@@ -338,22 +321,44 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         "{}",
         produce.stderr
     );
-    let consume = weir(
-        &binary,
+    Ok(lines)
+}
+
+/// Produces `late 1` .. `late 5` to `demo`/1 after a cut in time; returns the cut and the lines.
+fn late_lines(local: &LocalCluster) -> anyhow::Result<(std::time::SystemTime, Vec<String>)> {
+    // Timestamps are milliseconds: the pauses put the cut strictly between the records before
+    // it and those after.
+    std::thread::sleep(Duration::from_millis(20));
+    let cut = std::time::SystemTime::now();
+    std::thread::sleep(Duration::from_millis(20));
+    let late: Vec<String> = (1..=5).map(|i| format!("late {i}")).collect();
+    let produce_late = local.run(
+        &["produce", "demo", "--partition", "1"],
+        Some(&(late.join("\n") + "\n")),
+    )?;
+    ensure!(
+        produce_late.code == Some(0),
+        "produce: {}",
+        produce_late.stderr
+    );
+    Ok((cut, late))
+}
+
+#[test]
+fn local_cluster_produces_consumes_and_replays_by_offset_and_time() -> anyhow::Result<()> {
+    let mut local = LocalCluster::start()?;
+    let lines = demo_with_300_lines(&local)?;
+    let consume = local.run(
         &[
-            &[
-                "consume",
-                "demo",
-                "--partition",
-                "1",
-                "--from",
-                "earliest",
-                "--count",
-                "300",
-            ][..],
-            &b,
-        ]
-        .concat(),
+            "consume",
+            "demo",
+            "--partition",
+            "1",
+            "--from",
+            "earliest",
+            "--count",
+            "300",
+        ],
         None,
     )?;
     ensure!(consume.code == Some(0), "consume: {}", consume.stderr);
@@ -361,13 +366,8 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         consume.stdout.lines().collect::<Vec<_>>() == lines,
         "consumed lines differ"
     );
-    let from_offset = weir(
-        &binary,
-        &[
-            &["consume", "demo", "--partition", "1", "--from", "295"][..],
-            &b,
-        ]
-        .concat(),
+    let from_offset = local.run(
+        &["consume", "demo", "--partition", "1", "--from", "295"],
         None,
     )?;
     ensure!(
@@ -377,28 +377,10 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
     );
 
     // Replay from a time: only what was produced after it.
-    std::thread::sleep(Duration::from_millis(20));
-    let cut = std::time::SystemTime::now();
-    std::thread::sleep(Duration::from_millis(20));
-    let late: Vec<String> = (1..=5).map(|i| format!("late {i}")).collect();
-    let produce_late = weir(
-        &binary,
-        &[&["produce", "demo", "--partition", "1"][..], &b].concat(),
-        Some(&(late.join("\n") + "\n")),
-    )?;
-    ensure!(
-        produce_late.code == Some(0),
-        "produce: {}",
-        produce_late.stderr
-    );
+    let (cut, late) = late_lines(&local)?;
     let at = format!("@{}", humantime::format_rfc3339_millis(cut));
-    let from_time = weir(
-        &binary,
-        &[
-            &["consume", "demo", "--partition", "1", "--from", at.as_str()][..],
-            &b,
-        ]
-        .concat(),
+    let from_time = local.run(
+        &["consume", "demo", "--partition", "1", "--from", at.as_str()],
         None,
     )?;
     ensure!(
@@ -411,33 +393,32 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         "replay from {at}: {}",
         from_time.stdout
     );
+    local.stop()?;
+    Ok(())
+}
 
-    // Mistakes a user makes get a message and a non-zero exit.
-    let unknown = weir(
-        &binary,
-        &[&["produce", "nope"][..], &b].concat(),
-        Some("x\n"),
-    )?;
+/// Mistakes a user makes get a message and a non-zero exit; listings and descriptions show the
+/// topic, as tables and as JSON; cluster status shows every node alive; every node reports
+/// SERVING to `weir health` (the containers' health check).
+#[test]
+fn local_cluster_lists_describes_reports_health_and_names_mistakes() -> anyhow::Result<()> {
+    let mut local = LocalCluster::start()?;
+    demo_with_300_lines(&local)?;
+    late_lines(&local)?;
+
+    let unknown = local.run(&["produce", "nope"], Some("x\n"))?;
     ensure!(
         unknown.code == Some(1) && unknown.stderr.contains("unknown topic"),
         "{}",
         unknown.stderr
     );
-    let bad_from = weir(
-        &binary,
-        &[&["consume", "demo", "--from", "yesterday"][..], &b].concat(),
-        None,
-    )?;
+    let bad_from = local.run(&["consume", "demo", "--from", "yesterday"], None)?;
     ensure!(
         bad_from.code == Some(1) && bad_from.stderr.contains("--from"),
         "{}",
         bad_from.stderr
     );
-    let bad_partition = weir(
-        &binary,
-        &[&["produce", "demo", "--partition", "9"][..], &b].concat(),
-        Some("x\n"),
-    )?;
+    let bad_partition = local.run(&["produce", "demo", "--partition", "9"], Some("x\n"))?;
     ensure!(
         bad_partition.code == Some(1) && bad_partition.stderr.contains("--partition 9"),
         "{}",
@@ -445,7 +426,7 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
     );
     // One row per partition: TOPIC PARTITION LEADER REPLICAS MOVING, and nothing else (the
     // settings are in `topic describe`).
-    let listing = weir(&binary, &[&["topic", "list"][..], &b].concat(), None)?;
+    let listing = local.run(&["topic", "list"], None)?;
     let mut listed = listing.stdout.lines();
     ensure!(
         listed
@@ -470,18 +451,13 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
     );
 
     // Listings as JSON, for scripts.
-    let json = |args: &[&str]| -> anyhow::Result<serde_json::Value> {
-        let run = weir(&binary, &[args, &["--output", "json"], &b].concat(), None)?;
-        ensure!(run.code == Some(0), "{args:?}: {}", run.stderr);
-        Ok(serde_json::from_str(&run.stdout)?)
-    };
-    let topics = json(&["topic", "list"])?;
+    let topics = local.json(&["topic", "list"])?;
     ensure!(topics["topics"][0]["name"] == "demo", "{topics}");
     ensure!(
         topics["topics"][0]["partitions"].as_array().map(Vec::len) == Some(3),
         "{topics}"
     );
-    let described = json(&["topic", "describe", "demo"])?;
+    let described = local.json(&["topic", "describe", "demo"])?;
     ensure!(
         described["partitions"][1]["high_watermark"] == 305,
         "{described}"
@@ -491,17 +467,13 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         "{described}"
     );
     ensure!(described["replication_factor"] == 3, "{described}");
-    let status = json(&["cluster", "status"])?;
+    let status = local.json(&["cluster", "status"])?;
     let brokers = status["brokers"].as_array().cloned().unwrap_or_default();
     ensure!(
         brokers.len() == 3 && brokers.iter().all(|b| b["alive"] == true),
         "{status}"
     );
-    let table = weir(
-        &binary,
-        &[&["topic", "describe", "demo"][..], &b].concat(),
-        None,
-    )?;
+    let table = local.run(&["topic", "describe", "demo"], None)?;
     ensure!(
         table.stdout.contains("HIGH WATERMARK") && table.stdout.contains("305"),
         "{}",
@@ -519,35 +491,92 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         "{}",
         table.stdout
     );
-    let missing = weir(
-        &binary,
-        &[&["topic", "describe", "nope"][..], &b].concat(),
-        None,
-    )?;
+    let missing = local.run(&["topic", "describe", "nope"], None)?;
     ensure!(
         missing.code == Some(1) && missing.stderr.contains("unknown topic"),
         "{}",
         missing.stderr
     );
 
-    // Every node reports SERVING to `weir health` (the containers' health check).
+    // Every node reports SERVING to `weir health` once it has loaded the metadata.
     for i in 0..3 {
-        let addr = format!("127.0.0.1:{}", base + i);
-        let health = weir(&binary, &["health", "--addr", &addr], None)?;
-        ensure!(
-            health.code == Some(0) && health.stdout.contains("SERVING"),
-            "weir health {addr}: {} {}",
-            health.stdout,
-            health.stderr
-        );
+        let addr = local.addr(i);
+        eventually_blocking(
+            Duration::from_secs(30),
+            &format!("weir health {addr} SERVING"),
+            || {
+                let health = weir(&local.binary, &["health", "--addr", &addr], None)?;
+                ensure!(
+                    health.code == Some(0) && health.stdout.contains("SERVING"),
+                    "{:?} {} {}",
+                    health.code,
+                    health.stdout,
+                    health.stderr
+                );
+                Ok(())
+            },
+        )?;
     }
+    local.stop()?;
+    Ok(())
+}
 
-    let stopped = stop_local(local)?;
+/// SIGTERM stops the cluster cleanly (a stopped node then fails `weir health`, named); started
+/// again on the same data, it serves the same records.
+/// The committed offset of the demo's consumer group on partition 0 of `weir-demo`, once it is
+/// `offset` (the demo ran to its end).
+fn wait_for_demo_commit(local: &LocalCluster, offset: u64) -> anyhow::Result<()> {
+    eventually_blocking(
+        Duration::from_secs(120),
+        &format!("the demo's group committing offset {offset}"),
+        || {
+            let described = local.json(&["group", "describe", "weir-demo-group"])?;
+            let committed = described["partitions"][0]["committed"].as_u64();
+            ensure!(committed == Some(offset), "{described}");
+            Ok(())
+        },
+    )
+}
+
+/// `weir local --demo`, the README's main command, run a second time on its data: it reuses the
+/// topic and its consumer group resumes where the first run committed.
+#[test]
+fn the_demo_runs_again_and_its_group_resumes_where_it_stopped() -> anyhow::Result<()> {
+    let mut local = LocalCluster::start_with(&["--demo"])?;
+    wait_for_demo_commit(&local, 10)?;
+    let first = local.stop()?;
+    ensure!(
+        first.contains("demo: created topic weir-demo")
+            && first.contains("demo: consumer group weir-demo-group is new")
+            && first.contains("read 10 records and committed offset 10"),
+        "{first}"
+    );
+    local.start_again_with(&["--demo"])?;
+    wait_for_demo_commit(&local, 20)?;
+    let second = local.stop()?;
+    ensure!(!second.contains("demo failed"), "{second}");
+    ensure!(
+        second.contains("topic weir-demo exists from an earlier run")
+            && second.contains("produced 10 records at offsets 10..19")
+            && second.contains("resumes at offset 10, where the last run committed")
+            && second.contains("read 10 records and committed offset 20"),
+        "{second}"
+    );
+    Ok(())
+}
+
+#[test]
+fn local_cluster_stops_on_sigterm_and_restarts_on_its_data() -> anyhow::Result<()> {
+    let mut local = LocalCluster::start()?;
+    let lines = demo_with_300_lines(&local)?;
+    let (_, late) = late_lines(&local)?;
+
+    let stopped = local.stop()?;
     ensure!(stopped.contains("stopped"), "{stopped}");
     // A stopped node fails the check, and the message names it.
-    let addr = format!("127.0.0.1:{base}");
+    let addr = local.addr(0);
     let health = weir(
-        &binary,
+        &local.binary,
         &["health", "--addr", &addr, "--timeout", "1"],
         None,
     )?;
@@ -559,14 +588,9 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
     );
 
     // Restarted on the same data, the cluster serves the same records.
-    let local = start_local()?;
-    let again = weir(
-        &binary,
-        &[
-            &["consume", "demo", "--partition", "1", "--count", "305"][..],
-            &b,
-        ]
-        .concat(),
+    local.start_again()?;
+    let again = local.run(
+        &["consume", "demo", "--partition", "1", "--count", "305"],
         None,
     )?;
     ensure!(
@@ -579,67 +603,13 @@ fn local_cluster_produce_consume_stop_and_restart() -> anyhow::Result<()> {
         again.stdout.lines().collect::<Vec<_>>() == all,
         "records differ after restart"
     );
-    stop_local(local)?;
+    local.stop()?;
     Ok(())
 }
 
-/// Runs `weir ARGS --brokers B` and parses its stdout as one JSON document.
-fn weir_json(binary: &Path, args: &[&str], brokers: &str) -> anyhow::Result<serde_json::Value> {
-    let run = weir(
-        binary,
-        &[args, &["--output", "json", "--brokers", brokers]].concat(),
-        None,
-    )?;
-    ensure!(run.code == Some(0), "{args:?}: {}", run.stderr);
-    serde_json::from_str(&run.stdout).with_context(|| format!("{args:?}: {}", run.stdout))
-}
-
-/// `weir consume --output json` lines, parsed.
-fn json_lines(stdout: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l:?}")))
-        .collect()
-}
-
-/// The (partition, lag) of every partition of a group, via `weir group describe --output json`.
-fn group_lag(binary: &Path, group: &str, brokers: &str) -> anyhow::Result<u64> {
-    let described = weir_json(binary, &["group", "describe", group], brokers)?;
-    let partitions = described["partitions"]
-        .as_array()
-        .context("partitions")?
-        .clone();
-    Ok(partitions.iter().filter_map(|p| p["lag"].as_u64()).sum())
-}
-
-fn wait_for(
-    what: &str,
-    within: Duration,
-    mut check: impl FnMut() -> anyhow::Result<bool>,
-) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if check()? {
-            return Ok(());
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-#[test]
-fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
-    let mut cluster = ProcessCluster::start(3)?;
-    let binary = cluster.binary().to_path_buf();
-    let brokers = cluster.brokers().join(",");
-    let b = ["--brokers", brokers.as_str()];
-    let run = |args: &[&str], stdin: Option<&str>| weir(&binary, &[args, &b].concat(), stdin);
-
-    // A topic with a setting, shown by describe.
-    let create = run(
+/// Creates topic `kv`: 3 partitions, replication factor 3, an hour's retention.
+fn create_kv(cli: &CliCluster) -> anyhow::Result<()> {
+    let create = cli.run(
         &[
             "topic",
             "create",
@@ -654,32 +624,24 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
         None,
     )?;
     ensure!(create.code == Some(0), "topic create: {}", create.stderr);
-    let described = weir_json(&binary, &["topic", "describe", "kv"], &brokers)?;
-    ensure!(
-        described["configs"]["retention.ms"] == "3600000",
-        "{described}"
-    );
-    let table = run(&["topic", "describe", "kv"], None)?;
-    ensure!(
-        table
-            .stdout
-            .lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["retention.ms", "3600000"]),
-        "{}",
-        table.stdout
-    );
-    let bad_config = run(
-        &["topic", "create", "bad", "--config", "retention.ms=soon"],
-        None,
-    )?;
-    ensure!(
-        bad_config.code == Some(1) && bad_config.stderr.contains("retention.ms"),
-        "{}",
-        bad_config.stderr
-    );
+    Ok(())
+}
 
-    // Keys from a separator, headers on every record.
-    let produce = run(
+/// What [`produce_keys_and_headers`] ran.
+struct Produced {
+    /// alice:1, bob:2, carol:3, alice:4 with --separator : and two headers.
+    keyed: weir_tests::cli::Run,
+    /// x and y with --key fixed.
+    fixed: weir_tests::cli::Run,
+    /// dave:5, then a line without the separator.
+    bad_line: weir_tests::cli::Run,
+}
+
+/// Topic `kv` and seven records in it: keys from a separator with headers on every record, one
+/// key for all records, and a line without the separator (the one before it is sent).
+fn produce_keys_and_headers(cli: &CliCluster) -> anyhow::Result<Produced> {
+    create_kv(cli)?;
+    let keyed = cli.run(
         &[
             "produce",
             "kv",
@@ -692,20 +654,94 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
         ],
         Some("alice:1\nbob:2\ncarol:3\nalice:4\n"),
     )?;
-    ensure!(produce.code == Some(0), "produce: {}", produce.stderr);
-    ensure!(
-        produce.stderr.contains("4 records acknowledged"),
-        "{}",
-        produce.stderr
-    );
-    // One key for all records.
-    let fixed = run(&["produce", "kv", "--key", "fixed"], Some("x\ny\n"))?;
-    ensure!(fixed.code == Some(0), "produce --key: {}", fixed.stderr);
-    // A line without the separator is named, and the command fails.
-    let bad_line = run(
+    let fixed = cli.run(&["produce", "kv", "--key", "fixed"], Some("x\ny\n"))?;
+    let bad_line = cli.run(
         &["produce", "kv", "--separator", ":"],
         Some("dave:5\nno separator here\n"),
     )?;
+    Ok(Produced {
+        keyed,
+        fixed,
+        bad_line,
+    })
+}
+
+/// Group `g1` reads the seven records of [`produce_keys_and_headers`]: four, then, resuming,
+/// the other three. Returns (first values, second values).
+fn group_reads_all(cli: &CliCluster) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let first = cli.run(
+        &[
+            "consume", "kv", "--group", "g1", "--from", "earliest", "--count", "4",
+        ],
+        None,
+    )?;
+    ensure!(first.code == Some(0), "consume --group: {}", first.stderr);
+    let second = cli.run(
+        &["consume", "kv", "--group", "g1", "--from", "earliest"],
+        None,
+    )?;
+    ensure!(
+        second.code == Some(0),
+        "consume --group again: {}",
+        second.stderr
+    );
+    Ok((
+        first.stdout.lines().map(str::to_string).collect(),
+        second.stdout.lines().map(str::to_string).collect(),
+    ))
+}
+
+/// A topic with a setting, shown by describe; a bad setting is named.
+#[test]
+fn topic_create_takes_settings_and_describe_shows_them() -> anyhow::Result<()> {
+    let mut cli = CliCluster::start()?;
+    create_kv(&cli)?;
+    let described = cli.json(&["topic", "describe", "kv"])?;
+    ensure!(
+        described["configs"]["retention.ms"] == "3600000",
+        "{described}"
+    );
+    let table = cli.run(&["topic", "describe", "kv"], None)?;
+    ensure!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["retention.ms", "3600000"]),
+        "{}",
+        table.stdout
+    );
+    let bad_config = cli.run(
+        &["topic", "create", "bad", "--config", "retention.ms=soon"],
+        None,
+    )?;
+    ensure!(
+        bad_config.code == Some(1) && bad_config.stderr.contains("retention.ms"),
+        "{}",
+        bad_config.stderr
+    );
+    cli.cluster.stop_all()?;
+    Ok(())
+}
+
+/// Keys from a separator or one for all, headers on every record; consume prints them as JSON
+/// lines, each on its key's partition; a line without the separator and an offset outside the
+/// log are named.
+#[test]
+fn produce_takes_keys_and_headers_and_consume_prints_them_as_json() -> anyhow::Result<()> {
+    let mut cli = CliCluster::start()?;
+    let Produced {
+        keyed,
+        fixed,
+        bad_line,
+    } = produce_keys_and_headers(&cli)?;
+    ensure!(keyed.code == Some(0), "produce: {}", keyed.stderr);
+    ensure!(
+        keyed.stderr.contains("4 records acknowledged"),
+        "{}",
+        keyed.stderr
+    );
+    ensure!(fixed.code == Some(0), "produce --key: {}", fixed.stderr);
+    // A line without the separator is named, and the command fails.
     ensure!(
         bad_line.code == Some(1) && bad_line.stderr.contains("line 2"),
         "{}",
@@ -713,7 +749,7 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
     );
 
     // An exact offset outside the log fails with the range named, instead of waiting.
-    let past_end = run(
+    let past_end = cli.run(
         &[
             "consume",
             "kv",
@@ -733,7 +769,7 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
         past_end.stderr
     );
 
-    let consume = run(&["consume", "kv", "--output", "json"], None)?;
+    let consume = cli.run(&["consume", "kv", "--output", "json"], None)?;
     ensure!(consume.code == Some(0), "consume: {}", consume.stderr);
     let records = json_lines(&consume.stdout)?;
     let mut pairs: Vec<(String, String)> = Vec::new();
@@ -777,46 +813,40 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     ensure!(pairs == want, "{pairs:?}");
+    cli.cluster.stop_all()?;
+    Ok(())
+}
 
-    // A group reads part, then resumes where it stopped.
-    let first = run(
-        &[
-            "consume", "kv", "--group", "g1", "--from", "earliest", "--count", "4",
-        ],
-        None,
-    )?;
-    ensure!(first.code == Some(0), "consume --group: {}", first.stderr);
-    let second = run(
-        &["consume", "kv", "--group", "g1", "--from", "earliest"],
-        None,
-    )?;
-    ensure!(
-        second.code == Some(0),
-        "consume --group again: {}",
-        second.stderr
-    );
-    let first_values: Vec<&str> = first.stdout.lines().collect();
-    let second_values: Vec<&str> = second.stdout.lines().collect();
+/// A group reads part, then resumes where it stopped; new records show up as lag; a reset to
+/// the start makes everything lag again, and the group reads it all.
+#[test]
+fn a_consumer_group_resumes_shows_lag_and_resets() -> anyhow::Result<()> {
+    let mut cli = CliCluster::start()?;
+    produce_keys_and_headers(&cli)?;
+    let (first_values, second_values) = group_reads_all(&cli)?;
     ensure!(
         first_values.len() == 4 && second_values.len() == 3,
         "first {first_values:?}, second {second_values:?}"
     );
-    let mut all: Vec<&str> = first_values.iter().chain(&second_values).copied().collect();
+    let mut all: Vec<&str> = first_values
+        .iter()
+        .chain(&second_values)
+        .map(String::as_str)
+        .collect();
     all.sort_unstable();
     ensure!(all == ["1", "2", "3", "4", "5", "x", "y"], "{all:?}");
-    ensure!(group_lag(&binary, "g1", &brokers)? == 0);
+    ensure!(cli.group_lag("g1")? == 0);
 
     // New records show up as lag.
-    let more = run(&["produce", "kv"], Some("m1\nm2\nm3\n"))?;
-    ensure!(more.code == Some(0), "produce: {}", more.stderr);
-    ensure!(group_lag(&binary, "g1", &brokers)? == 3);
-    let table = run(&["group", "describe", "g1"], None)?;
+    cli.ok(&["produce", "kv"], Some("m1\nm2\nm3\n"))?;
+    ensure!(cli.group_lag("g1")? == 3);
+    let table = cli.run(&["group", "describe", "g1"], None)?;
     ensure!(
         table.code == Some(0) && table.stdout.contains("LAG") && table.stdout.contains("COMMITTED"),
         "{}",
         table.stdout
     );
-    let groups = weir_json(&binary, &["group", "list"], &brokers)?;
+    let groups = cli.json(&["group", "list"])?;
     ensure!(
         groups["groups"]
             .as_array()
@@ -825,23 +855,28 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
     );
 
     // Reset to the start: everything is lag again, and the group reads it all.
-    let reset = weir_json(
-        &binary,
-        &["group", "reset", "g1", "--topic", "kv", "--to", "earliest"],
-        &brokers,
-    )?;
+    let reset = cli.json(&["group", "reset", "g1", "--topic", "kv", "--to", "earliest"])?;
     ensure!(
         reset["offsets"].as_array().is_some_and(|o| o.len() == 3),
         "{reset}"
     );
-    ensure!(group_lag(&binary, "g1", &brokers)? == 10);
-    let again = run(&["consume", "kv", "--group", "g1"], None)?;
+    ensure!(cli.group_lag("g1")? == 10);
+    let again = cli.run(&["consume", "kv", "--group", "g1"], None)?;
     ensure!(again.code == Some(0), "{}", again.stderr);
     ensure!(again.stdout.lines().count() == 10, "{}", again.stdout);
-    ensure!(group_lag(&binary, "g1", &brokers)? == 0);
+    ensure!(cli.group_lag("g1")? == 0);
+    cli.cluster.stop_all()?;
+    Ok(())
+}
 
-    // --follow waits for new records; Ctrl-C commits and leaves.
-    let mut follow = Command::new(&binary)
+/// --follow waits for new records; Ctrl-C commits and leaves.
+#[test]
+fn consume_follow_prints_new_records_and_commits_on_ctrl_c() -> anyhow::Result<()> {
+    let mut cli = CliCluster::start()?;
+    produce_keys_and_headers(&cli)?;
+    group_reads_all(&cli)?;
+    ensure!(cli.group_lag("g1")? == 0, "g1 read everything before");
+    let mut follow = Command::new(&cli.binary)
         .args([
             "consume",
             "kv",
@@ -849,74 +884,80 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
             "g1",
             "--follow",
             "--brokers",
-            &brokers,
+            &cli.brokers,
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let stdout = follow.stdout.take().context("stdout")?;
-    let (line_tx, line_rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            if line_tx.send(line).is_err() {
-                break;
+    let followed = (|| -> anyhow::Result<()> {
+        let stdout = follow.stdout.take().context("stdout")?;
+        let (line_tx, line_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
             }
-        }
-    });
-    wait_for("the follower joined", Duration::from_secs(30), || {
-        let described = weir_json(&binary, &["group", "describe", "g1"], &brokers)?;
-        Ok(described["members"]
-            .as_array()
-            .is_some_and(|m| m.len() == 1)
-            && described["state"] == "stable")
-    })?;
-    let late = run(&["produce", "kv", "--key", "late"], Some("late-1\n"))?;
-    ensure!(late.code == Some(0), "{}", late.stderr);
-    let line = line_rx
-        .recv_timeout(Duration::from_secs(30))
-        .context("--follow printed nothing")??;
-    ensure!(line == "late-1", "{line}");
+        });
+        eventually_blocking(Duration::from_secs(30), "the follower joined", || {
+            let described = cli.json(&["group", "describe", "g1"])?;
+            ensure!(
+                described["members"]
+                    .as_array()
+                    .is_some_and(|m| m.len() == 1)
+                    && described["state"] == "stable",
+                "group g1: {described}"
+            );
+            Ok(())
+        })?;
+        cli.ok(&["produce", "kv", "--key", "late"], Some("late-1\n"))?;
+        let line = line_rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("--follow printed nothing")??;
+        ensure!(line == "late-1", "{line}");
+        Ok(())
+    })();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(follow.id())?),
         nix::sys::signal::Signal::SIGINT,
     )?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = follow.try_wait()? {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = follow.kill();
-            let _ = follow.wait();
-            anyhow::bail!("weir consume --follow did not stop on SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = reader.join();
+    let status = wait_for_exit(
+        &mut follow,
+        Duration::from_secs(30),
+        "weir consume --follow to stop on SIGINT",
+    )?;
+    followed?;
     ensure!(status.success(), "consume --follow exited with {status}");
-    ensure!(group_lag(&binary, "g1", &brokers)? == 0);
-    let described = weir_json(&binary, &["group", "describe", "g1"], &brokers)?;
+    ensure!(cli.group_lag("g1")? == 0);
+    let described = cli.json(&["group", "describe", "g1"])?;
     ensure!(
         described["members"].as_array().is_some_and(Vec::is_empty),
         "{described}"
     );
+    cli.cluster.stop_all()?;
+    Ok(())
+}
 
-    // Errors name the problem.
-    let unknown = run(&["consume", "nope"], None)?;
+/// Errors name the problem.
+#[test]
+fn cli_errors_name_the_problem() -> anyhow::Result<()> {
+    let mut cli = CliCluster::start()?;
+    create_kv(&cli)?;
+    let unknown = cli.run(&["consume", "nope"], None)?;
     ensure!(
         unknown.code == Some(1) && unknown.stderr.contains("unknown topic"),
         "{}",
         unknown.stderr
     );
-    let no_group = run(&["group", "describe", "nosuch"], None)?;
+    let no_group = cli.run(&["group", "describe", "nosuch"], None)?;
     ensure!(
         no_group.code == Some(1) && no_group.stderr.contains("unknown group"),
         "{}",
         no_group.stderr
     );
-    let bad_to = run(
+    let bad_to = cli.run(
         &["group", "reset", "g1", "--topic", "kv", "--to", "soon"],
         None,
     )?;
@@ -925,10 +966,34 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
         "{}",
         bad_to.stderr
     );
+    cli.cluster.stop_all()?;
+    Ok(())
+}
 
-    // Cluster status: every node, the controller leader, leaders per node; with a node down,
-    // its partitions are under-replicated.
-    let status = weir_json(&binary, &["cluster", "status"], &brokers)?;
+/// Cluster status: every node, the controller leader, leaders per node; with a node down, its
+/// partitions are under-replicated.
+#[test]
+fn cluster_status_shows_leaders_and_a_down_nodes_partitions_under_replicated() -> anyhow::Result<()>
+{
+    let mut cli = CliCluster::start()?;
+    create_kv(&cli)?;
+    // The new topic's partitions elect their leaders first.
+    let status = eventually_blocking(
+        Duration::from_secs(30),
+        "every partition of kv led, none under-replicated",
+        || {
+            let status = cli.json(&["cluster", "status"])?;
+            let leaders: u64 = status["brokers"]
+                .as_array()
+                .map(|b| b.iter().filter_map(|b| b["leaders"].as_u64()).sum())
+                .unwrap_or(0);
+            let under = status["under_replicated"]
+                .as_array()
+                .is_some_and(Vec::is_empty);
+            ensure!(leaders >= 3 && under, "{status}");
+            Ok(status)
+        },
+    )?;
     ensure!(status["controller_leader"].is_u64(), "{status}");
     ensure!(
         status["brokers"].as_array().is_some_and(|b| b.len() == 3),
@@ -945,24 +1010,25 @@ fn keys_headers_json_groups_and_status() -> anyhow::Result<()> {
         .map(|b| b.iter().filter_map(|b| b["leaders"].as_u64()).sum())
         .unwrap_or(0);
     ensure!(leaders >= 3, "{status}");
-    cluster.kill(3)?;
-    let two = [cluster.addr(1), cluster.addr(2)].join(",");
-    wait_for("node 3 reported down", Duration::from_secs(60), || {
-        let status = weir_json(&binary, &["cluster", "status"], &two)?;
+    cli.cluster.kill(3)?;
+    let two = [cli.cluster.addr(1), cli.cluster.addr(2)].join(",");
+    eventually_blocking(Duration::from_secs(60), "node 3 reported down", || {
+        let status = weir_tests::cli::weir_json(&cli.binary, &["cluster", "status"], &two)?;
         let down = status["brokers"]
             .as_array()
             .is_some_and(|b| b.iter().any(|b| b["id"] == 3 && b["alive"] == false));
         let under = status["under_replicated"]
             .as_array()
             .is_some_and(|u| u.iter().any(|u| u["topic"] == "kv"));
-        Ok(down && under)
+        ensure!(down && under, "cluster status: {status}");
+        Ok(())
     })?;
-    let table = weir(&binary, &["cluster", "status", "--brokers", &two], None)?;
+    let table = weir(&cli.binary, &["cluster", "status", "--brokers", &two], None)?;
     ensure!(
         table.stdout.contains("under-replicated: kv/"),
         "{}",
         table.stdout
     );
-    cluster.stop_all()?;
+    cli.cluster.stop_all()?;
     Ok(())
 }

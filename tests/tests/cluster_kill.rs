@@ -15,31 +15,22 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use weir_client::Client;
 use weir_tests::process_cluster::{ProcessCluster, committed_prefix};
+use weir_tests::wait_for_leader;
 use weir_tests::workload::{Workload, verify_exactly_once};
 
 const TOPIC: &str = "orders";
 const PARTITIONS: u32 = 2;
 
-/// The leader of `partition` as some live node reports it.
-async fn leader_of(client: &Client, partition: u32) -> anyhow::Result<u64> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let metadata = client.metadata(&[TOPIC.to_string()]).await?;
-        let leader = metadata
-            .topics
-            .first()
-            .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
-            .map_or(0, |p| p.leader);
-        if leader != 0 {
-            return Ok(leader);
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no leader for partition {partition}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// How many values the producers must get acknowledged between two faults (and after the last):
+/// every fault hits a cluster under load, and the cluster serves writes again after it.
+const PROGRESS: usize = 200;
+/// How long the cluster may take to serve again after a fault.
+const RECOVERY: Duration = Duration::from_secs(30);
+/// How long a killed leader stays down after its partition failed over: the restarted node then
+/// rejoins as a follower of a newer term.
+const DOWNTIME: Duration = Duration::from_millis(500);
+/// How long the second node of every third round stays down.
+const SECOND_DOWNTIME: Duration = Duration::from_millis(800);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_records_survive_sigkill_of_leaders() -> anyhow::Result<()> {
@@ -70,29 +61,27 @@ async fn kill_test(default_rounds: u32) -> anyhow::Result<()> {
     // Chaos: kill the leader of a partition (alternating), wait until another node leads it,
     // bring it back; every third round also kill a second node briefly after the first is back.
     for round in 0..rounds {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        workload
+            .wait_progress(PROGRESS, RECOVERY, &format!("before round {round}"))
+            .await?;
         let partition = round % PARTITIONS;
-        let leader = leader_of(&client, partition).await?;
+        let leader = wait_for_leader(&client, TOPIC, partition, 0, RECOVERY).await?;
         tracing::info!(round, partition, leader, "killing the leader");
         cluster.kill(leader)?;
         // Keep it down until the others elected a new leader (a leader restarted before anyone
         // replaced it simply resumes its term).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let now_leader = leader_of(&client, partition).await?;
-            if now_leader != leader {
-                break;
-            }
-            ensure!(
-                tokio::time::Instant::now() < deadline,
-                "no failover after killing {leader}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        wait_for_leader(&client, TOPIC, partition, leader, RECOVERY).await?;
+        tokio::time::sleep(DOWNTIME).await;
         cluster.restart(leader)?;
         if round % 3 == 2 {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            cluster.wait_serving(leader, RECOVERY).await?;
+            workload
+                .wait_progress(
+                    PROGRESS,
+                    RECOVERY,
+                    &format!("after restarting node {leader} in round {round}"),
+                )
+                .await?;
             let other = cluster
                 .node_ids()
                 .into_iter()
@@ -100,11 +89,13 @@ async fn kill_test(default_rounds: u32) -> anyhow::Result<()> {
                 .context("another node")?;
             tracing::info!(round, other, "killing a second node");
             cluster.kill(other)?;
-            tokio::time::sleep(Duration::from_millis(800)).await;
+            tokio::time::sleep(SECOND_DOWNTIME).await;
             cluster.restart(other)?;
         }
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    workload
+        .wait_progress(PROGRESS, RECOVERY, "after the last restart")
+        .await?;
     let (batches, acked) = workload.stop().await?;
     let total_acked: usize = acked.values().map(Vec::len).sum();
     ensure!(

@@ -10,11 +10,17 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use weir_client::Client;
+use weir_tests::eventually;
 use weir_tests::process_cluster::ProcessCluster;
 use weir_tests::workload::{Workload, verify_exactly_once};
 
 const TOPIC: &str = "moves";
 const PARTITIONS: u32 = 4;
+/// Values the producers get acknowledged before the join and after the drain: the membership
+/// changes happen under load, and writes go on after them.
+const PROGRESS: usize = 100;
+/// How long each step may take.
+const WAIT: Duration = Duration::from_secs(60);
 
 fn weir(cluster: &ProcessCluster, args: &[&str]) -> anyhow::Result<String> {
     let output = Command::new(cluster.binary())
@@ -39,22 +45,24 @@ async fn replicas_move_onto_a_new_node_and_off_a_drained_one_under_load() -> any
     client.create_topic(TOPIC, PARTITIONS, 3).await?;
 
     let workload = Workload::start(Arc::clone(&client), TOPIC, PARTITIONS, 10);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    workload
+        .wait_progress(PROGRESS, WAIT, "before node 4 joins")
+        .await?;
 
     // Node 4 joins; rebalance moves replicas onto it.
     cluster.add_node(4)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let metadata = client.metadata(&[]).await?;
-        if metadata.brokers.iter().any(|b| b.id == 4) {
-            break;
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "node 4 never registered"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(WAIT, "node 4 registered", || async {
+        let brokers: Vec<u64> = client
+            .metadata(&[])
+            .await?
+            .brokers
+            .iter()
+            .map(|b| b.id)
+            .collect();
+        ensure!(brokers.contains(&4), "brokers {brokers:?}");
+        Ok(())
+    })
+    .await?;
     let rebalance = weir(&cluster, &["cluster", "rebalance", "--wait"])?;
     ensure!(rebalance.contains("rebalanced"), "{rebalance}");
     let metadata = client.metadata(&[]).await?;
@@ -79,7 +87,9 @@ async fn replicas_move_onto_a_new_node_and_off_a_drained_one_under_load() -> any
             .all(|p| !p.replicas.contains(&1)),
         "node 1 still holds replicas"
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    workload
+        .wait_progress(PROGRESS, WAIT, "after node 1 was drained")
+        .await?;
     let (batches, acked) = workload.stop().await?;
     ensure!(batches > 20, "only {batches} batches acknowledged");
 

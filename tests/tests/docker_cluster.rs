@@ -7,19 +7,22 @@
 //! log end catches up with the high watermark; and, once the nodes stopped, every replica's
 //! stored log holds the same committed entries. A summary line goes to the test output.
 //!
-//! Skipped, with a message saying why, where no Docker engine answers. Everything the test
+//! Skipped, with a message saying why, where no Docker engine answers — unless
+//! `WEIR_DOCKER_TESTS=1` (which `.ci/run` sets where it finds an engine): then a missing engine or
+//! Compose fails them. Everything the test
 //! creates (containers, network, volumes, image) is removed when it ends, also on failure.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use weir_client::{Client, Consumer, ConsumerConfig, Start};
-use weir_tests::docker::{ComposeCluster, NODES, StatefulSetLike, unavailable};
+use weir_tests::docker::{ComposeCluster, NODES, Needs, StatefulSetLike, available};
 use weir_tests::process_cluster::{committed_prefix, stored_entries_in};
 use weir_tests::workload::{Workload, read_back};
+use weir_tests::{abort, eventually, wait_for_leader};
 
 const TOPIC: &str = "faults";
 const PARTITIONS: u32 = 3;
@@ -51,28 +54,24 @@ struct LiveReads {
     repeated: AtomicUsize,
 }
 
+/// One container fault test: the faults run in sequence on one cluster under load (an image build
+/// and a compose cluster per fault would take minutes each), and the phases below say which
+/// behaviour failed: the cluster serving through its published ports, each fault's failover and
+/// recovery, the exactly-once read back, the live consumer, the replicas catching up, and the
+/// replicas' stored logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compose_cluster_survives_kills_pauses_partitions_and_restarts() -> anyhow::Result<()> {
     weir_tests::init_tracing();
-    if let Some(reason) = unavailable() {
-        eprintln!(
-            "SKIPPED compose_cluster_survives_kills_pauses_partitions_and_restarts: {reason}"
-        );
+    if !available(
+        "compose_cluster_survives_kills_pauses_partitions_and_restarts",
+        Needs::Compose,
+    )? {
         return Ok(());
     }
     let cluster = ComposeCluster::start()?;
-    cluster.wait_healthy(RECOVERY).await?;
-    let client = Arc::new(Client::new(&cluster.brokers())?);
-    client.create_topic(TOPIC, PARTITIONS, 3).await?;
-    wait_for_leaders(&client).await?;
-    let brokers = client.metadata(&[]).await?.brokers;
-    ensure!(
-        brokers.len() == NODES as usize
-            && brokers
-                .iter()
-                .all(|b| cluster.brokers().contains(&b.address)),
-        "metadata from the published port must name the published addresses: {brokers:?}"
-    );
+    let client = serve_through_published_ports(&cluster)
+        .await
+        .context("the compose cluster serves the test topic through its published ports")?;
 
     let workload = Workload::start(Arc::clone(&client), TOPIC, PARTITIONS, 20);
     let reads = Arc::new(LiveReads::default());
@@ -82,66 +81,14 @@ async fn compose_cluster_survives_kills_pauses_partitions_and_restarts() -> anyh
         Arc::clone(&reads),
         Arc::clone(&stop_reading),
     ));
-    await_progress(&workload, &cluster, "start").await?;
-
-    let mut faults: Vec<String> = Vec::new();
-
-    // 1. SIGKILL the leader of partition 0; it comes back on its volume.
-    let leader = leader_of(&client, 0).await?;
-    cluster.kill(leader)?;
-    faults.push(format!("docker kill node {leader} (leader of {TOPIC}/0)"));
-    wait_new_leader(&client, 0, leader).await?;
-    await_progress(&workload, &cluster, "after the leader kill").await?;
-    cluster.start_node(leader)?;
-    cluster.wait_healthy(RECOVERY).await?;
-
-    // 2. Freeze the leader of partition 1 past its election timeout, then thaw it.
-    let fault = leader_outage(
-        &client,
-        &workload,
-        &cluster,
-        1,
-        "pause/unpause",
-        |c, id| c.pause(id),
-        |c, id| c.unpause(id),
-    )
-    .await?;
-    faults.push(fault);
-
-    // 3. Cut the leader of partition 2 off the network (a partition), then heal it.
-    let fault = leader_outage(
-        &client,
-        &workload,
-        &cluster,
-        2,
-        "network disconnect/connect",
-        |c, id| c.disconnect(id),
-        |c, id| c.connect(id),
-    )
-    .await?;
-    faults.push(fault);
-
-    // 4. Restart every node in turn (SIGTERM, start), as a rolling upgrade does.
-    for id in 1..=NODES {
-        cluster.restart(id)?;
-        faults.push(format!("docker restart node {id}"));
-        cluster.wait_healthy(RECOVERY).await?;
-        await_progress(&workload, &cluster, &format!("after restarting node {id}")).await?;
-    }
-
-    // 5. SIGKILL whichever node leads partition 0 now, once more, while traffic runs.
-    let leader = leader_of(&client, 0).await?;
-    cluster.kill(leader)?;
-    faults.push(format!("docker kill node {leader} (leader of {TOPIC}/0)"));
-    wait_new_leader(&client, 0, leader).await?;
-    await_progress(&workload, &cluster, "after the second kill").await?;
-    cluster.start_node(leader)?;
-    cluster.wait_healthy(RECOVERY).await?;
-    await_progress(&workload, &cluster, "with every node back").await?;
+    await_progress(&workload, &cluster, "at the start").await?;
+    let faults = inject_faults(&client, &workload, &cluster).await?;
 
     let (batches, acked) = workload.stop().await?;
     stop_reading.store(true, Ordering::Relaxed);
-    reader.await??;
+    reader
+        .await?
+        .context("the live consumer read along through every fault")?;
     let readback = read_back(&client, TOPIC, &acked).await?;
     report(&format!(
         "docker fault test: acknowledged {}, read {}, lost {}, duplicated {}, out of order {:?}; \
@@ -178,10 +125,124 @@ async fn compose_cluster_survives_kills_pauses_partitions_and_restarts() -> anyh
     // Every replica catches up with the high watermark ...
     wait_replicas_caught_up(&cluster, &readback.high_watermarks).await?;
     // ... and, the nodes stopped, every replica stores the same committed log.
+    replicas_store_the_same_committed_log(&cluster, &readback.high_watermarks)?;
+    report(&format!(
+        "docker fault test: all {NODES} replicas of {PARTITIONS} partitions store the same committed log"
+    ));
+    Ok(())
+}
+
+/// Waits until every node serves, creates the test topic and waits for its leaders; checks that
+/// metadata asked through a published port names the brokers by their published addresses.
+async fn serve_through_published_ports(cluster: &ComposeCluster) -> anyhow::Result<Arc<Client>> {
+    cluster.wait_healthy(RECOVERY).await?;
+    let client = Arc::new(Client::new(&cluster.brokers())?);
+    client.create_topic(TOPIC, PARTITIONS, 3).await?;
+    wait_for_leaders(&client).await?;
+    let brokers = client.metadata(&[]).await?.brokers;
+    ensure!(
+        brokers.len() == NODES as usize
+            && brokers
+                .iter()
+                .all(|b| cluster.brokers().contains(&b.address)),
+        "metadata from the published port must name the published addresses: {brokers:?}"
+    );
+    Ok(client)
+}
+
+/// The faults, one after the other while the workload runs; each must fail over (when it takes
+/// a leader out) and let writes go on, and the cluster must serve again after it. Returns what
+/// was injected.
+async fn inject_faults(
+    client: &Client,
+    workload: &Workload,
+    cluster: &ComposeCluster,
+) -> anyhow::Result<Vec<String>> {
+    let mut faults: Vec<String> = Vec::new();
+
+    // 1. SIGKILL the leader of partition 0; it comes back on its volume.
+    let fault = leader_kill(client, workload, cluster, "the leader kill")
+        .await
+        .context("fault 1: docker kill of a partition leader")?;
+    faults.push(fault);
+
+    // 2. Freeze the leader of partition 1 past its election timeout, then thaw it.
+    let fault = leader_outage(
+        client,
+        workload,
+        cluster,
+        1,
+        "pause/unpause",
+        |c, id| c.pause(id),
+        |c, id| c.unpause(id),
+    )
+    .await
+    .context("fault 2: docker pause of a partition leader")?;
+    faults.push(fault);
+
+    // 3. Cut the leader of partition 2 off the network (a partition), then heal it.
+    let fault = leader_outage(
+        client,
+        workload,
+        cluster,
+        2,
+        "network disconnect/connect",
+        |c, id| c.disconnect(id),
+        |c, id| c.connect(id),
+    )
+    .await
+    .context("fault 3: a partition leader cut off the network")?;
+    faults.push(fault);
+
+    // 4. Restart every node in turn (SIGTERM, start), as a rolling upgrade does.
+    for id in 1..=NODES {
+        cluster.restart(id)?;
+        faults.push(format!("docker restart node {id}"));
+        cluster
+            .wait_healthy(RECOVERY)
+            .await
+            .with_context(|| format!("fault 4: rolling restart, node {id}"))?;
+        await_progress(workload, cluster, &format!("after restarting node {id}"))
+            .await
+            .with_context(|| format!("fault 4: rolling restart, node {id}"))?;
+    }
+
+    // 5. SIGKILL whichever node leads partition 0 now, once more, while traffic runs.
+    let fault = leader_kill(client, workload, cluster, "the second kill")
+        .await
+        .context("fault 5: a second docker kill of a partition leader")?;
+    faults.push(fault);
+    await_progress(workload, cluster, "with every node back").await?;
+    Ok(faults)
+}
+
+/// SIGKILLs the leader of partition 0, waits for the failover and for writes to go on, starts
+/// it again and waits until every node serves. Returns the fault's description.
+async fn leader_kill(
+    client: &Client,
+    workload: &Workload,
+    cluster: &ComposeCluster,
+    what: &str,
+) -> anyhow::Result<String> {
+    let leader = leader_of(client, 0).await?;
+    cluster.kill(leader)?;
+    wait_new_leader(client, 0, leader).await?;
+    await_progress(workload, cluster, &format!("after {what}")).await?;
+    cluster.start_node(leader)?;
+    cluster.wait_healthy(RECOVERY).await?;
+    Ok(format!("docker kill node {leader} (leader of {TOPIC}/0)"))
+}
+
+/// Stops the nodes, copies their data out and checks that every replica of every partition
+/// stores the same committed log (entries below the high watermark).
+fn replicas_store_the_same_committed_log(
+    cluster: &ComposeCluster,
+    high_watermarks: &BTreeMap<u32, u64>,
+) -> anyhow::Result<()> {
     let copies = tempfile::tempdir()?;
     let data_dirs = cluster.stop_and_copy_data(copies.path())?;
     for partition in 0..PARTITIONS {
-        let hw = readback.high_watermarks[&partition];
+        let hw = high_watermarks[&partition];
         let mut prefixes = Vec::new();
         for dir in &data_dirs {
             let entries = stored_entries_in(dir, TOPIC, partition)?;
@@ -199,9 +260,6 @@ async fn compose_cluster_survives_kills_pauses_partitions_and_restarts() -> anyh
             );
         }
     }
-    report(&format!(
-        "docker fault test: all {NODES} replicas of {PARTITIONS} partitions store the same committed log"
-    ));
     Ok(())
 }
 
@@ -264,32 +322,12 @@ async fn read_along(
 
 /// The node leading `partition` of the topic.
 async fn leader_of(client: &Client, partition: u32) -> anyhow::Result<u64> {
-    leader_other_than(client, partition, 0).await
+    wait_for_leader(client, TOPIC, partition, 0, RECOVERY).await
 }
 
 /// Waits until a node other than `old` leads `partition`: after a fault, the failover.
 async fn wait_new_leader(client: &Client, partition: u32, old: u64) -> anyhow::Result<u64> {
-    leader_other_than(client, partition, old).await
-}
-
-/// Waits until `partition` has a leader other than `old` (0: any leader) and returns it.
-async fn leader_other_than(client: &Client, partition: u32, old: u64) -> anyhow::Result<u64> {
-    let deadline = Instant::now() + RECOVERY;
-    loop {
-        let metadata = client.metadata(&[TOPIC.to_string()]).await?;
-        let leader = metadata.topics[0]
-            .partitions
-            .iter()
-            .find(|p| p.partition == partition)
-            .map_or(0, |p| p.leader);
-        if leader != 0 && leader != old {
-            return Ok(leader);
-        }
-        if Instant::now() >= deadline {
-            bail!("{TOPIC}/{partition}: no leader other than node {old} after {RECOVERY:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_leader(client, TOPIC, partition, old, RECOVERY).await
 }
 
 async fn wait_for_leaders(client: &Client) -> anyhow::Result<()> {
@@ -305,20 +343,10 @@ async fn await_progress(
     cluster: &ComposeCluster,
     when: &str,
 ) -> anyhow::Result<()> {
-    let before = workload.acknowledged().await;
-    let deadline = Instant::now() + RECOVERY;
-    loop {
-        if workload.acknowledged().await >= before + 200 {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "no writes acknowledged {when} within {RECOVERY:?}\n{}",
-                cluster.logs().unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    workload
+        .wait_progress(200, RECOVERY, when)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err:#}\n{}", cluster.logs().unwrap_or_default()))
 }
 
 /// Waits until every node's log end offset (its metrics, through the published port) reaches
@@ -327,31 +355,30 @@ async fn wait_replicas_caught_up(
     cluster: &ComposeCluster,
     high_watermarks: &BTreeMap<u32, u64>,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + RECOVERY;
-    loop {
-        let mut behind = Vec::new();
-        for id in 1..=NODES {
-            let text = weir_tests::scrape_metrics(Some(cluster.metrics_addr(id)))
-                .await
-                .with_context(|| format!("metrics of node {id}"))?;
-            let ends = log_ends(&text);
-            for (&partition, &hw) in high_watermarks {
-                match ends.get(&partition) {
-                    Some(&end) if end >= hw => {}
-                    other => {
-                        behind.push(format!("node {id} {TOPIC}/{partition}: {other:?} < {hw}"))
+    eventually(
+        RECOVERY,
+        "every replica caught up with the high watermark",
+        || async {
+            let mut behind = Vec::new();
+            for id in 1..=NODES {
+                let text = weir_tests::scrape_metrics(Some(cluster.metrics_addr(id)))
+                    .await
+                    .with_context(|| format!("metrics of node {id}"))?;
+                let ends = log_ends(&text);
+                for (&partition, &hw) in high_watermarks {
+                    match ends.get(&partition) {
+                        Some(&end) if end >= hw => {}
+                        other => {
+                            behind.push(format!("node {id} {TOPIC}/{partition}: {other:?} < {hw}"))
+                        }
                     }
                 }
             }
-        }
-        if behind.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("replicas did not catch up: {}", behind.join(", "));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            ensure!(behind.is_empty(), "behind: {}", behind.join(", "));
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// `weir_partition_log_end_offset` of the test topic's partitions, from Prometheus text.
@@ -398,10 +425,10 @@ fn log_ends_parse_prometheus_text() {
 async fn statefulset_style_nodes_take_ids_from_host_names_and_scale_out_and_in()
 -> anyhow::Result<()> {
     weir_tests::init_tracing();
-    if let Some(reason) = unavailable() {
-        eprintln!(
-            "SKIPPED statefulset_style_nodes_take_ids_from_host_names_and_scale_out_and_in: {reason}"
-        );
+    if !available(
+        "statefulset_style_nodes_take_ids_from_host_names_and_scale_out_and_in",
+        Needs::Engine,
+    )? {
         return Ok(());
     }
     let mut set = StatefulSetLike::new()?;
@@ -474,24 +501,15 @@ async fn wait_status(
     what: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> anyhow::Result<serde_json::Value> {
-    let deadline = Instant::now() + RECOVERY;
-    loop {
-        let last = match set.weir(&["cluster", "status", "--output", "json"], None) {
-            Ok(out) => {
-                let status: serde_json::Value = serde_json::from_str(&out)
-                    .with_context(|| format!("cluster status is not JSON: {out}"))?;
-                if done(&status) {
-                    return Ok(status);
-                }
-                out
-            }
-            Err(err) => format!("{err:#}"),
-        };
-        if Instant::now() >= deadline {
-            bail!("waiting for {what}: last status {last}\n{}", set.logs());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    eventually(RECOVERY, what, || async {
+        let out = set.weir(&["cluster", "status", "--output", "json"], None)?;
+        let status: serde_json::Value = serde_json::from_str(&out)
+            .map_err(|err| abort(anyhow::anyhow!("cluster status is not JSON ({err}): {out}")))?;
+        ensure!(done(&status), "status {out}");
+        Ok(status)
+    })
+    .await
+    .map_err(|err| anyhow::anyhow!("{err:#}\n{}", set.logs()))
 }
 
 /// Ids of the brokers `cluster status` shows alive.

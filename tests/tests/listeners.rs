@@ -4,6 +4,7 @@
 //! Rust client works through either; JoinCluster checks the addresses it is given.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::Code;
 use weir_broker::{Node, NodeConfig};
@@ -11,6 +12,10 @@ use weir_client::{Client, NodeHealth, Producer, ProducerConfig, ProducerRecord};
 use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::broker_client::BrokerClient;
 use weir_proto::v1::{JoinClusterRequest, MetadataRequest};
+use weir_tests::eventually;
+
+/// How long the node may take to load its metadata.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// The external address a client is told: one that does not route anywhere on this machine's
 /// loopback listeners, so only the metadata can have produced it.
@@ -28,19 +33,21 @@ async fn start(dir: &std::path::Path, external_advertised: Option<&str>) -> anyh
 }
 
 async fn metadata_addresses(addr: &str) -> anyhow::Result<Vec<String>> {
-    let mut broker = BrokerClient::connect(format!("http://{addr}")).await?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let brokers = broker
-            .metadata(MetadataRequest { topics: vec![] })
-            .await?
-            .into_inner()
-            .brokers;
-        if !brokers.is_empty() || std::time::Instant::now() >= deadline {
-            return Ok(brokers.into_iter().map(|b| b.address).collect());
+    let broker = BrokerClient::connect(format!("http://{addr}")).await?;
+    let what = format!("the metadata from {addr} lists the broker");
+    eventually(WAIT, &what, || {
+        let mut broker = broker.clone();
+        async move {
+            let brokers = broker
+                .metadata(MetadataRequest { topics: vec![] })
+                .await?
+                .into_inner()
+                .brokers;
+            anyhow::ensure!(!brokers.is_empty(), "no brokers yet");
+            Ok(brokers.into_iter().map(|b| b.address).collect())
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,15 +66,12 @@ async fn metadata_names_brokers_by_the_listener_asked() -> anyhow::Result<()> {
     // Health is served on both listeners (SERVING once the node has loaded the metadata, which
     // the health reporter notices within 100 ms).
     for addr in [&internal, &external] {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let health = loop {
-            let health = weir_client::check_health(addr, std::time::Duration::from_secs(5)).await?;
-            if health == NodeHealth::Serving || std::time::Instant::now() >= deadline {
-                break health;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        };
-        assert_eq!(health, NodeHealth::Serving, "{addr}");
+        eventually(WAIT, &format!("{addr} SERVING"), || async {
+            let health = weir_client::check_health(addr, Duration::from_secs(5)).await?;
+            anyhow::ensure!(health == NodeHealth::Serving, "health {health:?}");
+            Ok(())
+        })
+        .await?;
     }
     node.shutdown().await;
     Ok(())

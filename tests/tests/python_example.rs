@@ -123,27 +123,15 @@ fn controller(addr: &str, within: Duration) -> anyhow::Result<u64> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let answer: anyhow::Result<u64> = async {
-                let mut client = BrokerClient::connect(format!("http://{addr}")).await?;
-                let metadata = client.metadata(MetadataRequest::default()).await?;
-                Ok(metadata.into_inner().controller)
-            }
-            .await;
-            let last = match answer {
-                Ok(0) => "no controller leader known yet".to_string(),
-                Ok(id) => return Ok(id),
-                Err(err) => err.to_string(),
-            };
-            ensure!(
-                tokio::time::Instant::now() < deadline,
-                "{addr} named no controller within {within:?} (last: {last})"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    let what = format!("{addr} to name the controller leader");
+    runtime.block_on(weir_tests::eventually(within, &what, || async {
+        let mut client = BrokerClient::connect(format!("http://{addr}")).await?;
+        let metadata = client.metadata(MetadataRequest::default()).await?;
+        match metadata.into_inner().controller {
+            0 => bail!("no controller leader known yet"),
+            id => Ok(id),
         }
-    })
+    }))
 }
 
 /// The last lines of every node's log, for failure messages.

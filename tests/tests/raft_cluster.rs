@@ -10,6 +10,7 @@
 //! Debug with `RUST_LOG=info cargo test -p weir-tests --test raft_cluster -- --nocapture NAME`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::ready;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,8 +19,8 @@ use anyhow::{Context, bail, ensure};
 use weir_raft::{NodeId, PeerNode};
 use weir_storage::LogConfig;
 use weir_tests::crash::SplitMix64;
-use weir_tests::init_tracing;
 use weir_tests::raft_cluster::{Converged, RaftCluster, WriterReport, record_batch, spawn_writer};
+use weir_tests::{eventually, init_tracing};
 
 const GROUP: &str = "t/0";
 const WAIT: Duration = Duration::from_secs(20);
@@ -105,33 +106,30 @@ fn now_ms() -> i64 {
 
 /// Waits until retention has nothing more to remove on any running replica.
 async fn wait_retention_done(cluster: &RaftCluster, within: Duration) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + within;
-    for node in cluster.running_replicas(GROUP) {
-        let g = cluster.group(node, GROUP).context("replica")?;
-        while g.log().retention_plan(now_ms())?.is_some() {
-            ensure!(
-                tokio::time::Instant::now() < deadline,
-                "retention on node {node} did not finish within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    Ok(())
+    eventually(within, "retention done on every replica", || {
+        ready((|| {
+            for node in cluster.running_replicas(GROUP) {
+                let g = cluster.group(node, GROUP).context("replica")?;
+                let plan = g.log().retention_plan(now_ms())?;
+                ensure!(plan.is_none(), "node {node} still plans {plan:?}");
+            }
+            Ok(())
+        })())
+    })
+    .await
 }
 
 /// Waits until at least `target` writes have been acknowledged in all.
 async fn wait_for_acks(acks: &AtomicU64, target: u64, within: Duration) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
+    eventually(within, &format!("{target} writes acknowledged"), || {
         let now = acks.load(Ordering::SeqCst);
-        if now >= target {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("only {now} of {target} writes acknowledged within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        ready(if now >= target {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("{now} acknowledged"))
+        })
+    })
+    .await
 }
 
 /// Every converged replica holds exactly `expected` (committed and stored alike).
@@ -472,14 +470,13 @@ async fn divergent_uncommitted_suffix_is_truncated_on_the_old_leader() -> anyhow
         doomed.push(tokio::spawn(async move {
             g.write(record_batch(&format!("divergent-{i}"))).await
         }));
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while cluster.replica_state(old, GROUP)?.next_index <= next {
-            ensure!(
-                tokio::time::Instant::now() < deadline,
-                "divergent-{i} not appended"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(WAIT, &format!("divergent-{i} appended"), || {
+            ready(cluster.replica_state(old, GROUP).and_then(|state| {
+                ensure!(state.next_index > next, "next index {}", state.next_index);
+                Ok(())
+            }))
+        })
+        .await?;
     }
     // The old leader stores them but cannot commit them.
     let stored = cluster.read_all(old, GROUP, false)?;
@@ -494,19 +491,14 @@ async fn divergent_uncommitted_suffix_is_truncated_on_the_old_leader() -> anyhow
     // The majority elects a new leader (of a newer term than the isolated one) and commits more
     // entries than the divergent suffix holds, at the same offsets.
     let client = cluster.client(GROUP);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let new = loop {
+    let new = eventually(WAIT, "the majority to elect a leader", || {
         // The old leader still believes it leads, in its old term.
-        match client.current_leader() {
-            Some((node, _)) if node != old => break node,
-            _ => {}
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the majority elected no leader"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        ready(match client.current_leader() {
+            Some((node, _)) if node != old => Ok(node),
+            other => Err(anyhow::anyhow!("leader: {:?}", other.map(|(node, _)| node))),
+        })
+    })
+    .await?;
     assert!(term(&cluster, new)? > term(&cluster, old)?);
     let majority = write_values(&cluster, "majority", 0..(2 * DIVERGENT)).await?;
     assert_eq!(
@@ -649,20 +641,20 @@ async fn follower_behind_the_log_start_catches_up_through_a_snapshot() -> anyhow
 
     // About ten records per 4 KiB segment: 40 segments, of which retention keeps about four.
     expected.extend(write_concurrently(&cluster, &format!("later-{pad}"), 4, 100).await?);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let leader = loop {
+    let what = format!(
+        "retention to move the leader's log start past {}",
+        behind.next_offset
+    );
+    let leader = eventually(WAIT, &what, || async {
         let leader = cluster.leader(GROUP, WAIT).await?;
         let start = cluster.replica_state(leader, GROUP)?.log_start_offset;
-        if start > behind.next_offset {
-            break leader;
-        }
         ensure!(
-            tokio::time::Instant::now() < deadline,
-            "retention did not move the leader's log start past {} (at {start})",
-            behind.next_offset
+            start > behind.next_offset,
+            "node {leader}'s log starts at {start}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        Ok(leader)
+    })
+    .await?;
     // Let retention finish with what was written, so that the log start the follower must
     // reach stays put.
     wait_retention_done(&cluster, WAIT).await?;
@@ -739,38 +731,39 @@ async fn follower_catches_up_while_retention_moves_the_log_start() -> anyhow::Re
         .context("a follower")?;
     let behind = cluster.replica_state(follower, GROUP)?;
     cluster.crash(follower).await?;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let start_at_restart = loop {
+    let what = format!(
+        "retention to move the leader's log start past {}",
+        behind.next_offset
+    );
+    let start_at_restart = eventually(WAIT, &what, || async {
         let leader = cluster.leader(GROUP, WAIT).await?;
         let start = cluster.replica_state(leader, GROUP)?.log_start_offset;
-        if start > behind.next_offset {
-            break start;
-        }
         ensure!(
-            tokio::time::Instant::now() < deadline,
-            "retention did not move the leader's log start past {}",
-            behind.next_offset
+            start > behind.next_offset,
+            "node {leader}'s log starts at {start}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        Ok(start)
+    })
+    .await?;
 
     cluster.restart(follower).await?;
     // Writes go on until the follower has caught up through a snapshot and the leader's log
     // start has moved on again.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let leader = cluster.leader(GROUP, WAIT).await?;
-        let start = cluster.replica_state(leader, GROUP)?.log_start_offset;
-        let state = cluster.replica_state(follower, GROUP)?;
-        if start > start_at_restart && state.log_start_offset > behind.next_offset {
-            break;
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no catch-up: leader's log start {start}, follower at {state:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        WAIT,
+        "the follower caught up through a snapshot",
+        || async {
+            let leader = cluster.leader(GROUP, WAIT).await?;
+            let start = cluster.replica_state(leader, GROUP)?.log_start_offset;
+            let state = cluster.replica_state(follower, GROUP)?;
+            ensure!(
+                start > start_at_restart && state.log_start_offset > behind.next_offset,
+                "leader's log start {start}, follower at {state:?}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
     let target = acks.load(Ordering::SeqCst) + 20;
     wait_for_acks(&acks, target, WAIT).await?;
     stop.store(true, Ordering::SeqCst);

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 use tracing::Instrument;
 use weir_controller::{
     Controller, ControllerConfig, MetadataCommand, PartitionSettings, Partitions,
@@ -218,6 +220,10 @@ impl Node {
                 Arc::clone(&controller),
                 Arc::clone(&transport),
             )),
+            tokio::spawn(probe_brokers(
+                Arc::clone(&controller),
+                Arc::clone(&transport),
+            )),
         ];
         tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), "node started");
         Ok(Self {
@@ -413,6 +419,49 @@ async fn report_health(health: tonic_health::server::HealthReporter, controller:
     health.set_serving::<AdminServer<AdminService>>().await;
     health.set_serving::<GroupsServer<GroupService>>().await;
     tracing::info!("serving: cluster metadata loaded");
+}
+
+/// How often a node makes sure it heard from every broker lately.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps this node's view of which brokers are alive ([`Controller::is_alive`]: the `alive` flag
+/// of its Metadata answers, `weir cluster status`, `weir_brokers_alive`) current on every node,
+/// not only on the controller leader: Raft traffic reaches only the nodes this one leads a group
+/// for, so each broker not heard from within the last [`PROBE_EVERY`] gets a gRPC health check
+/// on its peer address; any answer counts.
+async fn probe_brokers(controller: Arc<Controller>, transport: Arc<PeerTransport>) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let metadata = controller.metadata();
+        let probes = metadata
+            .brokers
+            .values()
+            .filter(|broker| broker.id != controller.node_id())
+            .filter(|broker| {
+                transport
+                    .last_heard(broker.id)
+                    .is_none_or(|ago| ago >= PROBE_EVERY)
+            })
+            .map(|broker| {
+                let transport = &transport;
+                async move {
+                    let checked = transport
+                        .probe(broker.id, &broker.addr, PROBE_EVERY, |channel| async move {
+                            HealthClient::new(channel)
+                                .check(HealthCheckRequest::default())
+                                .await
+                                .map(drop)
+                        })
+                        .await;
+                    if let Err(err) = checked {
+                        tracing::debug!(broker = broker.id, error = %err, "broker does not answer");
+                    }
+                }
+            });
+        futures::future::join_all(probes).await;
+    }
 }
 
 /// Registers this node as a broker (or joins the cluster), retrying until it is in the metadata

@@ -3,13 +3,14 @@
 //! overrides the one before). The flags are made from `weir_broker::SETTINGS`, so every setting
 //! has one: `--` and the file key with `-` for `_` and `.`. SIGTERM or Ctrl-C stops it cleanly.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use weir_broker::{Layers, Node, NodeConfig, SETTINGS, SettingKind};
 
 const CONFIG: &str = "config";
+const READY_FILE: &str = "ready-file";
 
 /// Shown after the flags in `weir server --help`.
 const LAYERS_HELP: &str = "\
@@ -24,6 +25,8 @@ switches are true or false in variables (WEIR_ID_FROM_HOSTNAME=true). Other WEIR
 #[derive(Debug)]
 pub(crate) struct ServerArgs {
     config: Option<PathBuf>,
+    /// Where to write the bound addresses once the node listens (`--ready-file`).
+    ready_file: Option<PathBuf>,
     /// (setting key, raw value) of each flag given.
     flags: Vec<(String, String)>,
 }
@@ -47,6 +50,7 @@ impl clap::FromArgMatches for ServerArgs {
         }
         Ok(Self {
             config: matches.get_one::<PathBuf>(CONFIG).cloned(),
+            ready_file: matches.get_one::<PathBuf>(READY_FILE).cloned(),
             flags,
         })
     }
@@ -66,6 +70,18 @@ impl clap::Args for ServerArgs {
                 .value_name("FILE")
                 .value_parser(clap::value_parser!(PathBuf))
                 .help("TOML file of settings (keys as in docs/design.md; unknown keys are errors)"),
+        ).arg(
+            Arg::new(READY_FILE)
+                .long(READY_FILE)
+                .env("WEIR_READY_FILE")
+                .value_name("PATH")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help(
+                    "Once the node listens, write the addresses it bound to this file (replacing \
+                     it in one step): `addr=IP:PORT`, plus `external_addr=` and `metrics_addr=` \
+                     lines for those listeners. With port 0 in --addr, this is how a script \
+                     learns the port. Not a node setting: not read from the config file.",
+                ),
         );
         SETTINGS.iter().fold(command, |command, setting| {
             let default = setting
@@ -106,13 +122,55 @@ pub(crate) async fn stop_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fails unless `path` can be created: its directory exists (checked before the node starts).
+fn check_ready_file(path: &Path) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if path.file_name().is_none() || !dir.is_dir() {
+        bail!(
+            "--ready-file {}: not a file in an existing directory",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes the node's bound addresses to `path` (see `--ready-file`): to a temporary file next to
+/// it, renamed over it, so a reader never sees half of it.
+fn write_ready_file(path: &Path, node: &Node) -> anyhow::Result<()> {
+    let mut text = format!("addr={}\n", node.local_addr());
+    if let Some(external) = node.external_addr() {
+        text.push_str(&format!("external_addr={external}\n"));
+    }
+    if let Some(metrics) = node.metrics_addr() {
+        text.push_str(&format!("metrics_addr={metrics}\n"));
+    }
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .with_context(|| format!("--ready-file {}: writing it", path.display()))
+}
+
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.ready_file {
+        check_ready_file(path)?;
+    }
     let config = NodeConfig::load(Layers {
         file: args.config.as_deref(),
         env: NodeConfig::environment(),
         flags: args.flags,
     })?;
     let node = Node::start(config, None).await?;
+    if let Some(path) = &args.ready_file
+        && let Err(err) = write_ready_file(path, &node)
+    {
+        node.shutdown().await;
+        return Err(err);
+    }
     tracing::info!(addr = %node.local_addr(), "weir node ready");
     stop_signal().await?;
     node.shutdown().await;

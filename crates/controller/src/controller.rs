@@ -153,8 +153,9 @@ impl Controller {
         Ok(self.metadata())
     }
 
-    /// Whether broker `id` answered this node recently (this node itself always counts). On the
-    /// controller leader, which heartbeats every controller member, this covers every broker.
+    /// Whether broker `id` answered this node recently (this node itself always counts): a reply
+    /// to Raft traffic, or to the liveness probe every node sends the brokers it has not heard
+    /// from lately (see the broker's node), so the view covers every broker on every node.
     pub fn is_alive(&self, id: NodeId) -> bool {
         id == self.node_id
             || self

@@ -248,11 +248,47 @@ impl PeerTransport {
             })?;
         // A reply on a link cut meanwhile is lost too.
         self.apply_faults(to).await?;
+        self.heard_from(to);
+        Ok(reply.into_inner().body)
+    }
+
+    /// Checks that `to` (at `addr`) answers outside Raft traffic: runs `probe` on the channel to
+    /// it (through the same link faults as Raft messages) and, when it succeeds within
+    /// `timeout`, notes that `to` answered (see [`PeerTransport::last_heard`]). A node that
+    /// leads no group `to` is in hears from it only this way.
+    pub async fn probe<F, Fut>(
+        &self,
+        to: NodeId,
+        addr: &str,
+        timeout: Duration,
+        probe: F,
+    ) -> Result<(), PeerError>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = Result<(), tonic::Status>>,
+    {
+        self.apply_faults(to).await?;
+        let channel = self.channel(addr)?;
+        tokio::time::timeout(timeout, probe(channel))
+            .await
+            .map_err(|_| PeerError::Rpc {
+                addr: addr.to_string(),
+                status: tonic::Status::deadline_exceeded(format!("no answer in {timeout:?}")),
+            })?
+            .map_err(|status| PeerError::Rpc {
+                addr: addr.to_string(),
+                status,
+            })?;
+        self.apply_faults(to).await?;
+        self.heard_from(to);
+        Ok(())
+    }
+
+    fn heard_from(&self, node: NodeId) {
         self.last_reply
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(to, std::time::Instant::now());
-        Ok(reply.into_inner().body)
+            .insert(node, std::time::Instant::now());
     }
 }
 
