@@ -3,7 +3,6 @@
 //! error path, and a check that the bad requests together leave those records as they were. Each
 //! test starts its own node (a fraction of a second) and checks one behaviour.
 
-
 use bytes::Bytes;
 use tonic::Code;
 use weir_format::batch::{BatchBuilder, Compression, encode_control_batch};
