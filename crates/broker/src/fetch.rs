@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status};
 use tracing::Instrument;
+use weir_format::retry::RetryPolicy;
 use weir_proto::v1::{
     FetchRequest, FetchResponse, FetchedRecord, Header, ListOffsetsRequest, ListOffsetsResponse,
     StartFrom, SubscribeRequest,
@@ -25,8 +26,6 @@ use crate::status::from_storage;
 const MAX_FETCH_WAIT_MS: u32 = 30_000;
 /// The long poll of each fetch behind a Subscribe stream.
 const SUBSCRIBE_POLL_MS: u32 = 5_000;
-/// Pause before a Subscribe stream retries after its partition's leadership moved.
-const SUBSCRIBE_RETRY: Duration = Duration::from_millis(200);
 
 pub(crate) type SubscribeResponse =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<FetchResponse, Status>> + Send + 'static>>;
@@ -293,6 +292,9 @@ impl ReadPath {
                     }
                     Err(status) => Err(status),
                 };
+                // Waits between attempts while leadership moves: the one retry policy, never
+                // shorter than a RetryInfo hint in the answer.
+                let mut backoff = RetryPolicy::REQUEST.backoff();
                 loop {
                     let position = match offset {
                         Ok(position) => position,
@@ -320,6 +322,7 @@ impl ReadPath {
                             Ok(response.next_offset.max(position))
                         }
                         Ok(response) => {
+                            backoff.reset();
                             let next = response.next_offset;
                             this.metrics
                                 .fetched_records
@@ -335,7 +338,9 @@ impl ReadPath {
                                 || status.code() == tonic::Code::FailedPrecondition =>
                         {
                             tracing::debug!(message = status.message(), "subscribe retrying");
-                            tokio::time::sleep(SUBSCRIBE_RETRY).await;
+                            let hint = tonic_types::StatusExt::get_details_retry_info(&status)
+                                .and_then(|info| info.retry_delay);
+                            tokio::time::sleep(backoff.next_delay(hint)).await;
                             Ok(position)
                         }
                         Err(status) => Err(status),

@@ -2,6 +2,10 @@
 //!
 //! Exit codes: 0 success; 1 the operation failed (the message says why, with the server's
 //! status where there is one — for example "unknown topic"); 2 bad command line.
+//!
+//! Owns the commands (one module each) and their output; it talks to a cluster only through
+//! `weir-client` (and runs a node through `weir-broker`). Invariants: every listing has a
+//! `--output json` form; every table goes through `table` (one look); long work shows progress.
 
 /// mimalloc instead of glibc's malloc: the broker and the clients allocate and free many small
 /// buffers per request (about 7% of the CPU went to glibc's malloc and free under load).

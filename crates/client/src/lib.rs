@@ -23,6 +23,14 @@
 //! the log as they are. Keys map to partitions with [`partition_for_key`], Kafka's default
 //! partitioner, as the wire contract prescribes.
 //!
+//! Invariants: retries follow the error contract of `weir.proto`
+//! ([`weir_format::wire::ERROR_CONTRACT`]) — final answers (INVALID_ARGUMENT, NOT_FOUND,
+//! FAILED_PRECONDITION without a leader, INTERNAL, UNKNOWN, DATA_LOSS, ...) are returned at once,
+//! never retried — and every retry loop waits by the one policy of [`weir_format::retry`]
+//! (backoff with jitter, never shorter than the server's `RetryInfo`); a failed batch is resent
+//! as the same bytes, so the leader writes it at most once. The client depends on the wire
+//! contract only (`weir-proto`, `weir-format`), never on server crates.
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), weir_client::ClientError> {
 //! use std::sync::Arc;

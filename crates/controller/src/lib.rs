@@ -4,6 +4,12 @@
 //! placement of replicas, and a reconciler on every node that runs the partition groups assigned
 //! to it and carries out replica moves.
 //!
+//! Invariants: metadata changes only by commands applied in log order (every replica computes
+//! the same metadata); placement never puts two replicas of a partition on one broker and never
+//! places more replicas than there are brokers (a replication factor above the broker count is
+//! refused for good, `MetadataError::ReplicationFactorTooLarge`); partitions are reached only
+//! through `weir_raft::Partition`, never the segment log or openraft.
+//!
 //! - [`metadata`]: the state and the commands that change it (deterministic apply).
 //! - [`placement`]: where replicas go (balanced, rack-aware), drains and rebalancing.
 //! - [`Controller`]: this node's replica of the metadata group; proposals from any node.

@@ -35,6 +35,8 @@ use crate::metadata::{Metadata, MetadataCommand, TopicConfig, TopicRecord};
 
 /// Least time between two leadership campaigns of one partition replica.
 const CAMPAIGN_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a removed replica's files may stay busy (in-flight requests holding its log).
+const REMOVE_FILES_WITHIN: Duration = Duration::from_secs(5);
 
 /// Directory under the data dir that holds partition groups.
 pub const PARTITIONS_DIR: &str = "partitions";
@@ -271,16 +273,24 @@ impl Partitions {
         drop(replica);
         if remove_files {
             // The group's log closes when its last handle drops; give in-flight requests a moment.
-            for _ in 0..50 {
+            let deadline = Instant::now() + REMOVE_FILES_WITHIN;
+            let mut backoff = weir_format::retry::RetryPolicy::BACKGROUND.backoff();
+            loop {
                 match remove_group_files(&dir) {
-                    Ok(()) => break,
-                    Err(err) => {
+                    Ok(()) => {
+                        tracing::info!(group = %group_id, "partition replica removed");
+                        break;
+                    }
+                    Err(err) if Instant::now() < deadline => {
                         tracing::debug!(error = %err, "removing partition files; retrying");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tokio::time::sleep(backoff.next_delay(None)).await;
+                    }
+                    Err(err) => {
+                        tracing::warn!(group = %group_id, error = %err, dir = %dir.display(), "partition replica stopped, but its files could not be removed");
+                        break;
                     }
                 }
             }
-            tracing::info!(group = %group_id, "partition replica removed");
         }
     }
 

@@ -234,22 +234,10 @@ impl PeerTransport {
         F: FnOnce(PeerClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftReply>, tonic::Status>>,
     {
-        self.apply_faults(to).await?;
         let client = self.client(addr)?;
-        let reply = tokio::time::timeout(timeout, rpc(client))
+        self.exchange(to, addr, timeout, rpc(client))
             .await
-            .map_err(|_| PeerError::Rpc {
-                addr: addr.to_string(),
-                status: tonic::Status::deadline_exceeded(format!("no answer in {timeout:?}")),
-            })?
-            .map_err(|status| PeerError::Rpc {
-                addr: addr.to_string(),
-                status,
-            })?;
-        // A reply on a link cut meanwhile is lost too.
-        self.apply_faults(to).await?;
-        self.heard_from(to);
-        Ok(reply.into_inner().body)
+            .map(|reply| reply.into_inner().body)
     }
 
     /// Checks that `to` (at `addr`) answers outside Raft traffic: runs `probe` on the channel to
@@ -267,9 +255,21 @@ impl PeerTransport {
         F: FnOnce(Channel) -> Fut,
         Fut: Future<Output = Result<(), tonic::Status>>,
     {
-        self.apply_faults(to).await?;
         let channel = self.channel(addr)?;
-        tokio::time::timeout(timeout, probe(channel))
+        self.exchange(to, addr, timeout, probe(channel)).await
+    }
+
+    /// One request to `to` and its answer (`send`, a future not yet polled), both through the
+    /// link faults, within `timeout`; an answer notes that `to` was heard from.
+    async fn exchange<T>(
+        &self,
+        to: NodeId,
+        addr: &str,
+        timeout: Duration,
+        send: impl Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, PeerError> {
+        self.apply_faults(to).await?;
+        let answer = tokio::time::timeout(timeout, send)
             .await
             .map_err(|_| PeerError::Rpc {
                 addr: addr.to_string(),
@@ -279,9 +279,10 @@ impl PeerTransport {
                 addr: addr.to_string(),
                 status,
             })?;
+        // A reply on a link cut meanwhile is lost too.
         self.apply_faults(to).await?;
         self.heard_from(to);
-        Ok(())
+        Ok(answer)
     }
 
     fn heard_from(&self, node: NodeId) {

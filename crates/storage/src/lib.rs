@@ -10,6 +10,12 @@
 //! - [`Durability`]: when appends reach the disk (`always` with group commit by default).
 //! - [`fs`]: replacing a whole file atomically and durably (also used for Raft's small files).
 //!
+//! Invariants: offsets are dense and assigned from the log prefix (every replica gives a record
+//! the same offset); an append is readable when `append` returns and durable once the group
+//! commit says so; a torn or corrupt tail is cut back to the last whole batch on open, and
+//! corruption in the middle stops the log ([`StorageError::Stopped`]) rather than serve it;
+//! errors name the file, the offset and what was expected.
+//!
 //! ```
 //! use weir_format::batch::{BatchBuilder, Compression, ValidBatch};
 //! use weir_storage::{LogConfig, PartitionLog};
