@@ -136,6 +136,12 @@ impl Broker for BrokerService {
     ) -> Result<Response<MetadataResponse>, Status> {
         let hops = forward_hops(&request);
         let request = request.into_inner();
+        if !self.router.controller.ready() {
+            // Not an empty cluster: a node that has not loaded the metadata yet.
+            return Err(crate::status::unavailable(
+                "this node is still loading the cluster metadata; retry shortly",
+            ));
+        }
         for name in &request.topics {
             if let Found::AskController(addr) = self.router.topic(name, hops).await? {
                 let mut client = self.router.broker_client(&addr, hops)?;

@@ -235,7 +235,11 @@ impl Controller {
                             available: brokers,
                         }
                     } else {
-                        MetadataError::ReplicationFactorTooLarge { wanted, brokers }
+                        // Name the cluster's size, also while some of it is still registering.
+                        MetadataError::ReplicationFactorTooLarge {
+                            wanted,
+                            brokers: brokers.max(members),
+                        }
                     }
                     .into());
                 }
