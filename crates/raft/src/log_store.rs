@@ -425,3 +425,59 @@ impl LogStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_data_is_a_corrupt_fault() {
+        let corrupt = StorageError::Corrupt {
+            path: "/d/0.log".into(),
+            position: 7,
+            reason: "crc".into(),
+        };
+        assert!(matches!(fault_of(&corrupt), StorageFault::Corrupt(_)));
+        let bad_batch = weir_format::batch::CodecError::TrailingBytes(3);
+        assert!(matches!(fault_of(&bad_batch), StorageFault::Corrupt(_)));
+    }
+
+    #[test]
+    fn no_space_left_is_a_disk_full_fault() {
+        let full = StorageError::Io {
+            op: "append",
+            path: "/d/0.log".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        assert!(matches!(fault_of(&full), StorageFault::DiskFull(_)));
+        let raw = std::io::Error::from_raw_os_error(28);
+        assert!(matches!(fault_of(&raw), StorageFault::DiskFull(_)));
+    }
+
+    #[test]
+    fn other_failures_are_io_faults() {
+        let eio = StorageError::Io {
+            op: "fsync",
+            path: "/d/0.log".into(),
+            source: std::io::Error::from_raw_os_error(5),
+        };
+        assert!(matches!(fault_of(&eio), StorageFault::Io(_)));
+        let other = std::io::Error::other("append at entry index 9, but the log's next index is 4");
+        assert!(matches!(fault_of(&other), StorageFault::Io(_)));
+    }
+
+    #[test]
+    fn a_stopped_raft_core_reports_the_recorded_fault() {
+        let slot = FaultSlot::default();
+        let stopped = || openraft::error::Fatal::<crate::types::NodeId>::Stopped;
+        assert!(matches!(
+            crate::group::from_fatal(stopped(), &slot),
+            crate::GroupError::ShuttingDown
+        ));
+        let _ = slot.set(StorageFault::DiskFull("no space".into()));
+        assert!(matches!(
+            crate::group::from_fatal(stopped(), &slot),
+            crate::GroupError::Halted(StorageFault::DiskFull(_))
+        ));
+    }
+}
