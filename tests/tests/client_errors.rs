@@ -86,3 +86,60 @@ async fn a_fenced_producer_epoch_is_final() -> anyhow::Result<()> {
     assert_eq!(fetched.records.len(), 1, "only the newer epoch's record");
     Ok(())
 }
+
+/// The first segment file of partition 0 of `topic` under the node's data directory.
+fn first_segment(data_dir: &std::path::Path, topic: &str) -> anyhow::Result<std::path::PathBuf> {
+    let partitions = data_dir.join("partitions");
+    for entry in std::fs::read_dir(&partitions)? {
+        let dir = entry?.path();
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with(&format!("{topic}-0-")) {
+            return Ok(dir.join("log").join(format!("{:020}.log", 0)));
+        }
+    }
+    anyhow::bail!("no directory of {topic}/0 in {}", partitions.display())
+}
+
+/// Corrupt data on disk reaches the client as DATA_LOSS, a final answer: reads and writes of the
+/// partition stop instead of serving what no CRC vouches for, and nobody retries until a
+/// deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_data_on_disk_is_a_final_data_loss() -> anyhow::Result<()> {
+    let (_node, dir, client) = start().await?;
+    let configs =
+        std::collections::HashMap::from([("segment.bytes".to_string(), "1048576".to_string())]);
+    client
+        .create_topic_with_configs("damaged", 1, 1, &configs)
+        .await?;
+    // 3 MiB in 64 KiB batches: the first segments are sealed.
+    let mut batcher = IdempotentBatcher::new(-1, -1);
+    for i in 0..48u8 {
+        let value = vec![b'a' + i % 26; 64 << 10];
+        let batch = batcher
+            .batch(0, [(1_700_000_000_000, None, &value[..])])
+            .ok_or_else(|| anyhow::anyhow!("no batch"))?;
+        client.produce_batch("damaged", 0, batch).await?;
+    }
+    let segment = first_segment(dir.path(), "damaged")?;
+    let mut bytes = std::fs::read(&segment)?;
+    // A byte in the first batch's records (the header is 69 bytes).
+    bytes[200] ^= 0xff;
+    std::fs::write(&segment, &bytes)?;
+
+    assert_final(
+        client.fetch("damaged", 0, 0, 1 << 20).await,
+        Code::DataLoss,
+        "corrupt",
+    );
+    // The partition stopped: a write is refused for good too.
+    let batch = batcher
+        .batch(0, [(1_700_000_000_000, None, &b"after"[..])])
+        .ok_or_else(|| anyhow::anyhow!("no batch"))?;
+    match client.produce_batch("damaged", 0, batch).await {
+        Err(ClientError::Status { status }) => {
+            assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+        }
+        other => panic!("expected DATA_LOSS for a write to a stopped partition, got {other:?}"),
+    }
+    Ok(())
+}
