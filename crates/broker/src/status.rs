@@ -100,7 +100,9 @@ pub(crate) fn from_storage(err: StorageError) -> Status {
         StorageError::InvalidBatch(_) | StorageError::BatchTooLarge { .. } => {
             Status::invalid_argument(message)
         }
-        StorageError::Closed => unavailable(message),
+        // Closed: the replica is stopping; Truncated: a new leader replaced the entry before it
+        // was durable. Both transient, the outcome of a write unknown.
+        StorageError::Closed | StorageError::Truncated { .. } => unavailable(message),
         _ => from_fault(&StorageFault::of(&err), message),
     }
 }
@@ -352,11 +354,98 @@ mod tests {
 
     #[test]
     fn local_setup_failures_are_internal() {
-        check(
-            &from_group(GroupError::Config("bad".into())),
-            Code::Internal,
-            Retry::No,
-        );
+        for err in [
+            GroupError::Config("bad".into()),
+            GroupError::Io {
+                path: "/d".into(),
+                source: std::io::Error::from_raw_os_error(5),
+            },
+            GroupError::File(weir_raft::FileError::from(weir_storage::fs::FsError {
+                op: "write",
+                path: "/d/raft.meta".into(),
+                source: std::io::Error::from_raw_os_error(5),
+            })),
+        ] {
+            check(&from_group(err), Code::Internal, Retry::No);
+        }
+    }
+
+    /// Every storage error variant, with the code it reaches a client as.
+    #[test]
+    fn every_storage_error_has_its_code() {
+        let io = |errno| std::io::Error::from_raw_os_error(errno);
+        let cases = [
+            (
+                StorageError::Io {
+                    op: "append",
+                    path: "/d".into(),
+                    source: io(5),
+                },
+                Code::Internal,
+            ),
+            (
+                StorageError::Locked {
+                    dir: "/d".into(),
+                    lock_file: "/d/lock".into(),
+                },
+                Code::Internal,
+            ),
+            (
+                StorageError::InvalidBatch(weir_format::batch::CodecError::TrailingBytes(1)),
+                Code::InvalidArgument,
+            ),
+            (
+                StorageError::BatchTooLarge { size: 9, limit: 1 },
+                Code::InvalidArgument,
+            ),
+            (
+                StorageError::OffsetOutOfRange {
+                    requested: 9,
+                    log_start: 0,
+                    next_offset: 1,
+                },
+                Code::OutOfRange,
+            ),
+            (
+                StorageError::IndexOutOfRange {
+                    requested: 9,
+                    first: 0,
+                    next: 1,
+                },
+                Code::OutOfRange,
+            ),
+            (StorageError::NotBatchBoundary { offset: 3 }, Code::Internal),
+            (
+                StorageError::TermRegression {
+                    term: 1,
+                    last_term: 2,
+                },
+                Code::Internal,
+            ),
+            (
+                StorageError::Corrupt {
+                    path: "/d/0.log".into(),
+                    position: 0,
+                    reason: "crc".into(),
+                },
+                Code::DataLoss,
+            ),
+            (
+                StorageError::Stopped {
+                    dir: "/d".into(),
+                    reason: "crc".into(),
+                },
+                Code::DataLoss,
+            ),
+            (StorageError::InvalidConfig("x".into()), Code::Internal),
+            (StorageError::Truncated { index: 4 }, Code::Unavailable),
+            (StorageError::Closed, Code::Unavailable),
+        ];
+        for (err, code) in cases {
+            let status = from_storage(err);
+            assert_eq!(status.code(), code, "{status:?}");
+            contract(code);
+        }
     }
 
     #[test]
@@ -365,6 +454,26 @@ mod tests {
             (MetadataError::TopicExists("t".into()), Code::AlreadyExists),
             (MetadataError::UnknownTopic("t".into()), Code::NotFound),
             (MetadataError::Invalid("x".into()), Code::InvalidArgument),
+            (MetadataError::UnknownBroker(9), Code::InvalidArgument),
+            (
+                MetadataError::InvalidTopicName {
+                    name: "a b".into(),
+                    reason: "space".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                MetadataError::InvalidConfig {
+                    key: "retention.ms".into(),
+                    value: "soon".into(),
+                    expected: "ms".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                MetadataError::UnknownConfig("x".into()),
+                Code::InvalidArgument,
+            ),
             (
                 MetadataError::ReplicationFactorTooLarge {
                     wanted: 5,
@@ -393,6 +502,18 @@ mod tests {
         .get_details_retry_info()
         .and_then(|info| info.retry_delay);
         assert_eq!(wait, Some(NOT_ENOUGH_BROKERS_RETRY_DELAY));
+    }
+
+    #[test]
+    fn a_controller_reply_that_does_not_decode_is_internal() {
+        let status = from_controller(ControllerError::BadReply("garbage".into()));
+        check(&status, Code::Internal, Retry::No);
+        let rejected = from_controller(ControllerError::Rejected(MetadataError::UnknownTopic(
+            "t".into(),
+        )));
+        assert_eq!(rejected.code(), Code::NotFound);
+        let group = from_controller(ControllerError::Group(GroupError::ShuttingDown));
+        assert_eq!(group.code(), Code::Unavailable);
     }
 
     #[test]
