@@ -62,6 +62,14 @@ impl WritePath {
                 return Ok(client.produce(forwarded(request, hops)).await?.into_inner());
             }
         };
+        if topic.internal {
+            // Internal topics (`__consumer_offsets`) are written by the cluster only, through
+            // the group coordinator; a client's records there would corrupt committed offsets.
+            return Err(Status::permission_denied(format!(
+                "topic {:?} is internal: only the cluster writes to it",
+                topic.name
+            )));
+        }
         let request_id = request.request_id;
         let mut response = match request.partition {
             Some(partition) => {
@@ -370,6 +378,13 @@ pub(crate) fn produce_batch(
                 "empty batch: a produced batch must hold records",
             ));
         }
+        // Stored only if every reader can read it: the records parse, their count is the
+        // header's, and compressed records decompress to their declared size, which the topic's
+        // message limit bounds before anything is allocated. A batch that passes only the CRC
+        // would otherwise poison the partition for every reader after it.
+        batch
+            .check_records(limit as usize)
+            .map_err(|e| Status::invalid_argument(format!("invalid batch: {e}")))?;
         match wanted {
             Some(codec) if codec != header.compression => recompress(&batch, codec)?,
             _ => request.batch.clone(),

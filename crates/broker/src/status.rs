@@ -159,6 +159,7 @@ mod tests {
             };
             let code = match name {
                 "INVALID_ARGUMENT" => Code::InvalidArgument,
+                "PERMISSION_DENIED" => Code::PermissionDenied,
                 "NOT_FOUND" => Code::NotFound,
                 "ALREADY_EXISTS" => Code::AlreadyExists,
                 "FAILED_PRECONDITION" => Code::FailedPrecondition,

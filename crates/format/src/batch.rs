@@ -95,6 +95,8 @@ pub enum CodecError {
     OffsetOverflow { base_offset: u64, count: u32 },
     #[error("decompressed size {declared} exceeds the limit {MAX_UNCOMPRESSED_LEN}")]
     UncompressedTooLarge { declared: usize },
+    #[error("the compressed records declare {declared} bytes, above the limit of {limit} bytes")]
+    UncompressedOverLimit { declared: usize, limit: usize },
     #[error("lz4 payload does not decompress: {reason}")]
     Decompress { reason: String },
     #[error("record {position}: {problem}")]
@@ -370,6 +372,29 @@ impl ValidBatch {
     /// Decodes the records (decompressing when needed). Control batches have none.
     pub fn records(&self) -> Result<Vec<Record>, CodecError> {
         decode_records(&self.header, self.payload())
+    }
+
+    /// Checks the whole batch as every reader will decode it — the check a broker makes before
+    /// it stores a batch from a client, so that no client can store what readers cannot read:
+    /// a compressed payload declares at most `max_uncompressed` bytes (checked before anything
+    /// is allocated) and decompresses to exactly that size, every record parses, and the record
+    /// count is the header's. Returns the number of records.
+    pub fn check_records(&self, max_uncompressed: usize) -> Result<u32, CodecError> {
+        if self.header.control {
+            return Ok(0);
+        }
+        let payload = self.payload();
+        if self.header.compression == Compression::Lz4 && payload.len() >= 4 {
+            let declared = read_u32(&payload, 0) as usize;
+            if declared > max_uncompressed {
+                return Err(CodecError::UncompressedOverLimit {
+                    declared,
+                    limit: max_uncompressed,
+                });
+            }
+        }
+        let records = decode_records(&self.header, payload)?;
+        Ok(u32::try_from(records.len()).unwrap_or(u32::MAX))
     }
 }
 
@@ -845,6 +870,75 @@ fn read_i64(buf: &[u8], at: usize) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `batch` with bytes changed by `damage` and its CRC made right again, as a hostile client
+    /// would send it.
+    fn damaged(batch: &Bytes, damage: impl FnOnce(&mut Vec<u8>)) -> ValidBatch {
+        let mut bytes = batch.to_vec();
+        damage(&mut bytes);
+        let crc = crc32fast::hash(&bytes[CRC_FROM..]);
+        bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        ValidBatch::new(Bytes::from(bytes)).expect("header and CRC are valid")
+    }
+
+    fn lz4_batch(value: &[u8]) -> Bytes {
+        let mut builder = BatchBuilder::new(Compression::Lz4);
+        builder.push(1_700_000_000_000, None, Some(value), &[]);
+        builder.build().expect("one record")
+    }
+
+    #[test]
+    fn check_records_accepts_what_the_builder_makes() {
+        let batch = ValidBatch::new(lz4_batch(b"hello")).expect("valid");
+        assert_eq!(batch.check_records(1 << 20), Ok(1));
+    }
+
+    #[test]
+    fn check_records_refuses_a_record_count_the_payload_does_not_hold() {
+        let batch = damaged(&lz4_batch(b"hello"), |b| {
+            b[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&i32::MAX.to_le_bytes());
+        });
+        assert!(matches!(
+            batch.check_records(1 << 20),
+            Err(CodecError::RecordCountMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn check_records_refuses_a_declared_size_above_the_limit_before_allocating() {
+        for declared in [256u32 << 20, u32::MAX] {
+            let batch = damaged(&lz4_batch(b"hello"), |b| {
+                b[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&declared.to_le_bytes());
+            });
+            assert_eq!(
+                batch.check_records(1 << 20),
+                Err(CodecError::UncompressedOverLimit {
+                    declared: declared as usize,
+                    limit: 1 << 20
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn check_records_refuses_garbage_lz4_and_a_bomb() {
+        let garbage = damaged(&lz4_batch(&[7u8; 100]), |b| {
+            for byte in &mut b[HEADER_LEN + 4..] {
+                *byte = 0xff;
+            }
+        });
+        assert!(matches!(
+            garbage.check_records(1 << 20),
+            Err(CodecError::Decompress { .. })
+        ));
+        // 4 MiB of zeros compress to a few KiB: above a 1 MiB limit it is refused unread.
+        let bomb = ValidBatch::new(lz4_batch(&vec![0u8; 4 << 20])).expect("valid");
+        assert!(bomb.payload().len() < 64 << 10);
+        assert!(matches!(
+            bomb.check_records(1 << 20),
+            Err(CodecError::UncompressedOverLimit { .. })
+        ));
+    }
     use proptest::prelude::*;
 
     fn sample(compression: Compression) -> Bytes {

@@ -45,6 +45,7 @@ pub enum Written {
 /// gRPC status codes (their numbers in the gRPC specification) that Weir answers with.
 pub mod code {
     pub const INVALID_ARGUMENT: i32 = 3;
+    pub const PERMISSION_DENIED: i32 = 7;
     pub const NOT_FOUND: i32 = 5;
     pub const ALREADY_EXISTS: i32 = 6;
     pub const RESOURCE_EXHAUSTED: i32 = 8;
@@ -62,6 +63,7 @@ pub mod code {
 /// client decides its retries by this table.
 pub const ERROR_CONTRACT: &[(i32, Retry, Written)] = &[
     (code::INVALID_ARGUMENT, Retry::No, Written::No),
+    (code::PERMISSION_DENIED, Retry::No, Written::No),
     (code::NOT_FOUND, Retry::No, Written::No),
     (code::ALREADY_EXISTS, Retry::No, Written::Before),
     (code::FAILED_PRECONDITION, Retry::AtLeader, Written::No),
