@@ -27,6 +27,23 @@ async fn keyed() -> anyhow::Result<ApiNode> {
     Ok(node)
 }
 
+/// The log start and high watermark of `partition` of `keyed`.
+async fn keyed_offsets(
+    api: &Api,
+    partition: u32,
+) -> anyhow::Result<weir_proto::v1::ListOffsetsResponse> {
+    Ok(api
+        .broker
+        .clone()
+        .list_offsets(ListOffsetsRequest {
+            topic: "keyed".into(),
+            partition,
+            timestamp_ms: None,
+        })
+        .await?
+        .into_inner())
+}
+
 /// `n` values `{prefix}{i}` produced to `partition` of `keyed`, one record each.
 async fn fill(api: &Api, partition: u32, prefix: &str, n: u32) -> anyhow::Result<Vec<String>> {
     let written: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
@@ -315,15 +332,7 @@ async fn the_produce_stream_answers_each_request_and_keeps_partition_order() -> 
 async fn fetch_starts_at_latest_or_at_a_time() -> anyhow::Result<()> {
     let ApiNode { node, mut api, .. } = keyed().await?;
     fill(&api, 2, "s", 30).await?;
-    let offsets = api
-        .broker
-        .list_offsets(ListOffsetsRequest {
-            topic: "keyed".into(),
-            partition: 2,
-            timestamp_ms: None,
-        })
-        .await?
-        .into_inner();
+    let offsets = keyed_offsets(&api, 2).await?;
     let latest = api
         .broker
         .fetch(FetchRequest {
@@ -381,16 +390,7 @@ async fn fetch_starts_at_latest_or_at_a_time() -> anyhow::Result<()> {
 async fn a_long_poll_answers_with_the_record_produced_while_it_waits() -> anyhow::Result<()> {
     let ApiNode { node, mut api, .. } = keyed().await?;
     fill(&api, 2, "s", 30).await?;
-    let hw = api
-        .broker
-        .list_offsets(ListOffsetsRequest {
-            topic: "keyed".into(),
-            partition: 2,
-            timestamp_ms: None,
-        })
-        .await?
-        .into_inner()
-        .high_watermark;
+    let hw = keyed_offsets(&api, 2).await?.high_watermark;
     let mut poller = api.broker.clone();
     let waiting = tokio::spawn(async move {
         poller

@@ -17,7 +17,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use weir_controller::{TopicCompression, TopicRecord};
-use weir_format::batch::{BatchBuilder, BatchHeader, Compression, ProducerInfo, ValidBatch};
+use weir_format::batch::{
+    BatchBuilder, BatchHeader, Compression, ProducerInfo, Record, ValidBatch,
+};
 use weir_format::partitioner::partition_for_key;
 use weir_proto::v1::{
     Acks, InitProducerRequest, InitProducerResponse, PartitionOffsets, ProduceRequest,
@@ -382,11 +384,11 @@ pub(crate) fn produce_batch(
         // header's, and compressed records decompress to their declared size, which the topic's
         // message limit bounds before anything is allocated. A batch that passes only the CRC
         // would otherwise poison the partition for every reader after it.
-        batch
-            .check_records(limit as usize)
+        let records = batch
+            .records_within(limit as usize)
             .map_err(|e| Status::invalid_argument(format!("invalid batch: {e}")))?;
         match wanted {
-            Some(codec) if codec != header.compression => recompress(&batch, codec)?,
+            Some(codec) if codec != header.compression => recompress(&header, &records, codec)?,
             _ => request.batch.clone(),
         }
     } else {
@@ -476,18 +478,19 @@ fn check_size(len: usize, limit: u32) -> Result<(), Status> {
     Ok(())
 }
 
-/// `batch` re-encoded with `codec`, keeping its records, timestamps and producer identity.
-fn recompress(batch: &ValidBatch, codec: Compression) -> Result<Bytes, Status> {
-    let header = batch.header();
-    let records = batch
-        .records()
-        .map_err(|e| Status::invalid_argument(format!("invalid batch: {e}")))?;
+/// The batch of `header` and `records` (checked already) re-encoded with `codec`, keeping its
+/// records, timestamps and producer identity.
+fn recompress(
+    header: &BatchHeader,
+    records: &[Record],
+    codec: Compression,
+) -> Result<Bytes, Status> {
     let mut builder = BatchBuilder::new(codec).producer(ProducerInfo {
         producer_id: header.producer_id,
         producer_epoch: header.producer_epoch,
         base_sequence: header.base_sequence,
     });
-    for record in &records {
+    for record in records {
         let headers: Vec<(&str, Option<&[u8]>)> = record
             .headers
             .iter()

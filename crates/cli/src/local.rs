@@ -121,13 +121,17 @@ async fn demo(brokers: &[String], replication_factor: u32) -> anyhow::Result<()>
         values(&replay.records)
     );
     let group = "weir-demo-group";
-    let committed = client
-        .fetch_offsets(group, &[topic.to_string()])
-        .await?
-        .into_iter()
-        .find(|o| o.partition == 0)
-        .map(|o| o.offset);
-    match committed {
+    let committed_offset = || async {
+        Ok::<_, weir_client::ClientError>(
+            client
+                .fetch_offsets(group, &[topic.to_string()])
+                .await?
+                .into_iter()
+                .find(|o| o.partition == 0)
+                .map(|o| o.offset),
+        )
+    };
+    match committed_offset().await? {
         Some(offset) => println!(
             "demo: consumer group {group} resumes at offset {offset}, where the last run committed"
         ),
@@ -152,12 +156,7 @@ async fn demo(brokers: &[String], replication_factor: u32) -> anyhow::Result<()>
         }
     }
     consumer.close().await?;
-    let position = client
-        .fetch_offsets(group, &[topic.to_string()])
-        .await?
-        .into_iter()
-        .find(|o| o.partition == 0)
-        .map_or(0, |o| o.offset);
+    let position = committed_offset().await?.unwrap_or(0);
     println!(
         "demo: consumer group {group} read {read} records and committed offset {position} \
          (run the demo again: the group resumes there and reads only the new records)"

@@ -380,8 +380,15 @@ impl ValidBatch {
     /// is allocated) and decompresses to exactly that size, every record parses, and the record
     /// count is the header's. Returns the number of records.
     pub fn check_records(&self, max_uncompressed: usize) -> Result<u32, CodecError> {
+        self.records_within(max_uncompressed)
+            .map(|records| u32::try_from(records.len()).unwrap_or(u32::MAX))
+    }
+
+    /// The records, decoded with the checks of [`ValidBatch::check_records`]: for a caller that
+    /// checks a batch and then needs its records (one decode, not two).
+    pub fn records_within(&self, max_uncompressed: usize) -> Result<Vec<Record>, CodecError> {
         if self.header.control {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let payload = self.payload();
         if self.header.compression == Compression::Lz4 && payload.len() >= 4 {
@@ -393,8 +400,7 @@ impl ValidBatch {
                 });
             }
         }
-        let records = decode_records(&self.header, payload)?;
-        Ok(u32::try_from(records.len()).unwrap_or(u32::MAX))
+        decode_records(&self.header, payload)
     }
 }
 

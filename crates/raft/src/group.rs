@@ -442,21 +442,15 @@ impl<S: GroupState> Group<S> {
     /// Voters and learners of the current membership.
     /// Whether this replica knows a leader and has applied its whole local log.
     pub fn caught_up(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        m.current_leader.is_some() && m.last_applied.map(|l| l.index) >= m.last_log_index
+        is_caught_up(&self.raft.metrics().borrow())
     }
 
     /// Waits until [`Group::caught_up`]; returns false if the group stopped first.
     pub async fn wait_caught_up(&self) -> bool {
         let mut metrics = self.raft.metrics();
         loop {
-            {
-                let m = metrics.borrow_and_update();
-                if m.current_leader.is_some() && m.last_applied.map(|l| l.index) >= m.last_log_index
-                {
-                    return true;
-                }
+            if is_caught_up(&metrics.borrow_and_update()) {
+                return true;
             }
             if metrics.changed().await.is_err() {
                 return false;
@@ -607,6 +601,11 @@ impl<S: GroupState> Group<S> {
         }
         tracing::info!(group = %self.id, "raft group stopped");
     }
+}
+
+/// A leader is known and the whole local log is applied.
+fn is_caught_up(m: &openraft::RaftMetrics<NodeId, PeerNode>) -> bool {
+    m.current_leader.is_some() && m.last_applied.map(|l| l.index) >= m.last_log_index
 }
 
 /// Proposes `batch` to the group through this node's Raft handle.
