@@ -27,6 +27,8 @@ pub struct Workload {
     acked: Acked,
     stopping: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>,
+    /// Why producers stopped, for failure messages while the others still run.
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Workload {
@@ -34,34 +36,46 @@ impl Workload {
     pub fn start(client: Arc<Client>, topic: &str, partitions: u32, batch_records: usize) -> Self {
         let acked: Acked = Arc::default();
         let stopping = Arc::new(AtomicBool::new(false));
+        let failures: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
         let tasks = (0..partitions)
             .map(|partition| {
                 let client = Arc::clone(&client);
                 let acked = Arc::clone(&acked);
                 let stopping = Arc::clone(&stopping);
                 let topic = topic.to_string();
+                let failures = Arc::clone(&failures);
                 tokio::spawn(async move {
-                    let (producer_id, epoch) = client.init_producer().await?;
-                    let mut producer = IdempotentBatcher::new(producer_id, epoch);
-                    let mut batches = 0u64;
-                    while !stopping.load(Ordering::Relaxed) {
-                        let values: Vec<String> = (0..batch_records)
-                            .map(|i| format!("{topic}-p{partition}-b{batches}-r{i}"))
-                            .collect();
-                        let now = now_ms();
-                        let batch = producer
-                            .batch(partition, values.iter().map(|v| (now, None, v.as_bytes())))
-                            .context("empty batch")?;
-                        client.produce_batch(&topic, partition, batch).await?;
-                        acked
-                            .lock()
-                            .await
-                            .entry(partition)
-                            .or_default()
-                            .extend(values);
-                        batches += 1;
+                    let produced = async {
+                        let (producer_id, epoch) = client.init_producer().await?;
+                        let mut producer = IdempotentBatcher::new(producer_id, epoch);
+                        let mut batches = 0u64;
+                        while !stopping.load(Ordering::Relaxed) {
+                            let values: Vec<String> = (0..batch_records)
+                                .map(|i| format!("{topic}-p{partition}-b{batches}-r{i}"))
+                                .collect();
+                            let now = now_ms();
+                            let batch = producer
+                                .batch(partition, values.iter().map(|v| (now, None, v.as_bytes())))
+                                .context("empty batch")?;
+                            client.produce_batch(&topic, partition, batch).await?;
+                            acked
+                                .lock()
+                                .await
+                                .entry(partition)
+                                .or_default()
+                                .extend(values);
+                            batches += 1;
+                        }
+                        anyhow::Ok(batches)
                     }
-                    anyhow::Ok(batches)
+                    .await;
+                    if let Err(err) = &produced {
+                        failures
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(format!("partition {partition}: {err:#}"));
+                    }
+                    produced
                 })
             })
             .collect();
@@ -69,6 +83,7 @@ impl Workload {
             acked,
             stopping,
             tasks,
+            failures,
         }
     }
 
@@ -89,8 +104,13 @@ impl Workload {
         let what = format!("{more} more values acknowledged {when}");
         crate::eventually(within, &what, || async {
             if self.tasks.iter().any(tokio::task::JoinHandle::is_finished) {
+                let failures = self
+                    .failures
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .join("; ");
                 return Err(crate::abort(anyhow::anyhow!(
-                    "a producer stopped (Workload::stop returns its error)"
+                    "a producer stopped: {failures}"
                 )));
             }
             let acknowledged = self.acknowledged().await;

@@ -17,7 +17,7 @@ use weir_proto::v1::{
 };
 
 use crate::fetch::ReadPath;
-use crate::router::{Found, Router, forward_hops, forwarded, topic_info};
+use crate::router::{Found, Router, forward_hops, forwarded, relayed, topic_info};
 use crate::status::{from_controller, from_metadata};
 
 /// The Admin service of a node.
@@ -37,7 +37,10 @@ impl Admin for AdminService {
         let hops = forward_hops(&request);
         let request = request.into_inner();
         if let Some(mut leader) = self.router.controller_leader(hops)? {
-            return leader.create_topic(forwarded(request, hops)).await;
+            return leader
+                .create_topic(forwarded(request, hops))
+                .await
+                .map_err(relayed);
         }
         tracing::info!(topic = %request.name, partitions = request.partitions, replication_factor = request.replication_factor, "create topic");
         let topic = self
@@ -77,7 +80,8 @@ impl Admin for AdminService {
         if let Some(mut leader) = self.router.controller_leader(hops)? {
             return leader
                 .list_topics(forwarded(request.into_inner(), hops))
-                .await;
+                .await
+                .map_err(relayed);
         }
         let metadata = self
             .router
@@ -106,7 +110,10 @@ impl Admin for AdminService {
                 Found::Here(topic) => topic,
                 Found::AskController(addr) => {
                     let mut client = self.router.client::<AdminClient<Channel>>(&addr, hops)?;
-                    return client.describe_topic(forwarded(request, hops)).await;
+                    return client
+                        .describe_topic(forwarded(request, hops))
+                        .await
+                        .map_err(relayed);
                 }
             };
             let metadata = self.router.controller.metadata();
@@ -179,7 +186,10 @@ impl Admin for AdminService {
         }
         tracing::info!(node = request.id, addr = %request.address, external = %request.external_address, "join request");
         if let Some(mut leader) = self.router.controller_leader(hops)? {
-            return leader.join_cluster(forwarded(request, hops)).await;
+            return leader
+                .join_cluster(forwarded(request, hops))
+                .await
+                .map_err(relayed);
         }
         let rack = (!request.rack.is_empty()).then(|| request.rack.clone());
         let external =
@@ -217,7 +227,10 @@ impl Admin for AdminService {
         let hops = forward_hops(&request);
         let request = request.into_inner();
         if let Some(mut leader) = self.router.controller_leader(hops)? {
-            return leader.rebalance(forwarded(request, hops)).await;
+            return leader
+                .rebalance(forwarded(request, hops))
+                .await
+                .map_err(relayed);
         }
         let limit = match request.max_moves {
             0 => 100,

@@ -16,7 +16,7 @@ use weir_proto::v1::{
 use crate::fetch::ReadPath;
 use crate::metrics::BrokerMetrics;
 use crate::produce::WritePath;
-use crate::router::{Found, Listener, Router, forward_hops, forwarded, topic_info};
+use crate::router::{Found, Listener, Router, forward_hops, forwarded, relayed, topic_info};
 
 /// The Broker service of one listener of a node.
 #[derive(Debug, Clone)]
@@ -145,7 +145,10 @@ impl Broker for BrokerService {
         for name in &request.topics {
             if let Found::AskController(addr) = self.router.topic(name, hops).await? {
                 let mut client = self.router.broker_client(&addr, hops)?;
-                return client.metadata(forwarded(request, hops)).await;
+                return client
+                    .metadata(forwarded(request, hops))
+                    .await
+                    .map_err(relayed);
             }
         }
         let metadata = self.router.controller.metadata();

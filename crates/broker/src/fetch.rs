@@ -19,7 +19,7 @@ use weir_proto::v1::{
 };
 
 use crate::metrics::BrokerMetrics;
-use crate::router::{Route, Router, forward_hops, forwarded};
+use crate::router::{Route, Router, forward_hops, forwarded, relayed};
 use crate::status::from_storage;
 
 /// Longest long poll of a fetch.
@@ -110,7 +110,11 @@ impl ReadPath {
         {
             Route::Local(replica) => replica,
             Route::Forward(mut client) => {
-                return Ok(client.fetch(forwarded(request, hops)).await?.into_inner());
+                return Ok(client
+                    .fetch(forwarded(request, hops))
+                    .await
+                    .map_err(relayed)?
+                    .into_inner());
             }
         };
         let max_bytes = match request.max_bytes as usize {
@@ -134,7 +138,11 @@ impl ReadPath {
             };
             if !confirmed {
                 let mut client = self.router.leader_client(&replica, hops)?;
-                return Ok(client.fetch(forwarded(request, hops)).await?.into_inner());
+                return Ok(client
+                    .fetch(forwarded(request, hops))
+                    .await
+                    .map_err(relayed)?
+                    .into_inner());
             }
             high_watermark = progress.borrow_and_update().high_watermark;
         }
@@ -230,7 +238,8 @@ impl ReadPath {
             Route::Forward(mut client) => {
                 return Ok(client
                     .list_offsets(forwarded(request, hops))
-                    .await?
+                    .await
+                    .map_err(relayed)?
                     .into_inner());
             }
         };
@@ -240,7 +249,8 @@ impl ReadPath {
             let mut client = self.router.leader_client(&replica, hops)?;
             return Ok(client
                 .list_offsets(forwarded(request, hops))
-                .await?
+                .await
+                .map_err(relayed)?
                 .into_inner());
         }
         let log = &replica.group;

@@ -28,7 +28,7 @@ use weir_proto::v1::{
 use weir_raft::WaitFor;
 
 use crate::metrics::BrokerMetrics;
-use crate::router::{FORWARDED, Found, Router, forward_hops, forwarded, now_ms};
+use crate::router::{FORWARDED, Found, Router, forward_hops, forwarded, now_ms, relayed};
 use crate::status::{from_controller, from_group};
 
 /// Requests a ProduceStream may have queued per partition before it stops reading the stream.
@@ -61,7 +61,11 @@ impl WritePath {
             Found::Here(topic) => topic,
             Found::AskController(addr) => {
                 let mut client = self.router.broker_client(&addr, hops)?;
-                return Ok(client.produce(forwarded(request, hops)).await?.into_inner());
+                return Ok(client
+                    .produce(forwarded(request, hops))
+                    .await
+                    .map_err(relayed)?
+                    .into_inner());
             }
         };
         if topic.internal {
@@ -215,7 +219,11 @@ impl WritePath {
                 partition: Some(partition),
                 ..request
             };
-            let response = client.produce(forwarded(request, hops)).await?.into_inner();
+            let response = client
+                .produce(forwarded(request, hops))
+                .await
+                .map_err(relayed)?
+                .into_inner();
             return Ok(PartitionOffsets {
                 partition,
                 base_offset: response.base_offset,

@@ -65,6 +65,22 @@ pub(crate) fn node_client<C: NodeClient>(
     Ok(C::over(transport.channel(addr)?))
 }
 
+/// The answer of a forwarded call, as this node passes it on: a status the other node sent stays
+/// as it is; one this node's transport made up (the connection to the other node broke before
+/// an answer came: UNKNOWN "transport error", INTERNAL or RESOURCE_EXHAUSTED "h2 protocol
+/// error") becomes UNAVAILABLE — the client may retry, the outcome is unknown — instead of
+/// reaching the client as a final answer of the server.
+pub(crate) fn relayed(status: Status) -> Status {
+    if std::error::Error::source(&status).is_some() {
+        crate::status::unavailable(format!(
+            "forwarding to another node failed: {}; retry shortly",
+            status.message()
+        ))
+    } else {
+        status
+    }
+}
+
 /// `request` marked as forwarded once more than `hops` times.
 pub(crate) fn forwarded<T>(request: T, hops: u32) -> Request<T> {
     let mut request = Request::new(request);
@@ -339,5 +355,25 @@ impl Router {
                 crate::status::unavailable("no controller leader known; retry shortly")
             })?;
         self.client(&addr, hops).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_forward_is_unavailable_and_a_forwarded_answer_stays_as_sent() {
+        let broken = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )));
+        assert_eq!(broken.code(), tonic::Code::Unknown);
+        let passed_on = relayed(broken);
+        assert_eq!(passed_on.code(), tonic::Code::Unavailable);
+        assert!(passed_on.message().contains("forwarding"), "{passed_on:?}");
+        let answer = relayed(Status::invalid_argument("bad topic name"));
+        assert_eq!(answer.code(), tonic::Code::InvalidArgument);
+        assert_eq!(answer.message(), "bad topic name");
     }
 }

@@ -47,7 +47,7 @@ use self::assignor::{LiveGroup, Member, TopicPartition};
 use self::offsets::{apply_offset_record, offset_key, offset_value};
 use crate::fetch::ReadPath;
 use crate::metrics::{BrokerMetrics, GroupMetrics, GroupSummaries};
-use crate::router::{Found, Router, forward_hops, forwarded, now_ms};
+use crate::router::{Found, Router, forward_hops, forwarded, now_ms, relayed};
 use crate::status::{from_controller, from_group, from_storage};
 
 /// Partitions of `__consumer_offsets` (fixed at its creation).
@@ -635,7 +635,8 @@ impl GroupService {
                     },
                     hops,
                 ))
-                .await?
+                .await
+                .map_err(relayed)?
                 .into_inner()
                 .groups),
             GroupRoute::Here {
@@ -717,7 +718,10 @@ macro_rules! coordinated {
         let $hops = forward_hops(&$request);
         let $req = $request.into_inner();
         match $self.group_route(&$req.group, $hops).await? {
-            GroupRoute::Forward(mut client) => client.$method(forwarded($req, $hops)).await,
+            GroupRoute::Forward(mut client) => client
+                .$method(forwarded($req, $hops))
+                .await
+                .map_err(relayed),
             GroupRoute::Here {
                 partition,
                 topic,
