@@ -80,24 +80,55 @@ pub struct ProcessCluster {
     voters: Vec<u64>,
     /// Extra flags for every node.
     pub extra_args: Vec<String>,
+    /// With TLS: the directory of the cluster's certificates (see [`ProcessCluster::start_tls`]).
+    tls_dir: Option<PathBuf>,
 }
+
+/// Users that [`ProcessCluster::start_tls`] makes client certificates for. `admin` is a super
+/// user when security is on.
+pub const TLS_USERS: &[&str] = &["admin", "alice", "bob"];
 
 impl ProcessCluster {
     /// Starts `n` nodes, all initial controller voters, and waits until each listens.
     pub fn start(n: u64) -> anyhow::Result<Self> {
+        Self::start_with(n, false, &[])
+    }
+
+    /// Starts `n` nodes with TLS (a fresh CA, node certificates for 127.0.0.1 and localhost, and
+    /// client certificates for [`TLS_USERS`]) and `extra_args` (for example
+    /// `--security-enabled`).
+    pub fn start_tls(n: u64, extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(n, true, extra_args)
+    }
+
+    fn start_with(n: u64, tls: bool, extra_args: &[&str]) -> anyhow::Result<Self> {
         let binary = weir_binary()?;
+        let root = tempfile::tempdir()?;
+        let tls_dir = if tls {
+            let dir = root.path().join("tls");
+            let hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+            // Node ids beyond n for nodes added later.
+            let nodes: Vec<(u64, Vec<String>)> =
+                (1..=n + 2).map(|id| (id, hosts.clone())).collect();
+            let users: Vec<String> = TLS_USERS.iter().map(|u| u.to_string()).collect();
+            weir_broker::pki::write_cluster(&dir, &nodes, &users)?;
+            Some(dir)
+        } else {
+            None
+        };
         let mut reservations = BTreeMap::new();
         for id in 1..=n {
             reservations.insert(id, PortReservation::any()?);
         }
         let mut cluster = Self {
             binary,
-            root: tempfile::tempdir()?,
+            root,
             addrs: reservations.iter().map(|(id, r)| (*id, r.addr())).collect(),
             reservations,
             children: BTreeMap::new(),
             voters: (1..=n).collect(),
-            extra_args: Vec::new(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            tls_dir,
         };
         for id in 1..=n {
             cluster.spawn(id, &cluster.addr(id))?;
@@ -147,6 +178,49 @@ impl ProcessCluster {
         &self.binary
     }
 
+    /// The certificates' directory, with TLS: `ca.pem`, `node-<id>.pem`/`.key`,
+    /// `client-<user>.pem`/`.key`.
+    pub fn tls_dir(&self) -> Option<&Path> {
+        self.tls_dir.as_deref()
+    }
+
+    /// Client settings: TLS with the cluster CA (when the cluster has TLS), identified by the
+    /// client certificate of `user` if given, sending `token` if given.
+    pub fn security(
+        &self,
+        user: Option<&str>,
+        token: Option<&str>,
+    ) -> anyhow::Result<weir_client::Security> {
+        let tls = match &self.tls_dir {
+            Some(dir) => {
+                let cert = user.map(|u| dir.join(format!("client-{u}.pem")));
+                let key = user.map(|u| dir.join(format!("client-{u}.key")));
+                Some(weir_client::TlsOptions::from_files(
+                    &dir.join("ca.pem"),
+                    cert.as_deref(),
+                    key.as_deref(),
+                )?)
+            }
+            None => None,
+        };
+        Ok(weir_client::Security {
+            tls,
+            token: token.map(str::to_string),
+        })
+    }
+
+    /// A client of the cluster with [`ProcessCluster::security`]'s settings.
+    pub fn client(
+        &self,
+        user: Option<&str>,
+        token: Option<&str>,
+    ) -> anyhow::Result<weir_client::Client> {
+        Ok(weir_client::Client::with_security(
+            &self.brokers(),
+            self.security(user, token)?,
+        )?)
+    }
+
     /// Starts a new node `id` on port 0 that joins the running cluster through node 1, and waits
     /// until it listens.
     pub fn add_node(&mut self, id: u64) -> anyhow::Result<()> {
@@ -191,6 +265,7 @@ impl ProcessCluster {
             .arg("--ready-file")
             .arg(&ready_file)
             .args(&role)
+            .args(self.tls_args(id))
             .args(&self.extra_args)
             .env(
                 "RUST_LOG",
@@ -203,6 +278,21 @@ impl ProcessCluster {
             .with_context(|| format!("starting node {id}"))?;
         self.children.insert(id, child);
         Ok(())
+    }
+
+    fn tls_args(&self, id: u64) -> Vec<String> {
+        let Some(dir) = &self.tls_dir else {
+            return Vec::new();
+        };
+        let path = |name: String| dir.join(name).display().to_string();
+        vec![
+            "--tls-cert".into(),
+            path(format!("node-{id}.pem")),
+            "--tls-key".into(),
+            path(format!("node-{id}.key")),
+            "--tls-ca".into(),
+            path("ca.pem".into()),
+        ]
     }
 
     /// Waits until node `id` reported the address it listens on in its ready file and returns
@@ -242,7 +332,8 @@ impl ProcessCluster {
     pub async fn wait_serving(&self, id: u64, within: Duration) -> anyhow::Result<()> {
         let addr = self.addr(id);
         crate::eventually(within, &format!("node {id} ({addr}) SERVING"), || async {
-            match weir_client::check_health(&addr, Duration::from_secs(1)).await? {
+            let security = self.security(Some("admin"), None)?;
+            match weir_client::check_health_with(&addr, Duration::from_secs(1), &security).await? {
                 weir_client::NodeHealth::Serving => Ok(()),
                 other => bail!("health {other:?}"),
             }

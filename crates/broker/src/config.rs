@@ -251,6 +251,89 @@ pub const SETTINGS: &[Setting] = {
             "Serve Prometheus metrics here (GET /metrics)",
         ),
         setting(
+            "tls.cert",
+            "WEIR_TLS__CERT",
+            "tls-cert",
+            Text,
+            "FILE",
+            "This node's certificate (PEM), naming weir://node/<id> in a URI SAN; with tls.key \
+             and tls.ca it turns TLS on for every listener and mutual TLS between nodes",
+        ),
+        setting(
+            "tls.key",
+            "WEIR_TLS__KEY",
+            "tls-key",
+            Text,
+            "FILE",
+            "The private key of tls.cert (PEM)",
+        ),
+        setting(
+            "tls.ca",
+            "WEIR_TLS__CA",
+            "tls-ca",
+            Text,
+            "FILE",
+            "The CA (PEM) that signs node and client certificates",
+        ),
+        setting(
+            "tls.client_auth",
+            "WEIR_TLS__CLIENT_AUTH",
+            "tls-client-auth",
+            Text,
+            "optional|required",
+            "Whether clients must present a certificate (nodes always do)",
+        ),
+        setting(
+            "tls.reload_ms",
+            "WEIR_TLS__RELOAD_MS",
+            "tls-reload-ms",
+            Number,
+            "MS",
+            "How often the TLS files are checked for changes (changed files are reloaded \
+             without a restart)",
+        ),
+        setting(
+            "security.enabled",
+            "WEIR_SECURITY__ENABLED",
+            "security-enabled",
+            Switch,
+            "",
+            "Authenticate every client call (bearer token or client certificate) and authorize \
+             it by ACLs; needs TLS",
+        ),
+        setting(
+            "security.super_users",
+            "WEIR_SECURITY__SUPER_USERS",
+            "security-super-users",
+            List,
+            "User:NAME,...",
+            "Principals allowed everything, whatever the ACLs say",
+        ),
+        setting(
+            "security.audit_log",
+            "WEIR_SECURITY__AUDIT_LOG",
+            "security-audit-log",
+            Text,
+            "FILE",
+            "The audit log (JSON lines) [default: DATA_DIR/audit.log when security is enabled]",
+        ),
+        setting(
+            "security.audit_max_bytes",
+            "WEIR_SECURITY__AUDIT_MAX_BYTES",
+            "security-audit-max-bytes",
+            Number,
+            "BYTES",
+            "Size at which the audit log is rotated",
+        ),
+        setting(
+            "security.audit_files",
+            "WEIR_SECURITY__AUDIT_FILES",
+            "security-audit-files",
+            Number,
+            "N",
+            "Rotated audit logs kept (audit.log.1 .. audit.log.N)",
+        ),
+        setting(
             "raft.heartbeat_ms",
             "WEIR_RAFT__HEARTBEAT_MS",
             "raft-heartbeat-ms",
@@ -297,6 +380,71 @@ impl Default for RaftSettings {
     }
 }
 
+/// TLS (`[tls]` in the file). TLS is on when `cert`, `key` and `ca` are all given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    /// `optional` or `required`.
+    pub client_auth: String,
+    pub reload_ms: u64,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            ca: None,
+            client_auth: "optional".into(),
+            reload_ms: 5_000,
+        }
+    }
+}
+
+impl TlsSettings {
+    /// The files, when TLS is on.
+    pub fn files(&self) -> Option<weir_raft::tls::TlsFiles> {
+        Some(weir_raft::tls::TlsFiles {
+            cert: self.cert.clone()?,
+            key: self.key.clone()?,
+            ca: self.ca.clone()?,
+        })
+    }
+
+    pub fn client_auth(&self) -> weir_raft::tls::ClientAuth {
+        match self.client_auth.as_str() {
+            "required" => weir_raft::tls::ClientAuth::Required,
+            _ => weir_raft::tls::ClientAuth::Optional,
+        }
+    }
+}
+
+/// Authentication, authorization and audit (`[security]` in the file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecuritySettings {
+    pub enabled: bool,
+    pub super_users: Vec<String>,
+    pub audit_log: Option<PathBuf>,
+    pub audit_max_bytes: u64,
+    pub audit_files: u64,
+}
+
+impl Default for SecuritySettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            super_users: Vec::new(),
+            audit_log: None,
+            audit_max_bytes: 64 << 20,
+            audit_files: 5,
+        }
+    }
+}
+
 /// Everything a node needs to start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -332,6 +480,8 @@ pub struct NodeConfig {
     pub retention_check_ms: u64,
     /// `host:port` for Prometheus metrics (`GET /metrics`); none by default.
     pub metrics_addr: Option<String>,
+    pub tls: TlsSettings,
+    pub security: SecuritySettings,
 }
 
 impl Default for NodeConfig {
@@ -351,6 +501,8 @@ impl Default for NodeConfig {
             raft: RaftSettings::default(),
             retention_check_ms: 30_000,
             metrics_addr: None,
+            tls: TlsSettings::default(),
+            security: SecuritySettings::default(),
         }
     }
 }
@@ -829,6 +981,62 @@ impl NodeConfig {
         }
         if let Durability::Interval { ms: 0 } = self.durability {
             return Err(invalid("durability", "interval must be at least 1 ms"));
+        }
+        self.validate_tls()
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let tls = &self.tls;
+        let given = [
+            ("tls.cert", &tls.cert),
+            ("tls.key", &tls.key),
+            ("tls.ca", &tls.ca),
+        ];
+        let missing: Vec<&str> = given
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        if missing.len() == 1 || missing.len() == 2 {
+            let (setting, _) = given
+                .iter()
+                .find(|(_, v)| v.is_some())
+                .copied()
+                .unwrap_or(given[0]);
+            return Err(invalid(
+                setting,
+                format!(
+                    "TLS needs tls.cert, tls.key and tls.ca; {} missing",
+                    missing.join(" and ")
+                ),
+            ));
+        }
+        if !["optional", "required"].contains(&tls.client_auth.as_str()) {
+            return Err(invalid(
+                "tls.client_auth",
+                format!("{:?} is not optional or required", tls.client_auth),
+            ));
+        }
+        if tls.reload_ms == 0 {
+            return Err(invalid("tls.reload_ms", "must be positive"));
+        }
+        if self.security.enabled && tls.files().is_none() {
+            return Err(invalid(
+                "security.enabled",
+                "needs TLS (tls.cert, tls.key, tls.ca): tokens must not cross the network in \
+                 plaintext, and nodes vouch for forwarded callers only over mutual TLS",
+            ));
+        }
+        for principal in &self.security.super_users {
+            if !principal.starts_with("User:") || principal.len() == 5 {
+                return Err(invalid(
+                    "security.super_users",
+                    format!("{principal:?} is not a principal (User:NAME)"),
+                ));
+            }
+        }
+        if self.security.audit_max_bytes < 4096 {
+            return Err(invalid("security.audit_max_bytes", "must be at least 4096"));
         }
         Ok(())
     }

@@ -26,9 +26,11 @@ mod fetch;
 mod groups;
 mod metrics;
 mod node;
+pub mod pki;
 mod produce;
 mod router;
 mod status;
+mod tls;
 
 pub use config::{
     ConfigError, Layers, NodeConfig, RaftSettings, SETTINGS, Setting, SettingKind,

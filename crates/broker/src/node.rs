@@ -25,6 +25,7 @@ use weir_proto::peer::peer_server::PeerServer;
 use weir_proto::v1::admin_server::AdminServer;
 use weir_proto::v1::broker_server::BrokerServer;
 use weir_proto::v1::groups_server::GroupsServer;
+use weir_raft::tls::NodeTls;
 use weir_raft::{GroupRegistry, LinkFaults, PeerNode, PeerService, PeerTransport};
 
 use crate::admin::AdminService;
@@ -55,6 +56,8 @@ pub enum NodeError {
     Controller(#[from] weir_controller::ControllerError),
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] weir_raft::tls::TlsError),
 }
 
 /// A running node.
@@ -117,7 +120,11 @@ impl Node {
             None => None,
         };
         let external_addr = external_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let transport = PeerTransport::new(config.id, faults);
+        let tls = match config.tls.files() {
+            Some(files) => Some(NodeTls::load(files, config.id, config.tls.client_auth())?),
+            None => None,
+        };
+        let transport = PeerTransport::with_tls(config.id, faults, tls.clone());
         let registry = GroupRegistry::new();
 
         // Serve first: peers reach the controller group as soon as it opens.
@@ -133,9 +140,13 @@ impl Node {
             voters,
             timing: config.timing(),
         };
-        let peer_service = PeerServer::new(PeerService::new(Arc::clone(&registry)))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let tls_on = tls.is_some();
+        let peer_service = tonic::service::interceptor::InterceptedService::new(
+            PeerServer::new(PeerService::new(Arc::clone(&registry)))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            move |request: tonic::Request<()>| nodes_only(tls_on, request),
+        );
         let controller =
             Controller::start(&controller_config, Arc::clone(&transport), &registry).await?;
         let partitions = Partitions::new(
@@ -196,6 +207,7 @@ impl Node {
             servers.push(tokio::spawn(serve(
                 router,
                 listener,
+                tls.clone(),
                 stopped.clone(),
                 Listener::External,
             )));
@@ -208,10 +220,11 @@ impl Node {
         servers.push(tokio::spawn(serve(
             router,
             listener,
+            tls.clone(),
             stopped,
             Listener::Internal,
         )));
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(report_health(health.clone(), Arc::clone(&controller))),
             tokio::spawn(Arc::clone(&partitions).run(Arc::clone(&controller))),
             tokio::spawn(Arc::clone(&controller).run_leader_duties(Duration::from_secs(2))),
@@ -225,7 +238,12 @@ impl Node {
                 Arc::clone(&transport),
             )),
         ];
-        tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), "node started");
+        if let Some(tls) = tls {
+            tasks.push(tokio::spawn(
+                tls.watch(Duration::from_millis(config.tls.reload_ms)),
+            ));
+        }
+        tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), tls = tls_on, "node started");
         Ok(Self {
             config,
             controller,
@@ -384,22 +402,54 @@ where
     Ok(routes.routes())
 }
 
-/// Serves `router` on `listener` until `stop` turns true.
+/// Peer RPCs (Raft traffic) with TLS on: only from a caller that proved a node certificate.
+fn nodes_only(
+    tls_on: bool,
+    request: tonic::Request<()>,
+) -> Result<tonic::Request<()>, tonic::Status> {
+    if !tls_on {
+        return Ok(request);
+    }
+    let node = request
+        .peer_certs()
+        .and_then(|certs| certs.first().and_then(weir_raft::tls::node_id_of));
+    match node {
+        Some(_) => Ok(request),
+        None => Err(tonic::Status::permission_denied(
+            "peer RPCs are for nodes: the caller presented no node certificate",
+        )),
+    }
+}
+
+/// Serves `router` on `listener` until `stop` turns true; over TLS when `tls` is given.
 async fn serve(
     router: tonic::transport::server::Router,
     listener: TcpListener,
+    tls: Option<Arc<NodeTls>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     which: Listener,
 ) {
-    // Accepted connections need TCP_NODELAY themselves: the builder's `tcp_nodelay` only
-    // covers listeners tonic binds. Without it, small answers (Raft acknowledgements,
-    // forwarded replies) sit out Nagle's algorithm against delayed ACKs: ~40 ms each.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let result = router
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        })
-        .await;
+    let stopped = async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    let result = match tls {
+        None => {
+            // Accepted connections need TCP_NODELAY themselves: the builder's `tcp_nodelay`
+            // only covers listeners tonic binds. Without it, small answers (Raft
+            // acknowledgements, forwarded replies) sit out Nagle's algorithm against delayed
+            // ACKs: ~40 ms each.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, stopped).await
+        }
+        Some(tls) => {
+            let on_failure: crate::tls::OnFailure = Arc::new(move |peer, reason| {
+                tracing::info!(%peer, reason, listener = ?which, "TLS handshake refused");
+            });
+            let incoming = crate::tls::incoming(listener, tls, which, on_failure);
+            router.serve_with_incoming_shutdown(incoming, stopped).await
+        }
+    };
     if let Err(err) = result {
         tracing::error!(error = %err, listener = ?which, "gRPC server failed");
     }

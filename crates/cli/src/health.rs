@@ -14,10 +14,20 @@ pub(crate) struct HealthArgs {
     /// Give up after this long (seconds, or like `500ms`).
     #[arg(long, default_value = "2", value_parser = crate::bench::parse_duration)]
     timeout: Duration,
+    /// The cluster's CA certificate (PEM), for a node that serves TLS.
+    #[arg(long, env = "WEIR_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 pub(crate) async fn run(args: HealthArgs) -> anyhow::Result<()> {
-    match weir_client::check_health(&args.addr, args.timeout).await? {
+    let security = weir_client::Security {
+        tls: match &args.tls_ca {
+            Some(ca) => Some(weir_client::TlsOptions::from_files(ca, None, None)?),
+            None => None,
+        },
+        token: None,
+    };
+    match weir_client::check_health_with(&args.addr, args.timeout, &security).await? {
         NodeHealth::Serving => {
             println!("{}: SERVING", args.addr);
             Ok(())

@@ -47,6 +47,39 @@ pub(crate) struct Brokers {
         global = true
     )]
     brokers: Vec<String>,
+    /// The cluster's CA certificate (PEM): connect over TLS and check the nodes against it.
+    #[arg(long, env = "WEIR_TLS_CA", value_name = "FILE", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM), for clusters that identify clients by certificate.
+    #[arg(
+        long,
+        env = "WEIR_TLS_CERT",
+        value_name = "FILE",
+        global = true,
+        requires = "tls_key"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "WEIR_TLS_KEY",
+        value_name = "FILE",
+        global = true,
+        requires = "tls_cert"
+    )]
+    tls_key: Option<std::path::PathBuf>,
+    /// The name the nodes' certificates are checked against [default: the host dialled].
+    #[arg(long, env = "WEIR_TLS_SERVER_NAME", value_name = "NAME", global = true)]
+    tls_server_name: Option<String>,
+    /// A bearer token (from `weir token create`); sent only over TLS.
+    #[arg(
+        long,
+        env = "WEIR_TOKEN",
+        value_name = "TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    token: Option<String>,
 }
 
 /// How listings are printed.
@@ -114,8 +147,38 @@ pub(crate) fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
 }
 
 impl Brokers {
+    /// The TLS and credential settings these flags give.
+    pub(crate) fn security(&self) -> anyhow::Result<weir_client::Security> {
+        let tls = match &self.tls_ca {
+            Some(ca) => {
+                let mut tls = weir_client::TlsOptions::from_files(
+                    ca,
+                    self.tls_cert.as_deref(),
+                    self.tls_key.as_deref(),
+                )?;
+                tls.server_name = self.tls_server_name.clone();
+                Some(tls)
+            }
+            None if self.tls_cert.is_some() => {
+                anyhow::bail!(
+                    "--tls-cert needs --tls-ca (the CA that signed the nodes' certificates)"
+                )
+            }
+            None => None,
+        };
+        let security = weir_client::Security {
+            tls,
+            token: self.token.clone(),
+        };
+        security.validate()?;
+        Ok(security)
+    }
+
     pub(crate) fn client(&self) -> anyhow::Result<weir_client::Client> {
-        Ok(weir_client::Client::new(&self.brokers)?)
+        Ok(weir_client::Client::with_security(
+            &self.brokers,
+            self.security()?,
+        )?)
     }
 
     /// The client, shareable with a producer or consumer.

@@ -21,7 +21,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::security::{Auth, Security};
 use tonic::{Code, Status};
 use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::broker_client::BrokerClient;
@@ -157,6 +160,24 @@ fn retryable(status: &Status) -> bool {
     }
 }
 
+/// The TLS failure behind a status tonic made from a failed connection, if that is what it was:
+/// a handshake refused by either side does not heal by retrying.
+pub(crate) fn tls_failure(status: &Status) -> Option<String> {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls.to_string());
+        }
+        source = err.source();
+    }
+    None
+}
+
 /// True for a status tonic made from a local transport failure (it keeps the failure as its
 /// source); statuses a server sent carry none.
 fn made_by_transport(status: &Status) -> bool {
@@ -177,21 +198,41 @@ fn leader_hint(status: &Status) -> Option<(u64, String)> {
     parse_leader_hint(value)
 }
 
-fn endpoint(addr: &str) -> Result<Channel, ClientError> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| ClientError::BadAddress {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?
+/// A channel to one node, with the client's credentials added to every call.
+pub(crate) type Conn = InterceptedService<Channel, Auth>;
+
+/// A lazily connecting channel to `addr`, over TLS when `security` has TLS options.
+pub(crate) fn connect(addr: &str, security: &Security) -> Result<Conn, ClientError> {
+    let bad = |reason: String| ClientError::BadAddress {
+        addr: addr.to_string(),
+        reason,
+    };
+    let scheme = if security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| bad(e.to_string()))?
         .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .tcp_nodelay(true);
+    if let Some(tls) = &security.tls {
+        let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        endpoint = endpoint
+            .tls_config(tls.tonic_config(host))
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+    }
+    Ok(InterceptedService::new(
+        endpoint.connect_lazy(),
+        security.interceptor(),
+    ))
 }
 
 #[derive(Debug, Default)]
 struct State {
     /// One channel per broker address.
-    channels: HashMap<String, Channel>,
+    channels: HashMap<String, Conn>,
     cache: Cache,
 }
 
@@ -208,17 +249,27 @@ pub struct Client {
     next: AtomicUsize,
     /// How long a call keeps retrying (default 60 s).
     pub retry_for: Duration,
+    /// TLS and credentials for every connection.
+    security: Security,
 }
 
 impl Client {
-    /// A client for the nodes at `brokers` (`host:port`). Connects lazily.
+    /// A plaintext, anonymous client for the nodes at `brokers` (`host:port`). Connects
+    /// lazily.
     pub fn new(brokers: &[String]) -> Result<Self, ClientError> {
+        Self::with_security(brokers, Security::default())
+    }
+
+    /// A client for the nodes at `brokers` that connects over TLS and/or sends a token, as
+    /// `security` says.
+    pub fn with_security(brokers: &[String], security: Security) -> Result<Self, ClientError> {
         if brokers.is_empty() {
             return Err(ClientError::NoBrokers);
         }
+        security.validate()?;
         let mut channels = HashMap::new();
         for addr in brokers {
-            channels.insert(addr.clone(), endpoint(addr)?);
+            channels.insert(addr.clone(), connect(addr, &security)?);
         }
         Ok(Self {
             seeds: brokers.to_vec(),
@@ -229,6 +280,7 @@ impl Client {
             refreshed: tokio::sync::Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
             retry_for: Duration::from_secs(60),
+            security,
         })
     }
 
@@ -239,12 +291,12 @@ impl Client {
     }
 
     /// The channel for `addr`, created on first use.
-    fn channel_to(&self, addr: &str) -> Option<Channel> {
+    fn channel_to(&self, addr: &str) -> Option<Conn> {
         let mut state = self.state();
         if let Some(channel) = state.channels.get(addr) {
             return Some(channel.clone());
         }
-        match endpoint(addr) {
+        match connect(addr, &self.security) {
             Ok(channel) => {
                 state.channels.insert(addr.to_string(), channel.clone());
                 Some(channel)
@@ -270,7 +322,7 @@ impl Client {
         addrs
     }
 
-    fn pick(&self, route: Route<'_>, attempt: usize) -> Option<(String, Channel)> {
+    fn pick(&self, route: Route<'_>, attempt: usize) -> Option<(String, Conn)> {
         if let Route::Leader { topic, partition } = route {
             let leader = self
                 .state()
@@ -297,19 +349,19 @@ impl Client {
         }
     }
 
-    fn broker(channel: Channel) -> BrokerClient<Channel> {
+    fn broker(channel: Conn) -> BrokerClient<Conn> {
         BrokerClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    fn admin(channel: Channel) -> AdminClient<Channel> {
+    fn admin(channel: Conn) -> AdminClient<Conn> {
         AdminClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    fn groups(channel: Channel) -> GroupsClient<Channel> {
+    fn groups(channel: Conn) -> GroupsClient<Conn> {
         GroupsClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -329,7 +381,7 @@ impl Client {
         mut call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let started = Instant::now();
@@ -364,6 +416,11 @@ impl Client {
                 }
                 Ok(Err(status)) if !retryable(&status) => {
                     return Err(ClientError::status(status));
+                }
+                Ok(Err(status)) if let Some(reason) = tls_failure(&status) => {
+                    return Err(ClientError::Tls(format!(
+                        "connection to {addr} refused: {reason}"
+                    )));
                 }
                 Ok(Err(status)) => {
                     tracing::debug!(%addr, what, code = ?status.code(), message = status.message(), "retrying");

@@ -36,6 +36,10 @@ pub enum ClientError {
     /// Batches from the broker failed their check (CRC, format): data damaged on the way.
     #[error("a fetched batch is damaged: {0}")]
     Corrupt(String),
+    /// TLS settings that cannot be used, or a TLS handshake that failed (a node certificate
+    /// from another CA, a client certificate the node refused): retrying cannot help.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ClientError {

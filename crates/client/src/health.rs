@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use tonic::transport::Endpoint;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::ClientError;
+use crate::security::Security;
 
 /// What a node said about its health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,24 +22,31 @@ pub enum NodeHealth {
 
 /// Asks the node at `addr` (`HOST:PORT`) for its overall health, giving up after `timeout`.
 pub async fn check_health(addr: &str, timeout: Duration) -> Result<NodeHealth, ClientError> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| ClientError::BadAddress {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?
-        .connect_timeout(timeout)
-        .timeout(timeout);
+    check_health_with(addr, timeout, &Security::default()).await
+}
+
+/// [`check_health`] over TLS when `security` has TLS options (health needs no credentials).
+pub async fn check_health_with(
+    addr: &str,
+    timeout: Duration,
+    security: &Security,
+) -> Result<NodeHealth, ClientError> {
+    security.validate()?;
+    let channel = crate::client::connect(addr, security)?;
     let ask = async {
-        let channel = endpoint.connect().await.map_err(|e| ClientError::Timeout {
-            waited: timeout,
-            last: format!("{addr}: cannot connect: {e}"),
-        })?;
         HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: String::new(),
             })
             .await
-            .map_err(ClientError::status)
+            .map_err(|status| match crate::client::tls_failure(&status) {
+                Some(reason) => ClientError::Tls(format!("connection to {addr} refused: {reason}")),
+                None if std::error::Error::source(&status).is_some() => ClientError::Timeout {
+                    waited: timeout,
+                    last: format!("{addr}: cannot connect: {}", status.message()),
+                },
+                None => ClientError::status(status),
+            })
     };
     let answer = tokio::time::timeout(timeout, ask)
         .await

@@ -61,13 +61,15 @@ mod group_member;
 mod health;
 mod metadata;
 mod producer;
+mod security;
 
 pub use batch::IdempotentBatcher;
 pub use client::{Acks, Client, Start};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, ResetPolicy};
 pub use error::ClientError;
-pub use health::{NodeHealth, check_health};
+pub use health::{NodeHealth, check_health, check_health_with};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use security::{Security, TlsOptions};
 /// gRPC status codes, as [`ClientError::code`] reports them.
 pub use tonic::Code;
 pub use weir_format::batch::Compression;

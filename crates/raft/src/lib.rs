@@ -45,6 +45,7 @@ mod network;
 mod partition;
 mod service;
 mod state_machine;
+pub mod tls;
 pub mod types;
 
 pub use error::{GroupError, StorageFault};

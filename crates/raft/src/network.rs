@@ -27,6 +27,8 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::NodeTls;
 use weir_proto::peer::peer_client::PeerClient;
 use weir_proto::peer::{AppendEntriesRequest as WireAppend, RaftReply, RaftRequest};
 
@@ -155,15 +157,28 @@ pub struct PeerTransport {
     /// When each peer last answered an RPC: the node's view of which peers are alive.
     last_reply: Mutex<HashMap<NodeId, std::time::Instant>>,
     faults: Option<Arc<dyn LinkFaults>>,
+    /// Mutual TLS to peers (this node's certificate, the cluster CA); plaintext when `None`.
+    tls: Option<Arc<NodeTls>>,
 }
 
 impl PeerTransport {
+    /// A plaintext transport.
     pub fn new(node_id: NodeId, faults: Option<Arc<dyn LinkFaults>>) -> Arc<Self> {
+        Self::with_tls(node_id, faults, None)
+    }
+
+    /// A transport that connects to peers over mutual TLS when `tls` is given.
+    pub fn with_tls(
+        node_id: NodeId,
+        faults: Option<Arc<dyn LinkFaults>>,
+        tls: Option<Arc<NodeTls>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             node_id,
             channels: Mutex::new(HashMap::new()),
             last_reply: Mutex::new(HashMap::new()),
             faults,
+            tls,
         })
     }
 
@@ -198,7 +213,33 @@ impl PeerTransport {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
+        let channel = match &self.tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => {
+                // Each connection takes the material current at the time (reloads apply to new
+                // connections).
+                let tls = Arc::clone(tls);
+                let addr = addr.to_string();
+                endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                    let config = tls.peer_client_config();
+                    let addr = addr.clone();
+                    async move {
+                        let stream = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            crate::tls::connect(&addr, config),
+                        )
+                        .await
+                        .map_err(|_| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                format!("TLS connection to {addr} took over 2 s"),
+                            )
+                        })??;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                    }
+                }))
+            }
+        };
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }

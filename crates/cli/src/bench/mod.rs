@@ -141,6 +141,8 @@ pub(crate) struct BenchArgs {
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) brokers: Vec<String>,
+    /// TLS and credentials of every client the run makes.
+    pub(crate) security: weir_client::Security,
     pub(crate) topics: u32,
     pub(crate) partitions: u32,
     pub(crate) replication_factor: u32,
@@ -183,7 +185,10 @@ impl Settings {
 
     /// A client of its own (its own connections), for one producer or consumer.
     pub(crate) fn client(&self) -> anyhow::Result<Arc<Client>> {
-        Ok(Arc::new(Client::new(&self.brokers)?))
+        Ok(Arc::new(Client::with_security(
+            &self.brokers,
+            self.security.clone(),
+        )?))
     }
 
     /// The topic setting bigger batches need.
@@ -350,7 +355,8 @@ fn run_id() -> String {
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     validate(&args)?;
-    let mut admin = Client::new(&args.brokers.brokers)?;
+    let security = args.brokers.security()?;
+    let mut admin = Client::with_security(&args.brokers.brokers, security.clone())?;
     admin.retry_for = SETUP_RETRY;
     let admin = Arc::new(admin);
     let brokers_list = args.brokers.brokers.join(",");
@@ -369,6 +375,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let settings = Settings {
         brokers: args.brokers.brokers.clone(),
+        security,
         topics: args.topics,
         partitions: args.partitions,
         replication_factor,
