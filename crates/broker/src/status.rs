@@ -109,14 +109,28 @@ pub(crate) fn from_storage(err: StorageError) -> Status {
 
 pub(crate) fn from_metadata(err: MetadataError) -> Status {
     let code = match &err {
-        MetadataError::TopicExists(_) => Code::AlreadyExists,
-        MetadataError::UnknownTopic(_) => Code::NotFound,
+        MetadataError::TopicExists(_)
+        | MetadataError::TokenExists(_)
+        | MetadataError::CertMappingExists { .. }
+        | MetadataError::TenantPrefixOverlap { .. }
+        | MetadataError::PrincipalInOtherTenant { .. } => Code::AlreadyExists,
+        MetadataError::UnknownTopic(_)
+        | MetadataError::UnknownUser(_)
+        | MetadataError::UnknownToken(_)
+        | MetadataError::UnknownCertMapping(_)
+        | MetadataError::UnknownTenant(_)
+        | MetadataError::UnknownQuota(_) => Code::NotFound,
         MetadataError::UnknownBroker(_)
         | MetadataError::InvalidTopicName { .. }
         | MetadataError::InvalidConfig { .. }
         | MetadataError::UnknownConfig(_)
         | MetadataError::ReplicationFactorTooLarge { .. }
-        | MetadataError::Invalid(_) => Code::InvalidArgument,
+        | MetadataError::Invalid(_)
+        | MetadataError::InvalidUserName { .. }
+        | MetadataError::InvalidQuota { .. }
+        | MetadataError::UnknownQuotaSetting(_)
+        | MetadataError::InvalidSecurity(_) => Code::InvalidArgument,
+        MetadataError::QuotaExceeded { .. } => Code::ResourceExhausted,
         MetadataError::NotEnoughBrokers { .. } => {
             return unavailable_after(err.to_string(), NOT_ENOUGH_BROKERS_RETRY_DELAY);
         }
@@ -488,6 +502,71 @@ mod tests {
                     available: 2,
                 },
                 Code::Unavailable,
+            ),
+            (
+                MetadataError::InvalidUserName {
+                    name: "a b".into(),
+                    reason: "space".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (MetadataError::UnknownUser("u".into()), Code::NotFound),
+            (MetadataError::UnknownToken("0".into()), Code::NotFound),
+            (MetadataError::TokenExists("0".into()), Code::AlreadyExists),
+            (
+                MetadataError::UnknownCertMapping("cn:x".into()),
+                Code::NotFound,
+            ),
+            (
+                MetadataError::CertMappingExists {
+                    matcher: "cn:x".into(),
+                    user: "u".into(),
+                },
+                Code::AlreadyExists,
+            ),
+            (MetadataError::UnknownTenant("t".into()), Code::NotFound),
+            (
+                MetadataError::TenantPrefixOverlap {
+                    tenant: "a".into(),
+                    prefix: "a".into(),
+                    other: "b".into(),
+                    other_prefix: "ab".into(),
+                },
+                Code::AlreadyExists,
+            ),
+            (
+                MetadataError::PrincipalInOtherTenant {
+                    principal: "User:u".into(),
+                    tenant: "b".into(),
+                },
+                Code::AlreadyExists,
+            ),
+            (MetadataError::UnknownQuota("user:u".into()), Code::NotFound),
+            (
+                MetadataError::InvalidQuota {
+                    key: "partitions".into(),
+                    value: "0".into(),
+                    expected: "> 0".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                MetadataError::UnknownQuotaSetting("x".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                MetadataError::InvalidSecurity("x".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                MetadataError::QuotaExceeded {
+                    entity: "tenant t".into(),
+                    limit: "partitions".into(),
+                    max: 1,
+                    current: 1,
+                    adding: 1,
+                },
+                Code::ResourceExhausted,
             ),
         ];
         for (err, code) in cases {

@@ -11,6 +11,8 @@
 //! through `weir_raft::Partition`, never the segment log or openraft.
 //!
 //! - [`metadata`]: the state and the commands that change it (deterministic apply).
+//! - [`security`]: users, SCRAM credentials, token hashes, certificate mappings, ACLs (and the
+//!   authorizer), tenants and quotas; part of the metadata, no secret stored.
 //! - [`placement`]: where replicas go (balanced, rack-aware), drains and rebalancing.
 //! - [`Controller`]: this node's replica of the metadata group; proposals from any node.
 //! - [`Partitions`]: the partition groups on this node and the reconciler.
@@ -22,6 +24,7 @@ mod controller;
 pub mod metadata;
 mod partitions;
 pub mod placement;
+pub mod security;
 
 pub use controller::{
     CONTROLLER_GROUP, Controller, ControllerConfig, ControllerError, LIVENESS_WINDOW,
@@ -32,3 +35,9 @@ pub use metadata::{
     PartitionRecord, TopicCompression, TopicConfig, TopicRecord,
 };
 pub use partitions::{PARTITIONS_DIR, PartitionReplica, PartitionSettings, Partitions};
+pub use security::{
+    ANY_PRINCIPAL, AclFilter, AclRecord, CertMapping, CertMatcher, Decision, Operation,
+    PatternType, Permission, QuotaEntity, QuotaLimits, ResourceType, ScramCredential,
+    ScramMechanism, SecurityState, TenantRecord, TokenRecord, TokenRejection, UserRecord,
+    new_token, parse_token, user_principal,
+};

@@ -1,8 +1,9 @@
-//! The cluster metadata: brokers, topics and partition assignments, changed only by applying
-//! [`MetadataCommand`]s in log order. Applying is deterministic — every controller replica ends
-//! in the same state — so commands carry every decision (placement is made by the proposer and
-//! stored in the command) and a command that is invalid for the state is rejected the same way
-//! everywhere.
+//! The cluster metadata: brokers, topics, partition assignments and the security model
+//! ([`crate::security`]), changed only by applying [`MetadataCommand`]s in log order. Applying
+//! is deterministic — every controller replica ends in the same state — so commands carry every
+//! decision (placement, salts and token secrets are chosen by the proposer and stored in the
+//! command, as derived values only) and a command that is invalid for the state is rejected the
+//! same way everywhere.
 //!
 //! A command travels as the value of a single record in a batch of the controller's Raft log.
 
@@ -13,6 +14,11 @@ use serde::{Deserialize, Serialize};
 use weir_format::batch::{BatchBuilder, BatchHeader, Compression, decode_records};
 use weir_raft::GroupState;
 use weir_raft::NodeId;
+
+use crate::security::{
+    AclFilter, AclRecord, CertMapping, CertMatcher, QuotaEntity, QuotaLimits, ScramCredential,
+    SecurityState, TenantRecord, TokenRecord,
+};
 
 /// The internal topic that stores consumer groups' committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -213,6 +219,35 @@ pub struct Metadata {
     pub version: u64,
     /// The last idempotent producer id handed out.
     pub last_producer_id: i64,
+    /// Users, credentials, tokens, certificate mappings, ACLs, tenants and quotas.
+    #[serde(default)]
+    pub security: SecurityState,
+}
+
+/// [`Metadata`] as snapshots stored it before `security` was added (postcard is not
+/// self-describing, so a missing trailing field does not decode as its default).
+#[derive(Deserialize)]
+struct MetadataWithoutSecurity {
+    brokers: BTreeMap<NodeId, BrokerRecord>,
+    topics: BTreeMap<String, TopicRecord>,
+    version: u64,
+    last_producer_id: i64,
+}
+
+impl Metadata {
+    /// Decodes a snapshot's metadata, also one written before `security` existed.
+    pub fn decode(data: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(data).or_else(|err| {
+            let old: MetadataWithoutSecurity = postcard::from_bytes(data).map_err(|_| err)?;
+            Ok(Self {
+                brokers: old.brokers,
+                topics: old.topics,
+                version: old.version,
+                last_producer_id: old.last_producer_id,
+                security: SecurityState::default(),
+            })
+        })
+    }
 }
 
 /// A change to the metadata.
@@ -256,6 +291,47 @@ pub enum MetadataCommand {
     },
     /// Hands out the next idempotent producer id (the reply).
     AllocateProducerId,
+    /// Creates a user, or replaces its credentials of the mechanisms given (at most one each;
+    /// the others stay).
+    UpsertUser {
+        name: String,
+        credentials: Vec<ScramCredential>,
+    },
+    /// Deletes a user with its tokens and the certificate mappings to it (its ACLs, tenant
+    /// membership and quota stay).
+    DeleteUser {
+        name: String,
+    },
+    /// Stores a bearer token's hash (made by the proposer, `security::new_token`) for an
+    /// existing user.
+    CreateToken(TokenRecord),
+    /// Deletes a bearer token.
+    RevokeToken {
+        id: String,
+    },
+    /// Maps certificates to an existing user.
+    AddCertMapping(CertMapping),
+    /// Deletes the mapping of a matcher.
+    RemoveCertMapping(CertMatcher),
+    /// Adds an ACL (one that exists already is no change).
+    AddAcl(AclRecord),
+    /// Removes the ACLs the filter selects (the reply: how many).
+    RemoveAcls(AclFilter),
+    /// Creates a tenant or replaces its prefix and principals.
+    UpsertTenant(TenantRecord),
+    /// Deletes a tenant and its quota.
+    DeleteTenant {
+        name: String,
+    },
+    /// Sets the limits given (the others stay as they were).
+    SetQuota {
+        entity: QuotaEntity,
+        limits: QuotaLimits,
+    },
+    /// Removes an entity's quota.
+    RemoveQuota {
+        entity: QuotaEntity,
+    },
 }
 
 /// Why a command was rejected. Stable: clients see these as gRPC statuses.
@@ -290,6 +366,60 @@ pub enum MetadataError {
         "replication factor {wanted} is larger than the cluster: it has {brokers} broker(s); use a replication factor of at most {brokers}, or add brokers"
     )]
     ReplicationFactorTooLarge { wanted: u32, brokers: u32 },
+    #[error("invalid user name {name:?}: {reason}")]
+    InvalidUserName { name: String, reason: String },
+    #[error("unknown user {0:?}")]
+    UnknownUser(String),
+    #[error("unknown token {0:?}")]
+    UnknownToken(String),
+    /// A token with this id exists already (the proposer should draw a new one).
+    #[error("a token with id {0:?} already exists")]
+    TokenExists(String),
+    #[error("no certificate mapping for {0}")]
+    UnknownCertMapping(String),
+    /// The matcher maps to another user: remove that mapping first.
+    #[error("{matcher} is already mapped to user {user:?}; remove that mapping first")]
+    CertMappingExists { matcher: String, user: String },
+    #[error("unknown tenant {0:?}")]
+    UnknownTenant(String),
+    #[error(
+        "tenant {tenant:?} prefix {prefix:?} overlaps tenant {other:?} prefix {other_prefix:?}: neither may start the other"
+    )]
+    TenantPrefixOverlap {
+        tenant: String,
+        prefix: String,
+        other: String,
+        other_prefix: String,
+    },
+    #[error("principal {principal:?} already belongs to tenant {tenant:?}")]
+    PrincipalInOtherTenant { principal: String, tenant: String },
+    #[error("no quota for {0}")]
+    UnknownQuota(String),
+    #[error("invalid value {value:?} for quota {key}: expected {expected}")]
+    InvalidQuota {
+        key: String,
+        value: String,
+        expected: String,
+    },
+    #[error(
+        "unknown quota setting {0:?} (known: produce.bytes.per.sec, fetch.bytes.per.sec, requests.per.sec, partitions, retained.bytes)"
+    )]
+    UnknownQuotaSetting(String),
+    /// A malformed user, credential, token, certificate mapping, ACL, tenant or quota. The
+    /// message never contains a secret.
+    #[error("invalid security request: {0}")]
+    InvalidSecurity(String),
+    /// The command would take an entity past a quota (`limit` names it, e.g. "partitions").
+    #[error(
+        "{entity} may have at most {max} {limit}; it has {current} and the topic would add {adding}"
+    )]
+    QuotaExceeded {
+        entity: String,
+        limit: String,
+        max: u64,
+        current: u64,
+        adding: u64,
+    },
 }
 
 /// Checks a topic name: 1 to 200 of `[A-Za-z0-9._-]`, not starting with `__` (reserved for
@@ -325,6 +455,48 @@ pub fn validate_topic_name(name: &str) -> Result<(), MetadataError> {
 impl Metadata {
     pub fn topic(&self, name: &str) -> Option<&TopicRecord> {
         self.topics.get(name)
+    }
+
+    /// The partitions of the topics whose names start with tenant `tenant`'s prefix (0 for an
+    /// unknown tenant).
+    pub fn tenant_partitions(&self, tenant: &str) -> u32 {
+        let Some(tenant) = self.security.tenant(tenant) else {
+            return 0;
+        };
+        let partitions: usize = self
+            .topics
+            .range(tenant.prefix.clone()..)
+            .take_while(|(name, _)| tenant.owns(name))
+            .map(|(_, topic)| topic.partitions.len())
+            .sum();
+        u32::try_from(partitions).unwrap_or(u32::MAX)
+    }
+
+    /// Rejects a new topic `name` of `adding` partitions that would take its tenant past the
+    /// tenant's `partitions` quota.
+    fn check_partition_quota(&self, name: &str, adding: usize) -> Result<(), MetadataError> {
+        let Some(tenant) = self.security.tenant_owning(name) else {
+            return Ok(());
+        };
+        let Some(max) = self
+            .security
+            .quota(&QuotaEntity::Tenant(tenant.name.clone()))
+            .and_then(|q| q.max_partitions)
+        else {
+            return Ok(());
+        };
+        let current = self.tenant_partitions(&tenant.name);
+        let adding = adding as u64;
+        if u64::from(current) + adding > u64::from(max) {
+            return Err(MetadataError::QuotaExceeded {
+                entity: format!("tenant {}", tenant.name),
+                limit: "partitions".into(),
+                max: u64::from(max),
+                current: u64::from(current),
+                adding,
+            });
+        }
+        Ok(())
     }
 
     /// Applies one command; a rejected command leaves the state as it was (but still counts as
@@ -375,6 +547,9 @@ impl Metadata {
                 }
                 for replicas in &assignment {
                     self.check_replicas(replicas, replication_factor)?;
+                }
+                if !internal {
+                    self.check_partition_quota(&name, assignment.len())?;
                 }
                 let id = self.version;
                 let partitions = assignment
@@ -454,6 +629,18 @@ impl Metadata {
                 }
                 None => Err(MetadataError::UnknownBroker(id)),
             },
+            command @ (MetadataCommand::UpsertUser { .. }
+            | MetadataCommand::DeleteUser { .. }
+            | MetadataCommand::CreateToken(_)
+            | MetadataCommand::RevokeToken { .. }
+            | MetadataCommand::AddCertMapping(_)
+            | MetadataCommand::RemoveCertMapping(_)
+            | MetadataCommand::AddAcl(_)
+            | MetadataCommand::RemoveAcls(_)
+            | MetadataCommand::UpsertTenant(_)
+            | MetadataCommand::DeleteTenant { .. }
+            | MetadataCommand::SetQuota { .. }
+            | MetadataCommand::RemoveQuota { .. }) => self.security.apply(command),
         }
     }
 
@@ -555,7 +742,7 @@ impl GroupState for MetadataState {
         self.metadata = if data.is_empty() {
             Metadata::default()
         } else {
-            postcard::from_bytes(data).map_err(|e| e.to_string())?
+            Metadata::decode(data).map_err(|e| e.to_string())?
         };
         self.publish();
         Ok(())
@@ -651,6 +838,189 @@ mod tests {
         let reply: CommandReply = postcard::from_bytes(&reply).expect("reply decodes");
         assert_eq!(reply, (1, Ok(4)));
         assert_eq!(watch.borrow().brokers[&4].rack.as_deref(), Some("r1"));
+    }
+
+    /// One of each security command, valid in this order on an empty state.
+    fn security_commands() -> Vec<MetadataCommand> {
+        use crate::security::*;
+        let (token, _) = new_token("alice", 1, Some(2), Some("ci".into()));
+        let filter = AclFilter {
+            principal: Some("User:alice".into()),
+            resource: Some(ResourceType::Topic),
+            pattern: Some(PatternType::Prefixed),
+            name: Some("team-a.".into()),
+            operation: Some(Operation::Write),
+            permission: Some(Permission::Allow),
+        };
+        vec![
+            MetadataCommand::UpsertUser {
+                name: "alice".into(),
+                credentials: vec![
+                    ScramCredential::generate(ScramMechanism::Sha256, "pw", 4096).unwrap(),
+                    ScramCredential::generate(ScramMechanism::Sha512, "pw", 4096).unwrap(),
+                ],
+            },
+            MetadataCommand::CreateToken(token.clone()),
+            MetadataCommand::RevokeToken { id: token.id },
+            MetadataCommand::AddCertMapping(CertMapping {
+                matcher: CertMatcher::Subject("CN=a,O=b".into()),
+                user: "alice".into(),
+            }),
+            MetadataCommand::RemoveCertMapping(CertMatcher::Subject("CN=a,O=b".into())),
+            MetadataCommand::AddAcl(AclRecord {
+                principal: "User:alice".into(),
+                resource: ResourceType::Topic,
+                pattern: PatternType::Prefixed,
+                name: "team-a.".into(),
+                operation: Operation::Write,
+                permission: Permission::Allow,
+            }),
+            MetadataCommand::RemoveAcls(filter),
+            MetadataCommand::UpsertTenant(TenantRecord {
+                name: "team-a".into(),
+                prefix: "team-a.".into(),
+                principals: ["User:alice".to_string()].into(),
+            }),
+            MetadataCommand::SetQuota {
+                entity: QuotaEntity::Tenant("team-a".into()),
+                limits: QuotaLimits::from_pairs([("partitions", "3"), ("retained.bytes", "9")])
+                    .unwrap(),
+            },
+            MetadataCommand::RemoveQuota {
+                entity: QuotaEntity::Tenant("team-a".into()),
+            },
+            MetadataCommand::DeleteTenant {
+                name: "team-a".into(),
+            },
+            MetadataCommand::DeleteUser {
+                name: "alice".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn security_commands_round_trip_through_batches() {
+        let (mut state, watch) = MetadataState::new();
+        let mut direct = Metadata::default();
+        for (i, command) in security_commands().into_iter().enumerate() {
+            let batch =
+                weir_format::batch::ValidBatch::new(command_batch(&command).expect("encodes"))
+                    .expect("valid");
+            let records = decode_records(
+                batch.header(),
+                batch.bytes().slice(weir_format::batch::HEADER_LEN..),
+            )
+            .unwrap();
+            let value = records[0].value.clone().unwrap();
+            let decoded: MetadataCommand = postcard::from_bytes(&value).unwrap();
+            assert_eq!(decoded, command);
+            let reply = state.apply(batch.header(), batch.bytes());
+            let (version, result): CommandReply = postcard::from_bytes(&reply).unwrap();
+            assert_eq!(version, i as u64 + 1);
+            assert!(result.is_ok(), "{command:?}: {result:?}");
+            assert_eq!(direct.apply(command), result);
+        }
+        assert_eq!(**watch.borrow(), direct);
+        assert_eq!(direct.security, crate::SecurityState::default());
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_old_ones_restore_without_security() {
+        let mut m = with_brokers(2);
+        for command in security_commands().into_iter().take(2) {
+            m.apply(command).unwrap();
+        }
+        let (mut state, watch) = MetadataState::new();
+        let encoded = postcard::to_stdvec(&m).unwrap();
+        state.restore(&encoded).unwrap();
+        assert_eq!(**watch.borrow(), m);
+        assert_eq!(state.encode(), Bytes::from(encoded));
+
+        #[derive(Serialize)]
+        struct Old<'a> {
+            brokers: &'a BTreeMap<NodeId, BrokerRecord>,
+            topics: &'a BTreeMap<String, TopicRecord>,
+            version: u64,
+            last_producer_id: i64,
+        }
+        let old = postcard::to_stdvec(&Old {
+            brokers: &m.brokers,
+            topics: &m.topics,
+            version: m.version,
+            last_producer_id: 7,
+        })
+        .unwrap();
+        state.restore(&old).unwrap();
+        let restored = watch.borrow().clone();
+        assert_eq!(restored.brokers, m.brokers);
+        assert_eq!(restored.version, m.version);
+        assert_eq!(restored.last_producer_id, 7);
+        assert_eq!(restored.security, crate::SecurityState::default());
+        assert!(state.restore(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn a_tenant_partition_quota_limits_new_topics() {
+        use crate::security::{QuotaEntity, QuotaLimits, TenantRecord};
+        let mut m = with_brokers(1);
+        let create = |name: &str, partitions: usize| MetadataCommand::CreateTopic {
+            internal: false,
+            name: name.into(),
+            replication_factor: 1,
+            config: TopicConfig::default(),
+            assignment: vec![vec![1]; partitions],
+        };
+        // Topics before the tenant and outside it count for no one.
+        m.apply(create("team-a.early", 2)).unwrap();
+        m.apply(create("team-b.x", 5)).unwrap();
+        m.apply(create("team-a", 5)).unwrap();
+        m.apply(MetadataCommand::UpsertTenant(TenantRecord {
+            name: "team-a".into(),
+            prefix: "team-a.".into(),
+            principals: Default::default(),
+        }))
+        .unwrap();
+        assert_eq!(m.tenant_partitions("team-a"), 2);
+        assert_eq!(m.tenant_partitions("nobody"), 0);
+        // No quota: no limit.
+        m.apply(create("team-a.big", 6)).unwrap();
+        assert_eq!(m.tenant_partitions("team-a"), 8);
+        m.apply(MetadataCommand::SetQuota {
+            entity: QuotaEntity::Tenant("team-a".into()),
+            limits: QuotaLimits::from_pairs([("partitions", "10")]).unwrap(),
+        })
+        .unwrap();
+        let topics = m.topics.clone();
+        let err = m.apply(create("team-a.orders", 4)).unwrap_err();
+        assert_eq!(
+            err,
+            MetadataError::QuotaExceeded {
+                entity: "tenant team-a".into(),
+                limit: "partitions".into(),
+                max: 10,
+                current: 8,
+                adding: 4,
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "tenant team-a may have at most 10 partitions; it has 8 and the topic would add 4"
+        );
+        assert_eq!(m.topics, topics);
+        // Up to the limit exactly; topics outside the prefix are not counted.
+        m.apply(create("team-a.orders", 2)).unwrap();
+        m.apply(create("team-b.more", 50)).unwrap();
+        assert_eq!(m.tenant_partitions("team-a"), 10);
+        assert!(matches!(
+            m.apply(create("team-a.one-more", 1)),
+            Err(MetadataError::QuotaExceeded { .. })
+        ));
+        m.apply(MetadataCommand::DeleteTopic {
+            name: "team-a.big".into(),
+        })
+        .unwrap();
+        m.apply(create("team-a.one-more", 1)).unwrap();
+        assert_eq!(m.tenant_partitions("team-a"), 5);
     }
 
     #[test]
