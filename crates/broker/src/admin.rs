@@ -17,7 +17,10 @@ use weir_proto::v1::{
 };
 
 use crate::fetch::ReadPath;
-use crate::router::{Found, Router, forward_hops, forwarded, relayed, topic_info};
+use weir_controller::security::Operation;
+
+use crate::auth::Resource;
+use crate::router::{Found, Hops, Router, forward_hops, forwarded, relayed, topic_info};
 use crate::status::{from_controller, from_metadata};
 
 /// The Admin service of a node.
@@ -28,13 +31,34 @@ pub(crate) struct AdminService {
     pub(crate) reads: ReadPath,
 }
 
+impl AdminService {
+    /// Writes a change's outcome to the audit log (on the node that made it).
+    fn audit<T>(
+        &self,
+        hops: &Hops,
+        operation: &'static str,
+        resource: String,
+        outcome: &Result<T, Status>,
+    ) {
+        self.router
+            .access
+            .audit
+            .change(&hops.caller, operation, resource, outcome);
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create_topic(
         &self,
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
-        let hops = forward_hops(&request);
+        let hops = &forward_hops(&request);
+        self.router.authorize(
+            &request,
+            Operation::Create,
+            Resource::Topic(&request.get_ref().name),
+        )?;
         let request = request.into_inner();
         if let Some(mut leader) = self.router.controller_leader(hops)? {
             return leader
@@ -43,7 +67,7 @@ impl Admin for AdminService {
                 .map_err(relayed);
         }
         tracing::info!(topic = %request.name, partitions = request.partitions, replication_factor = request.replication_factor, "create topic");
-        let topic = self
+        let created = self
             .router
             .controller
             .create_topic(
@@ -59,7 +83,14 @@ impl Admin for AdminService {
                 .map_err(from_metadata)?,
             )
             .await
-            .map_err(from_controller)?;
+            .map_err(from_controller);
+        self.audit(
+            hops,
+            "create-topic",
+            format!("topic {:?}", request.name),
+            &created,
+        );
+        let topic = created?;
         let metadata = self.router.controller.metadata();
         Ok(Response::new(CreateTopicResponse {
             topic: Some(topic_info(&metadata, &topic, &self.router.partitions)),
@@ -70,7 +101,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
-        let hops = forward_hops(&request);
+        let hops = &forward_hops(&request);
         if !self.router.controller.ready() {
             return Err(crate::status::unavailable(
                 "this node is still loading the cluster metadata; retry shortly",
@@ -90,9 +121,17 @@ impl Admin for AdminService {
             .await
             .map_err(from_controller)?;
         Ok(Response::new(ListTopicsResponse {
+            // Only the topics the caller may describe.
             topics: metadata
                 .topics
                 .values()
+                .filter(|t| {
+                    self.router.access.allows(
+                        &hops.caller,
+                        Operation::Describe,
+                        Resource::Topic(&t.name),
+                    )
+                })
                 .map(|t| topic_info(&metadata, t, &self.router.partitions))
                 .collect(),
         }))
@@ -102,7 +141,12 @@ impl Admin for AdminService {
         &self,
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
-        let hops = forward_hops(&request);
+        let hops = &forward_hops(&request);
+        self.router.authorize(
+            &request,
+            Operation::Describe,
+            Resource::Topic(&request.get_ref().name),
+        )?;
         let request = request.into_inner();
         let span = tracing::debug_span!("describe_topic", topic = %request.name);
         async move {
@@ -143,6 +187,12 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
+        let hops = &forward_hops(&request);
+        self.router.authorize(
+            &request,
+            Operation::Delete,
+            Resource::Topic(&request.get_ref().name),
+        )?;
         let request = request.into_inner();
         tracing::info!(topic = %request.name, "delete topic");
         if !self
@@ -156,11 +206,15 @@ impl Admin for AdminService {
                 request.name,
             )));
         }
-        self.router
+        let resource = format!("topic {:?}", request.name);
+        let deleted = self
+            .router
             .controller
             .propose(weir_controller::MetadataCommand::DeleteTopic { name: request.name })
             .await
-            .map_err(from_controller)?;
+            .map_err(from_controller);
+        self.audit(hops, "delete-topic", resource, &deleted);
+        deleted?;
         Ok(Response::new(DeleteTopicResponse {}))
     }
 
@@ -168,7 +222,9 @@ impl Admin for AdminService {
         &self,
         request: Request<JoinClusterRequest>,
     ) -> Result<Response<JoinClusterResponse>, Status> {
-        let hops = forward_hops(&request);
+        let hops = &forward_hops(&request);
+        self.router
+            .authorize(&request, Operation::ClusterAction, Resource::Cluster)?;
         let request = request.into_inner();
         if request.id == 0 {
             return Err(Status::invalid_argument("node id 0 is reserved"));
@@ -194,11 +250,19 @@ impl Admin for AdminService {
         let rack = (!request.rack.is_empty()).then(|| request.rack.clone());
         let external =
             (!request.external_address.is_empty()).then(|| request.external_address.clone());
-        self.router
+        let admitted = self
+            .router
             .controller
             .admit(request.id, &request.address, external, rack)
             .await
-            .map_err(from_controller)?;
+            .map_err(from_controller);
+        self.audit(
+            hops,
+            "join-cluster",
+            format!("broker {}", request.id),
+            &admitted,
+        );
+        admitted?;
         Ok(Response::new(JoinClusterResponse {}))
     }
 
@@ -206,9 +270,14 @@ impl Admin for AdminService {
         &self,
         request: Request<ReassignPartitionRequest>,
     ) -> Result<Response<ReassignPartitionResponse>, Status> {
-        let request = request.into_inner();
-        tracing::info!(topic = %request.topic, partition = request.partition, replicas = ?request.replicas, "reassign partition");
+        let hops = &forward_hops(&request);
         self.router
+            .authorize(&request, Operation::Alter, Resource::Cluster)?;
+        let request = request.into_inner();
+        let resource = format!("partition {}/{}", request.topic, request.partition);
+        tracing::info!(topic = %request.topic, partition = request.partition, replicas = ?request.replicas, "reassign partition");
+        let moved = self
+            .router
             .controller
             .propose(weir_controller::MetadataCommand::ReassignPartition {
                 topic: request.topic,
@@ -216,7 +285,9 @@ impl Admin for AdminService {
                 replicas: request.replicas,
             })
             .await
-            .map_err(from_controller)?;
+            .map_err(from_controller);
+        self.audit(hops, "reassign-partition", resource, &moved);
+        moved?;
         Ok(Response::new(ReassignPartitionResponse {}))
     }
 
@@ -224,7 +295,9 @@ impl Admin for AdminService {
         &self,
         request: Request<RebalanceRequest>,
     ) -> Result<Response<RebalanceResponse>, Status> {
-        let hops = forward_hops(&request);
+        let hops = &forward_hops(&request);
+        self.router
+            .authorize(&request, Operation::Alter, Resource::Cluster)?;
         let request = request.into_inner();
         if let Some(mut leader) = self.router.controller_leader(hops)? {
             return leader
@@ -241,7 +314,9 @@ impl Admin for AdminService {
             .controller
             .rebalance(limit)
             .await
-            .map_err(from_controller)?;
+            .map_err(from_controller);
+        self.audit(hops, "rebalance", "cluster".into(), &moves);
+        let moves = moves?;
         tracing::info!(moves, "rebalance proposed");
         Ok(Response::new(RebalanceResponse {
             moves: u32::try_from(moves).unwrap_or(u32::MAX),
@@ -252,13 +327,24 @@ impl Admin for AdminService {
         &self,
         request: Request<DecommissionBrokerRequest>,
     ) -> Result<Response<DecommissionBrokerResponse>, Status> {
+        let hops = &forward_hops(&request);
+        self.router
+            .authorize(&request, Operation::Alter, Resource::Cluster)?;
         let request = request.into_inner();
         tracing::info!(broker = request.id, "decommission broker");
-        self.router
+        let drained = self
+            .router
             .controller
             .decommission(request.id)
             .await
-            .map_err(from_controller)?;
+            .map_err(from_controller);
+        self.audit(
+            hops,
+            "decommission-broker",
+            format!("broker {}", request.id),
+            &drained,
+        );
+        drained?;
         Ok(Response::new(DecommissionBrokerResponse {}))
     }
 }

@@ -16,6 +16,9 @@ use weir_proto::v1::{
 use crate::fetch::ReadPath;
 use crate::metrics::BrokerMetrics;
 use crate::produce::WritePath;
+use weir_controller::security::Operation;
+
+use crate::auth::Resource;
 use crate::router::{Found, Listener, Router, forward_hops, forwarded, relayed, topic_info};
 
 /// The Broker service of one listener of a node.
@@ -109,7 +112,12 @@ impl Broker for BrokerService {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let hops = forward_hops(&request);
+        let hops = &forward_hops(&request);
+        self.router.authorize(
+            &request,
+            Operation::Read,
+            Resource::Topic(&request.get_ref().topic),
+        )?;
         Ok(Response::new(self.reads.subscribe_inner(request, hops)))
     }
 
@@ -117,7 +125,12 @@ impl Broker for BrokerService {
         &self,
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
-        let hops = forward_hops(&request);
+        let hops = &forward_hops(&request);
+        self.router.authorize(
+            &request,
+            Operation::Describe,
+            Resource::Topic(&request.get_ref().topic),
+        )?;
         let span = tracing::debug_span!(
             "list_offsets",
             topic = %request.get_ref().topic,
@@ -134,7 +147,11 @@ impl Broker for BrokerService {
         &self,
         request: Request<MetadataRequest>,
     ) -> Result<Response<MetadataResponse>, Status> {
-        let hops = forward_hops(&request);
+        let hops = &forward_hops(&request);
+        for name in &request.get_ref().topics {
+            self.router
+                .authorize(&request, Operation::Describe, Resource::Topic(name))?;
+        }
         let request = request.into_inner();
         if !self.router.controller.ready() {
             // Not an empty cluster: a node that has not loaded the metadata yet.
@@ -154,10 +171,18 @@ impl Broker for BrokerService {
         let metadata = self.router.controller.metadata();
         let mut topics = Vec::new();
         if request.topics.is_empty() {
+            // Only the topics the caller may describe.
             topics.extend(
                 metadata
                     .topics
                     .values()
+                    .filter(|t| {
+                        self.router.access.allows(
+                            &hops.caller,
+                            Operation::Describe,
+                            Resource::Topic(&t.name),
+                        )
+                    })
                     .map(|t| topic_info(&metadata, t, &self.router.partitions)),
             );
         } else {

@@ -19,7 +19,10 @@ use weir_proto::v1::{
 };
 
 use crate::metrics::BrokerMetrics;
-use crate::router::{Route, Router, forward_hops, forwarded, relayed};
+use weir_controller::security::Operation;
+
+use crate::auth::Resource;
+use crate::router::{Hops, Route, Router, forward_hops, forwarded, relayed};
 use crate::status::from_storage;
 
 /// Longest long poll of a fetch.
@@ -51,7 +54,7 @@ impl ReadPath {
         from: StartFrom,
         offset: u64,
         timestamp_ms: i64,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<u64, Status> {
         if from == StartFrom::Offset {
             return Ok(offset);
@@ -79,7 +82,12 @@ impl ReadPath {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<FetchResponse, Status> {
-        let hops = forward_hops(&request);
+        let hops = &forward_hops(&request);
+        self.router.authorize(
+            &request,
+            Operation::Read,
+            Resource::Topic(&request.get_ref().topic),
+        )?;
         let mut request = request.into_inner();
         let from = StartFrom::try_from(request.from).map_err(|_| {
             Status::invalid_argument(format!("unknown start position {}", request.from))
@@ -226,7 +234,7 @@ impl ReadPath {
     pub(crate) async fn list_offsets_inner(
         &self,
         request: Request<ListOffsetsRequest>,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<ListOffsetsResponse, Status> {
         let request = request.into_inner();
         let replica = match self
@@ -276,11 +284,12 @@ impl ReadPath {
     pub(crate) fn subscribe_inner(
         &self,
         request: Request<SubscribeRequest>,
-        hops: u32,
+        hops: &Hops,
     ) -> SubscribeResponse {
         let request = request.into_inner();
         let (sender, receiver) = mpsc::channel::<Result<FetchResponse, Status>>(2);
         let this = self.clone();
+        let hops = hops.clone();
         let span =
             tracing::info_span!("subscribe", topic = %request.topic, partition = request.partition);
         tokio::spawn(
@@ -296,7 +305,7 @@ impl ReadPath {
                             from,
                             request.offset,
                             request.timestamp_ms,
-                            hops,
+                            &hops,
                         )
                         .await
                     }

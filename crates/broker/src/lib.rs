@@ -20,6 +20,8 @@
 //! in a `tracing` span and is counted in the metrics.
 
 mod admin;
+mod audit;
+mod auth;
 mod broker;
 mod config;
 mod fetch;
@@ -29,6 +31,7 @@ mod node;
 pub mod pki;
 mod produce;
 mod router;
+mod security;
 mod status;
 mod tls;
 

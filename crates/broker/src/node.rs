@@ -28,12 +28,19 @@ use weir_proto::v1::groups_server::GroupsServer;
 use weir_raft::tls::NodeTls;
 use weir_raft::{GroupRegistry, LinkFaults, PeerNode, PeerService, PeerTransport};
 
+use tonic::service::interceptor::InterceptedService;
+
+use weir_proto::v1::security_server::SecurityServer;
+
 use crate::admin::AdminService;
+use crate::audit::{Audit, AuditEvent, AuditFile};
+use crate::auth::Access;
 use crate::broker::BrokerService;
 use crate::config::{ConfigError, NodeConfig};
 use crate::groups::{Coordinator, GroupService};
 use crate::metrics::BrokerMetrics;
 use crate::router::{Listener, Router};
+use crate::security::SecurityService;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +148,7 @@ impl Node {
             timing: config.timing(),
         };
         let tls_on = tls.is_some();
-        let peer_service = tonic::service::interceptor::InterceptedService::new(
+        let peer_service = InterceptedService::new(
             PeerServer::new(PeerService::new(Arc::clone(&registry)))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
@@ -162,10 +169,30 @@ impl Node {
         );
         let metrics = Arc::new(BrokerMetrics::default());
         let coordinator = Arc::new(Coordinator::default());
+        let audit = if config.security.enabled || config.security.audit_log.is_some() {
+            Audit::start(AuditFile {
+                path: config
+                    .security
+                    .audit_log
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("audit.log")),
+                max_bytes: config.security.audit_max_bytes,
+                keep: config.security.audit_files,
+            })
+        } else {
+            Audit::default()
+        };
+        let access = Access {
+            enabled: config.security.enabled,
+            super_users: Arc::new(config.security.super_users.clone()),
+            controller: Arc::clone(&controller),
+            audit: audit.clone(),
+        };
         let router = Router {
             controller: Arc::clone(&controller),
             partitions: Arc::clone(&partitions),
             transport: Arc::clone(&transport),
+            access,
         };
         let services = Services::new(
             &router,
@@ -208,6 +235,7 @@ impl Node {
                 router,
                 listener,
                 tls.clone(),
+                audit.clone(),
                 stopped.clone(),
                 Listener::External,
             )));
@@ -221,6 +249,7 @@ impl Node {
             router,
             listener,
             tls.clone(),
+            audit,
             stopped,
             Listener::Internal,
         )));
@@ -331,6 +360,7 @@ struct Services {
     broker: BrokerService,
     admin: AdminService,
     groups: GroupService,
+    security: SecurityService,
 }
 
 impl Services {
@@ -351,6 +381,9 @@ impl Services {
                 coordinator,
                 metrics: Arc::clone(metrics),
                 reads: broker.reads.clone(),
+            },
+            security: SecurityService {
+                router: router.clone(),
             },
             broker,
         }
@@ -379,23 +412,34 @@ where
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| NodeError::Reflection(e.to_string()))?;
+    // Every call of the client services is authenticated first (auth.rs); health and
+    // reflection need no credentials.
+    let access = services.broker.router.access.clone();
+    let authenticate = move |request: tonic::Request<()>| access.authenticate(request);
     let mut routes = tonic::service::Routes::builder();
     routes
-        .add_service(
+        .add_service(InterceptedService::new(
             BrokerServer::new(services.broker)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
             AdminServer::new(services.admin)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
             GroupsServer::new(services.groups)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            SecurityServer::new(services.security),
+            authenticate.clone(),
+        ))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -426,6 +470,7 @@ async fn serve(
     router: tonic::transport::server::Router,
     listener: TcpListener,
     tls: Option<Arc<NodeTls>>,
+    audit: Audit,
     mut stop: tokio::sync::watch::Receiver<bool>,
     which: Listener,
 ) {
@@ -444,7 +489,14 @@ async fn serve(
         }
         Some(tls) => {
             let on_failure: crate::tls::OnFailure = Arc::new(move |peer, reason| {
-                tracing::info!(%peer, reason, listener = ?which, "TLS handshake refused");
+                audit.record(AuditEvent {
+                    principal: None,
+                    peer: Some(peer),
+                    operation: "authenticate",
+                    resource: None,
+                    result: "denied",
+                    detail: Some(format!("TLS handshake failed: {reason}")),
+                });
             });
             let incoming = crate::tls::incoming(listener, tls, which, on_failure);
             router.serve_with_incoming_shutdown(incoming, stopped).await
@@ -468,6 +520,9 @@ async fn report_health(health: tonic_health::server::HealthReporter, controller:
     health.set_serving::<BrokerServer<BrokerService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
     health.set_serving::<GroupsServer<GroupService>>().await;
+    health
+        .set_serving::<SecurityServer<SecurityService>>()
+        .await;
     tracing::info!("serving: cluster metadata loaded");
 }
 

@@ -28,7 +28,10 @@ use weir_proto::v1::{
 use weir_raft::WaitFor;
 
 use crate::metrics::BrokerMetrics;
-use crate::router::{FORWARDED, Found, Router, forward_hops, forwarded, now_ms, relayed};
+use weir_controller::security::Operation;
+
+use crate::auth::Resource;
+use crate::router::{FORWARDED, Found, Hops, Router, forward_hops, forwarded, now_ms, relayed};
 use crate::status::{from_controller, from_group};
 
 /// Requests a ProduceStream may have queued per partition before it stops reading the stream.
@@ -52,7 +55,12 @@ impl WritePath {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<ProduceResponse, Status> {
-        let hops = forward_hops(&request);
+        let hops = &forward_hops(&request);
+        self.router.authorize(
+            &request,
+            Operation::Write,
+            Resource::Topic(&request.get_ref().topic),
+        )?;
         let request = request.into_inner();
         let acks = Acks::try_from(request.acks).map_err(|_| {
             Status::invalid_argument(format!("unknown acks value {}", request.acks))
@@ -103,7 +111,7 @@ impl WritePath {
         topic: &TopicRecord,
         request: ProduceRequest,
         acks: Acks,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<ProduceResponse, Status> {
         if !request.batch.is_empty() {
             return Err(Status::invalid_argument(
@@ -160,7 +168,7 @@ impl WritePath {
         partition: u32,
         request: ProduceRequest,
         acks: Acks,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<PartitionOffsets, Status> {
         Router::check_partition(topic, partition)?;
         let (batch, record_count) = produce_batch(&request, topic)?;
@@ -168,6 +176,7 @@ impl WritePath {
             // Checked; the write happens in the background, its outcome only logged.
             let this = self.clone();
             let topic = topic.clone();
+            let hops = hops.clone();
             let request = ProduceRequest {
                 acks: Acks::Leader as i32,
                 ..request
@@ -175,7 +184,7 @@ impl WritePath {
             tokio::spawn(
                 async move {
                     if let Err(status) = this
-                        .deliver(&topic, partition, request, batch, record_count, Acks::Leader, hops)
+                        .deliver(&topic, partition, request, batch, record_count, Acks::Leader, &hops)
                         .await
                     {
                         tracing::warn!(code = ?status.code(), message = status.message(), "acks=none write failed");
@@ -204,7 +213,7 @@ impl WritePath {
         batch: Bytes,
         record_count: u32,
         acks: Acks,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<PartitionOffsets, Status> {
         let replica = self
             .router
@@ -255,8 +264,11 @@ impl WritePath {
 
     pub(crate) async fn init_producer_inner(
         &self,
-        _request: Request<InitProducerRequest>,
+        request: Request<InitProducerRequest>,
     ) -> Result<Response<InitProducerResponse>, Status> {
+        self.router
+            .access
+            .may_write_somewhere(&crate::auth::Caller::of(&request))?;
         let producer_id = self
             .router
             .controller
@@ -302,7 +314,7 @@ impl WritePath {
                     let lane = (request.topic.clone(), request.partition);
                     let sender = lanes
                         .entry(lane)
-                        .or_insert_with(|| this.spawn_lane(hops, answers.clone()));
+                        .or_insert_with(|| this.spawn_lane(hops.clone(), answers.clone()));
                     if sender.send(request).await.is_err() {
                         break;
                     }
@@ -318,7 +330,7 @@ impl WritePath {
     /// A task writing the requests of one lane in order, answering each on `answers`.
     fn spawn_lane(
         &self,
-        hops: u32,
+        hops: Hops,
         answers: mpsc::Sender<Result<ProduceResponse, Status>>,
     ) -> mpsc::Sender<ProduceRequest> {
         let (lane, mut queue) = mpsc::channel::<ProduceRequest>(STREAM_QUEUE);
@@ -328,11 +340,13 @@ impl WritePath {
                 while let Some(request) = queue.recv().await {
                     let request_id = request.request_id;
                     let mut forwarded = Request::new(request);
-                    if hops > 0
-                        && let Ok(value) = hops.to_string().parse()
-                    {
-                        forwarded.metadata_mut().insert(FORWARDED, value);
+                    // As if it came alone: the stream's hop count and caller.
+                    if hops.count > 0 {
+                        forwarded
+                            .metadata_mut()
+                            .insert(FORWARDED, tonic::metadata::MetadataValue::from(hops.count));
                     }
+                    forwarded.extensions_mut().insert(hops.caller.clone());
                     let result = this.produce_inner(forwarded).await;
                     BrokerMetrics::count(&this.metrics.produce_requests, &result);
                     let answer = match result {

@@ -18,14 +18,17 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 use weir_controller::{Controller, Metadata, Partitions, TopicRecord};
-use weir_format::wire::MAX_MESSAGE_BYTES;
 pub(crate) use weir_format::wire::{FORWARDED_HEADER as FORWARDED, MAX_FORWARD_HOPS};
+use weir_format::wire::{MAX_MESSAGE_BYTES, PRINCIPAL_HEADER};
 use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::broker_client::BrokerClient;
 use weir_proto::v1::groups_client::GroupsClient;
 use weir_proto::v1::{PartitionInfo, TopicInfo};
 use weir_raft::{PeerError, PeerTransport};
 
+use weir_controller::security::Operation;
+
+use crate::auth::{Access, Caller, Resource};
 use crate::status::{from_controller, from_group};
 
 /// How long a leader may take to confirm its leadership for a read.
@@ -37,6 +40,8 @@ pub(crate) struct Router {
     pub(crate) controller: Arc<Controller>,
     pub(crate) partitions: Arc<Partitions>,
     pub(crate) transport: Arc<PeerTransport>,
+    /// Authentication and authorization.
+    pub(crate) access: Access,
 }
 
 /// A client of another node's public API.
@@ -81,12 +86,18 @@ pub(crate) fn relayed(status: Status) -> Status {
     }
 }
 
-/// `request` marked as forwarded once more than `hops` times.
-pub(crate) fn forwarded<T>(request: T, hops: u32) -> Request<T> {
+/// `request` marked as forwarded once more than `hops` times, naming the caller's principal.
+pub(crate) fn forwarded<T>(request: T, hops: &Hops) -> Request<T> {
     let mut request = Request::new(request);
-    request
-        .metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from(hops + 1));
+    request.metadata_mut().insert(
+        FORWARDED,
+        tonic::metadata::MetadataValue::from(hops.count + 1),
+    );
+    if let Some(principal) = hops.caller.forwarded_principal()
+        && let Ok(value) = principal.parse()
+    {
+        request.metadata_mut().insert(PRINCIPAL_HEADER, value);
+    }
     request
 }
 
@@ -113,13 +124,24 @@ pub(crate) enum Listener {
     External,
 }
 
-pub(crate) fn forward_hops<T>(request: &Request<T>) -> u32 {
-    request
-        .metadata()
-        .get(FORWARDED)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+/// How often a request was forwarded so far, and whose it is (passed on when it is forwarded
+/// again).
+#[derive(Debug, Clone)]
+pub(crate) struct Hops {
+    pub(crate) count: u32,
+    pub(crate) caller: Caller,
+}
+
+pub(crate) fn forward_hops<T>(request: &Request<T>) -> Hops {
+    Hops {
+        count: request
+            .metadata()
+            .get(FORWARDED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        caller: Caller::of(request),
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -169,11 +191,22 @@ pub(crate) fn topic_info(
 }
 
 impl Router {
+    /// Whether the caller of `request` may do `op` on `resource` (PERMISSION_DENIED naming all
+    /// three otherwise; see auth.rs).
+    pub(crate) fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        op: Operation,
+        resource: Resource<'_>,
+    ) -> Result<(), Status> {
+        self.access.authorize(&Caller::of(request), op, resource)
+    }
+
     /// Finds a topic. A node that has not loaded its metadata since it started answers
     /// UNAVAILABLE; a topic this node does not know is looked up on the controller leader (a
     /// linearizable read there, or the request is forwarded to it), so NOT_FOUND is never an
     /// artifact of a lagging replica.
-    pub(crate) async fn topic(&self, name: &str, hops: u32) -> Result<Found, Status> {
+    pub(crate) async fn topic(&self, name: &str, hops: &Hops) -> Result<Found, Status> {
         if !self.controller.ready() {
             return Err(crate::status::unavailable(
                 "this node is still loading the cluster metadata; retry shortly",
@@ -194,7 +227,7 @@ impl Router {
             };
         }
         match self.controller.leader_addr() {
-            Some(addr) if hops < MAX_FORWARD_HOPS => Ok(Found::AskController(addr)),
+            Some(addr) if hops.count < MAX_FORWARD_HOPS => Ok(Found::AskController(addr)),
             _ => Err(crate::status::unavailable(
                 "topic not known here and no controller leader to ask; retry shortly",
             )),
@@ -219,7 +252,7 @@ impl Router {
         &self,
         topic: &str,
         partition: u32,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<Route, Status> {
         let topic = match self.topic(topic, hops).await? {
             Found::Here(topic) => topic,
@@ -267,7 +300,7 @@ impl Router {
         &self,
         topic: &TopicRecord,
         partition: u32,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<BrokerClient<Channel>, Status> {
         let local = self
             .partitions
@@ -303,7 +336,7 @@ impl Router {
     pub(crate) fn leader_client(
         &self,
         replica: &weir_controller::PartitionReplica,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<BrokerClient<Channel>, Status> {
         let leader = replica
             .group
@@ -320,8 +353,8 @@ impl Router {
 
     /// A client of the node at `addr` for a request forwarded there (`hops` forwards so far);
     /// refuses past [`MAX_FORWARD_HOPS`], so a stale route cannot bounce a request around.
-    pub(crate) fn client<C: NodeClient>(&self, addr: &str, hops: u32) -> Result<C, Status> {
-        if hops >= MAX_FORWARD_HOPS {
+    pub(crate) fn client<C: NodeClient>(&self, addr: &str, hops: &Hops) -> Result<C, Status> {
+        if hops.count >= MAX_FORWARD_HOPS {
             return Err(crate::status::unavailable(
                 "the partition's leader or the group's coordinator moved while the request was forwarded; retry",
             ));
@@ -333,7 +366,7 @@ impl Router {
     pub(crate) fn broker_client(
         &self,
         addr: &str,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<BrokerClient<Channel>, Status> {
         self.client(addr, hops)
     }
@@ -342,7 +375,7 @@ impl Router {
     /// admin requests that must run there are forwarded.
     pub(crate) fn controller_leader(
         &self,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<Option<AdminClient<Channel>>, Status> {
         if self.controller.is_leader() {
             return Ok(None);
@@ -350,7 +383,7 @@ impl Router {
         let addr = self
             .controller
             .leader_addr()
-            .filter(|_| hops < MAX_FORWARD_HOPS)
+            .filter(|_| hops.count < MAX_FORWARD_HOPS)
             .ok_or_else(|| {
                 crate::status::unavailable("no controller leader known; retry shortly")
             })?;

@@ -33,15 +33,84 @@ pub(crate) struct LocalArgs {
     /// Once the cluster is up, run a short demo: create a topic, produce, consume and replay.
     #[arg(long)]
     demo: bool,
+    /// Encrypted and authenticated: a throwaway CA and certificates in DATA_DIR/certs (TLS for
+    /// clients, mutual TLS between nodes), security on with User:admin (certificate
+    /// client-admin.pem) as super user, and a user `demo` with a bearer token allowed every
+    /// topic and group; the token and the CA are printed.
+    #[arg(long)]
+    secure: bool,
+}
+
+/// What a client of a `--secure` cluster needs.
+struct SecureClient {
+    ca: PathBuf,
+    token: String,
+}
+
+/// Sets up the demo user of a secure cluster as the admin (by its client certificate): the user,
+/// ACLs for every topic and group, and a fresh token (also written to DATA_DIR/certs/demo.token).
+async fn secure_setup(brokers: &[String], certs: &std::path::Path) -> anyhow::Result<SecureClient> {
+    use weir_client::access::{Acl, AddAclRequest, CreateTokenRequest, UpsertUserRequest};
+    let ca = certs.join("ca.pem");
+    let admin = weir_client::Client::with_security(
+        brokers,
+        weir_client::Security {
+            tls: Some(weir_client::TlsOptions::from_files(
+                &ca,
+                Some(&certs.join("client-admin.pem")),
+                Some(&certs.join("client-admin.key")),
+            )?),
+            token: None,
+        },
+    )?;
+    let password = format!("{:032x}", rand::random::<u128>());
+    admin
+        .upsert_user(UpsertUserRequest {
+            name: "demo".into(),
+            password,
+            mechanisms: Vec::new(),
+        })
+        .await
+        .context("creating the demo user")?;
+    for resource in ["topic", "group"] {
+        admin
+            .add_acl(AddAclRequest {
+                acl: Some(Acl {
+                    principal: "User:demo".into(),
+                    resource: resource.into(),
+                    pattern: "literal".into(),
+                    name: "*".into(),
+                    operation: "all".into(),
+                    permission: "allow".into(),
+                }),
+            })
+            .await
+            .with_context(|| format!("allowing the demo user every {resource}"))?;
+    }
+    let token = admin
+        .create_token(CreateTokenRequest {
+            user: "demo".into(),
+            ttl_ms: 0,
+            description: "weir local --secure".into(),
+        })
+        .await
+        .context("creating the demo user's token")?
+        .token;
+    weir_broker::pki::write_pem(&certs.join("demo.token"), &format!("{token}\n"), true)?;
+    Ok(SecureClient { ca, token })
 }
 
 /// The demo: a replicated topic; ten records in (five stamped a minute ago, five now), all of them
 /// out; a replay from an offset and one from a time; a consumer group that reads and commits.
-async fn demo(brokers: &[String], replication_factor: u32) -> anyhow::Result<()> {
+async fn demo(
+    brokers: &[String],
+    replication_factor: u32,
+    security: weir_client::Security,
+) -> anyhow::Result<()> {
     use std::sync::Arc;
     use weir_client::{Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord};
 
-    let client = Arc::new(weir_client::Client::new(brokers)?);
+    let client = Arc::new(weir_client::Client::with_security(brokers, security)?);
     let topic = "weir-demo";
     // A rerun finds the topic from the run before: that is fine (the group then resumes).
     match client.create_topic(topic, 1, replication_factor).await {
@@ -204,6 +273,15 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let peers: Vec<String> = (1..=voters)
         .map(|id| format!("{id}@{}", addr(id)))
         .collect();
+    let certs = args.data_dir.join("certs");
+    if args.secure {
+        let hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        let nodes: Vec<(u64, Vec<String>)> = (1..=u64::from(args.nodes))
+            .map(|id| (id, hosts.clone()))
+            .collect();
+        weir_broker::pki::write_cluster(&certs, &nodes, &["admin".to_string()])
+            .with_context(|| format!("making certificates in {}", certs.display()))?;
+    }
     let spawn = |id: u32| -> anyhow::Result<Child> {
         let dir = args.data_dir.join(format!("node-{id}"));
         let log_path = args.data_dir.join(format!("node-{id}.log"));
@@ -213,6 +291,12 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         let mut command = Command::new(&exe);
+        // The nodes get their settings from these flags only, not from this shell's WEIR_*.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("WEIR_") {
+                command.env_remove(&key);
+            }
+        }
         command
             .arg("server")
             .arg("--id")
@@ -226,6 +310,18 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
+        if args.secure {
+            command
+                .arg("--tls-cert")
+                .arg(certs.join(format!("node-{id}.pem")))
+                .arg("--tls-key")
+                .arg(certs.join(format!("node-{id}.key")))
+                .arg("--tls-ca")
+                .arg(certs.join("ca.pem"))
+                .arg("--security-enabled")
+                .arg("--security-super-users")
+                .arg("User:admin");
+        }
         if id <= voters {
             command.arg("--peers").arg(peers.join(","));
         } else {
@@ -264,13 +360,37 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let brokers: Vec<String> = (1..=args.nodes).map(addr).collect();
     let weir = exe.display();
     println!("Ctrl-C stops the cluster; run the same command again to restart it on its data.");
+    let mut security = weir_client::Security::default();
+    let mut exports = vec![format!("  export WEIR_BROKERS={}", brokers.join(","))];
+    if args.secure {
+        match secure_setup(&brokers, &certs).await {
+            Ok(secure) => {
+                println!(
+                    "secure: TLS everywhere, mutual TLS between nodes; user demo may use every \
+                     topic and group with its token (also in {}); super user admin has the \
+                     certificate {}",
+                    certs.join("demo.token").display(),
+                    certs.join("client-admin.pem").display()
+                );
+                exports.push(format!("  export WEIR_TLS_CA={}", secure.ca.display()));
+                exports.push(format!("  export WEIR_TOKEN={}", secure.token));
+                security = weir_client::Security {
+                    tls: Some(weir_client::TlsOptions::from_files(&secure.ca, None, None)?),
+                    token: Some(secure.token),
+                };
+            }
+            Err(err) => eprintln!("secure setup failed: {err:#}"),
+        }
+    }
     if args.demo
-        && let Err(err) = demo(&brokers, args.nodes.min(3)).await
+        && let Err(err) = demo(&brokers, args.nodes.min(3), security).await
     {
         eprintln!("demo failed: {err:#}");
     }
     println!("try, in another terminal:");
-    println!("  export WEIR_BROKERS={}", brokers.join(","));
+    for line in &exports {
+        println!("{line}");
+    }
     println!(
         "  {weir} topic create demo --partitions 3 --replication-factor {}",
         args.nodes.min(3)

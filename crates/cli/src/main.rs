@@ -12,7 +12,9 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod access;
 mod bench;
+mod certs;
 mod cluster;
 mod consume;
 mod group;
@@ -220,6 +222,61 @@ enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
+    /// Users: create, delete, list; map client certificates to users.
+    User {
+        #[command(subcommand)]
+        command: access::UserCommand,
+        #[command(flatten)]
+        brokers: Brokers,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Bearer tokens: create (printed once), revoke, list.
+    Token {
+        #[command(subcommand)]
+        command: access::TokenCommand,
+        #[command(flatten)]
+        brokers: Brokers,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// ACLs: add, remove, list (deny wins over allow).
+    Acl {
+        #[command(subcommand)]
+        command: access::AclCommand,
+        #[command(flatten)]
+        brokers: Brokers,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Tenants: a topic and group name prefix and its principals.
+    Tenant {
+        #[command(subcommand)]
+        command: access::TenantCommand,
+        #[command(flatten)]
+        brokers: Brokers,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Quotas of users and tenants: rates (throttled) and hard limits.
+    Quota {
+        #[command(subcommand)]
+        command: access::QuotaCommand,
+        #[command(flatten)]
+        brokers: Brokers,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Who the cluster takes you for (principal, tenant, super user).
+    Whoami {
+        #[command(flatten)]
+        brokers: Brokers,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Make TLS certificates for a cluster: a CA (reused if DIR has one), node and client
+    /// certificates.
+    Certs(certs::CertsArgs),
     /// Produce records, one per line of standard input (or --file).
     Produce(produce::ProduceArgs),
     /// Read records, one value (or JSON object) per line on standard output.
@@ -287,6 +344,51 @@ fn main() -> ExitCode {
                 init_logging("warn");
                 cluster::run(command, brokers, output).await
             }
+            Command::User {
+                command,
+                brokers,
+                output,
+            } => {
+                init_logging("warn");
+                access::user(command, brokers, output).await
+            }
+            Command::Token {
+                command,
+                brokers,
+                output,
+            } => {
+                init_logging("warn");
+                access::token(command, brokers, output).await
+            }
+            Command::Acl {
+                command,
+                brokers,
+                output,
+            } => {
+                init_logging("warn");
+                access::acl(command, brokers, output).await
+            }
+            Command::Tenant {
+                command,
+                brokers,
+                output,
+            } => {
+                init_logging("warn");
+                access::tenant(command, brokers, output).await
+            }
+            Command::Quota {
+                command,
+                brokers,
+                output,
+            } => {
+                init_logging("warn");
+                access::quota(command, brokers, output).await
+            }
+            Command::Whoami { brokers, output } => {
+                init_logging("warn");
+                access::whoami(brokers, output).await
+            }
+            Command::Certs(args) => certs::run(args),
             Command::Produce(args) => {
                 init_logging("warn");
                 produce::run(args).await

@@ -98,7 +98,7 @@ impl Acks {
 
 /// Which node a request goes to.
 #[derive(Debug, Clone, Copy)]
-enum Route<'a> {
+pub(crate) enum Route<'a> {
     /// Any node.
     Any,
     /// The leader of a partition (any node while it is unknown).
@@ -367,13 +367,13 @@ impl Client {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         Instant::now() + self.retry_for
     }
 
     /// Runs `call` against the node `route` picks until it succeeds, fails for good, or
     /// `deadline` passes (see the module docs).
-    async fn call<T, F, Fut>(
+    pub(crate) async fn call<T, F, Fut>(
         &self,
         what: &str,
         route: Route<'_>,

@@ -52,6 +52,7 @@
 //! # Ok(()) }
 //! ```
 
+mod access_calls;
 mod accumulator;
 mod batch;
 mod client;
@@ -79,3 +80,14 @@ pub use weir_proto::v1::{
     HeartbeatRequest, HeartbeatResponse, ListOffsetsResponse, MetadataResponse, PartitionInfo,
     PartitionLag, PartitionOffset, ProduceResponse, TopicInfo, TopicPartitions,
 };
+/// The Security service's messages (users, tokens, ACLs, tenants, quotas).
+pub mod access {
+    pub use weir_proto::v1::{
+        Acl, AclFilter, AddAclRequest, CertificateMapping, CreateTokenRequest, CreateTokenResponse,
+        DeleteTenantRequest, DeleteUserRequest, ListAclsRequest, ListCertificateMappingsRequest,
+        ListQuotasRequest, ListTenantsRequest, ListTokensRequest, ListUsersRequest,
+        MapCertificateRequest, Quota, RemoveAclsRequest, RemoveQuotaRequest, RevokeTokenRequest,
+        SetQuotaRequest, Tenant, TokenInfo, UnmapCertificateRequest, UpsertTenantRequest,
+        UpsertUserRequest, UserInfo, WhoAmIRequest, WhoAmIResponse,
+    };
+}

@@ -45,6 +45,7 @@ pub enum Written {
 /// gRPC status codes (their numbers in the gRPC specification) that Weir answers with.
 pub mod code {
     pub const INVALID_ARGUMENT: i32 = 3;
+    pub const UNAUTHENTICATED: i32 = 16;
     pub const PERMISSION_DENIED: i32 = 7;
     pub const NOT_FOUND: i32 = 5;
     pub const ALREADY_EXISTS: i32 = 6;
@@ -57,12 +58,17 @@ pub mod code {
     pub const DATA_LOSS: i32 = 15;
 }
 
+/// The metadata key of a forwarded call's principal (`User:alice`): set by the node that
+/// authenticated the caller, believed only from a peer that proved a node certificate.
+pub const PRINCIPAL_HEADER: &str = "weir-principal";
+
 /// Every status code a Weir node answers with, what retrying can do and what a failed write
 /// tells about its records — the table at the top of `proto/weir/v1/weir.proto` (a test in
 /// `weir-broker` holds the two together). The server maps its errors into these codes; the Rust
 /// client decides its retries by this table.
 pub const ERROR_CONTRACT: &[(i32, Retry, Written)] = &[
     (code::INVALID_ARGUMENT, Retry::No, Written::No),
+    (code::UNAUTHENTICATED, Retry::No, Written::No),
     (code::PERMISSION_DENIED, Retry::No, Written::No),
     (code::NOT_FOUND, Retry::No, Written::No),
     (code::ALREADY_EXISTS, Retry::No, Written::Before),

@@ -47,7 +47,10 @@ use self::assignor::{LiveGroup, Member, TopicPartition};
 use self::offsets::{apply_offset_record, offset_key, offset_value};
 use crate::fetch::ReadPath;
 use crate::metrics::{BrokerMetrics, GroupMetrics, GroupSummaries};
-use crate::router::{Found, Router, forward_hops, forwarded, now_ms, relayed};
+use weir_controller::security::Operation;
+
+use crate::auth::Resource;
+use crate::router::{Found, Hops, Router, forward_hops, forwarded, now_ms, relayed};
 use crate::status::{from_controller, from_group, from_storage};
 
 /// Partitions of `__consumer_offsets` (fixed at its creation).
@@ -204,12 +207,12 @@ pub(crate) struct GroupService {
 }
 
 impl GroupService {
-    fn groups_client(&self, addr: &str, hops: u32) -> Result<GroupsClient<Channel>, Status> {
+    fn groups_client(&self, addr: &str, hops: &Hops) -> Result<GroupsClient<Channel>, Status> {
         self.router.client(addr, hops)
     }
 
     /// The coordinator of `group`: here, or the node to forward to.
-    async fn group_route(&self, group: &str, hops: u32) -> Result<GroupRoute, Status> {
+    async fn group_route(&self, group: &str, hops: &Hops) -> Result<GroupRoute, Status> {
         validate_group(group)?;
         let topic = self.offsets_topic().await?;
         let partition = partition_for_key(group.as_bytes(), topic.partitions.len() as u32);
@@ -233,7 +236,7 @@ impl GroupService {
         &self,
         topic: TopicRecord,
         partition: u32,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<GroupRoute, Status> {
         let replica = self
             .router
@@ -356,7 +359,7 @@ impl GroupService {
 
     /// The partition count of topic `name` (NOT_FOUND when unknown; UNAVAILABLE while only the
     /// controller knows it yet — the next request will find it here).
-    async fn partition_count(&self, name: &str, hops: u32) -> Result<u32, Status> {
+    async fn partition_count(&self, name: &str, hops: &Hops) -> Result<u32, Status> {
         match self.router.topic(name, hops).await? {
             Found::Here(topic) => Ok(topic.partitions.len() as u32),
             Found::AskController(_) => Err(crate::status::unavailable(format!(
@@ -369,7 +372,7 @@ impl GroupService {
     async fn partition_counts(
         &self,
         topics: impl IntoIterator<Item = &String>,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<BTreeMap<String, u32>, Status> {
         let mut counts = BTreeMap::new();
         for name in topics {
@@ -382,7 +385,7 @@ impl GroupService {
         &self,
         shard: &mut Shard,
         request: HeartbeatRequest,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<HeartbeatResponse, Status> {
         if request.topics.is_empty() {
             return Err(Status::invalid_argument(
@@ -464,7 +467,7 @@ impl GroupService {
         shard: &mut Shard,
         replica: &PartitionReplica,
         request: CommitOffsetsRequest,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<(), Status> {
         if request.offsets.is_empty() {
             return Err(Status::invalid_argument("no offsets to commit"));
@@ -517,7 +520,7 @@ impl GroupService {
         &self,
         shard: &mut Shard,
         request: &DescribeGroupRequest,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<DescribeGroupResponse, Status> {
         let now = Instant::now();
         shard.expire_all(now);
@@ -625,7 +628,7 @@ impl GroupService {
         &self,
         topic: TopicRecord,
         partition: u32,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<Vec<GroupSummary>, Status> {
         match self.shard_route(topic.clone(), partition, hops)? {
             GroupRoute::Forward(mut client) => Ok(client
@@ -656,7 +659,7 @@ impl GroupService {
     async fn reset_targets(
         &self,
         request: &ResetOffsetsRequest,
-        hops: u32,
+        hops: &Hops,
     ) -> Result<Vec<PartitionOffset>, Status> {
         let to = StartFrom::try_from(request.to)
             .map_err(|_| Status::invalid_argument(format!("unknown position {}", request.to)))?;
@@ -715,7 +718,7 @@ impl GroupService {
 /// request to the coordinator with `$method`.
 macro_rules! coordinated {
     ($self:ident, $request:ident, $method:ident, |$shard:ident, $replica:ident, $req:ident, $hops:ident| $here:expr) => {{
-        let $hops = forward_hops(&$request);
+        let $hops = &forward_hops(&$request);
         let $req = $request.into_inner();
         match $self.group_route(&$req.group, $hops).await? {
             GroupRoute::Forward(mut client) => client
@@ -744,6 +747,15 @@ impl Groups for GroupService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let span = tracing::debug_span!("heartbeat", group = %request.get_ref().group, member = %request.get_ref().member_id);
+        self.router.authorize(
+            &request,
+            Operation::Read,
+            Resource::Group(&request.get_ref().group),
+        )?;
+        for topic in &request.get_ref().topics {
+            self.router
+                .authorize(&request, Operation::Describe, Resource::Topic(topic))?;
+        }
         let result = async move {
             coordinated!(
                 self,
@@ -765,6 +777,11 @@ impl Groups for GroupService {
         request: Request<LeaveGroupRequest>,
     ) -> Result<Response<LeaveGroupResponse>, Status> {
         let span = tracing::info_span!("leave_group", group = %request.get_ref().group, member = %request.get_ref().member_id);
+        self.router.authorize(
+            &request,
+            Operation::Read,
+            Resource::Group(&request.get_ref().group),
+        )?;
         let result = async move {
             coordinated!(
                 self,
@@ -796,6 +813,15 @@ impl Groups for GroupService {
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
         let span = tracing::debug_span!("commit_offsets", group = %request.get_ref().group, member = %request.get_ref().member_id);
+        self.router.authorize(
+            &request,
+            Operation::Read,
+            Resource::Group(&request.get_ref().group),
+        )?;
+        for offset in &request.get_ref().offsets {
+            self.router
+                .authorize(&request, Operation::Read, Resource::Topic(&offset.topic))?;
+        }
         let result = async move {
             coordinated!(
                 self,
@@ -819,6 +845,11 @@ impl Groups for GroupService {
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
         let span = tracing::debug_span!("fetch_offsets", group = %request.get_ref().group);
+        self.router.authorize(
+            &request,
+            Operation::Describe,
+            Resource::Group(&request.get_ref().group),
+        )?;
         let result = async move {
             coordinated!(
                 self,
@@ -857,7 +888,7 @@ impl Groups for GroupService {
         &self,
         request: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
-        let hops = forward_hops(&request);
+        let hops = &forward_hops(&request);
         let request = request.into_inner();
         let result = async move {
             let topic = self.offsets_topic().await?;
@@ -876,7 +907,18 @@ impl Groups for GroupService {
                     .map(|p| self.list_groups_of(topic.clone(), p, hops)),
             )
             .await?;
-            let mut groups: Vec<GroupSummary> = lists.into_iter().flatten().collect();
+            // Only the groups the caller may describe.
+            let mut groups: Vec<GroupSummary> = lists
+                .into_iter()
+                .flatten()
+                .filter(|g| {
+                    self.router.access.allows(
+                        &hops.caller,
+                        Operation::Describe,
+                        Resource::Group(&g.group),
+                    )
+                })
+                .collect();
             groups.sort_by(|a, b| a.group.cmp(&b.group));
             Ok(Response::new(ListGroupsResponse { groups }))
         }
@@ -890,7 +932,12 @@ impl Groups for GroupService {
         &self,
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
-        let hops = forward_hops(&request);
+        let hops = &forward_hops(&request);
+        self.router.authorize(
+            &request,
+            Operation::Describe,
+            Resource::Group(&request.get_ref().group),
+        )?;
         let span = tracing::debug_span!("describe_group", group = %request.get_ref().group);
         let result = async move {
             let described = coordinated!(
@@ -931,7 +978,22 @@ impl Groups for GroupService {
         &self,
         request: Request<ResetOffsetsRequest>,
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
-        let hops = forward_hops(&request);
+        let hops = &forward_hops(&request);
+        self.router.authorize(
+            &request,
+            Operation::Read,
+            Resource::Group(&request.get_ref().group),
+        )?;
+        self.router.authorize(
+            &request,
+            Operation::Read,
+            Resource::Topic(&request.get_ref().topic),
+        )?;
+        let resource = format!(
+            "group {:?} topic {:?}",
+            request.get_ref().group,
+            request.get_ref().topic
+        );
         let span = tracing::info_span!("reset_offsets", group = %request.get_ref().group, topic = %request.get_ref().topic);
         let result = async move {
             validate_group(&request.get_ref().group)?;
@@ -958,6 +1020,10 @@ impl Groups for GroupService {
         .instrument(span)
         .await;
         self.metrics.count_group("reset_offsets", &result);
+        self.router
+            .access
+            .audit
+            .change(&hops.caller, "reset-offsets", resource, &result);
         result
     }
 }
