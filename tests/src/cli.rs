@@ -195,6 +195,11 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Where `weir local` keeps its data (and, with `--secure`, `certs/`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
     /// Node `i`'s address (i = 0, 1, 2).
     pub fn addr(&self, i: u16) -> String {
         format!("127.0.0.1:{}", self.base + i)
