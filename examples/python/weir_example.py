@@ -33,7 +33,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Optional, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -254,17 +254,37 @@ def read_partition(
         )
 
 
-def run(broker_addr: str, topic: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
+def connect(broker_addr: str, ca_file: Optional[str], token: Optional[str]) -> grpc.Channel:
+    """A channel to the node: plaintext, or TLS checked against the cluster's CA, with a bearer
+    token sent on every call (`authorization: Bearer <token>`) when one is given."""
     # Reconnect quickly while the node starts (gRPC's default backoff grows to two minutes).
-    channel = grpc.insecure_channel(
-        broker_addr,
-        options=[
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-        ],
-    )
+    options = [
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+    if ca_file is None:
+        if token is not None:
+            raise SystemExit("--token needs --ca: a token is sent only over TLS")
+        return grpc.insecure_channel(broker_addr, options=options)
+    with open(ca_file, "rb") as f:
+        credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+    if token is not None:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token)
+        )
+    return grpc.secure_channel(broker_addr, credentials, options=options)
+
+
+def run(
+    broker_addr: str,
+    topic: str,
+    timeout_s: float,
+    ca_file: Optional[str] = None,
+    token: Optional[str] = None,
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    channel = connect(broker_addr, ca_file, token)
     broker = rpc.BrokerStub(channel)
     admin = rpc.AdminStub(channel)
 
@@ -530,10 +550,20 @@ def main() -> int:
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for the node and leaders"
     )
+    parser.add_argument(
+        "--ca",
+        default=os.environ.get("WEIR_TLS_CA"),
+        help="the cluster's CA certificate (PEM): connect over TLS (default: $WEIR_TLS_CA)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("WEIR_TOKEN"),
+        help="a bearer token from `weir token create` (default: $WEIR_TOKEN); needs --ca",
+    )
     args = parser.parse_args()
     load_stubs(args.stubs)
     try:
-        run(args.broker, args.topic, args.timeout)
+        run(args.broker, args.topic, args.timeout, args.ca, args.token)
     except Mismatch as mismatch:
         print(f"MISMATCH: {mismatch}", file=sys.stderr)
         return 1

@@ -237,5 +237,85 @@ fn python_example_runs_against_any_node() -> anyhow::Result<()> {
         }
     }
     cluster.stop_all()?;
+
+    // 3. Over TLS with a bearer token (the cluster's CA and `weir token create`'s token), against
+    //    a secure cluster; without the token the same run is refused as UNAUTHENTICATED.
+    let mut secure = ProcessCluster::start_tls(
+        3,
+        &["--security-enabled", "--security-super-users", "User:admin"],
+    )?;
+    let ca = secure
+        .tls_dir()
+        .context("a TLS cluster")?
+        .join("ca.pem")
+        .display()
+        .to_string();
+    let token = tokio::runtime::Runtime::new()?.block_on(async {
+        use weir_client::access::{Acl, AddAclRequest, CreateTokenRequest, UpsertUserRequest};
+        let admin = secure.client(Some("admin"), None)?;
+        admin
+            .upsert_user(UpsertUserRequest {
+                name: "py".into(),
+                password: "py-secret".into(),
+                mechanisms: vec![],
+            })
+            .await?;
+        admin
+            .add_acl(AddAclRequest {
+                acl: Some(Acl {
+                    principal: "User:py".into(),
+                    resource: "topic".into(),
+                    pattern: "prefixed".into(),
+                    name: "python-example".into(),
+                    operation: "all".into(),
+                    permission: "allow".into(),
+                }),
+            })
+            .await?;
+        let token = admin
+            .create_token(CreateTokenRequest {
+                user: "py".into(),
+                ttl_ms: 0,
+                description: "python example".into(),
+            })
+            .await?
+            .token;
+        anyhow::Ok(token)
+    })?;
+    let addr = secure.addr(2);
+    let mut example = Command::new("bash");
+    example
+        .arg(&run_sh)
+        .arg("example")
+        .args(["--broker", &addr])
+        .args(["--topic", "python-example-secure"])
+        .args(["--timeout", "90"])
+        .args(["--ca", &ca])
+        .env("WEIR_TOKEN", &token);
+    with_env(&mut example);
+    let result = run(&mut example, EXAMPLE_TIMEOUT)?;
+    ensure!(
+        result.status.success() && result.stdout.contains("all checks passed"),
+        "the example over TLS with a token failed: {}\n{}",
+        result.describe(),
+        node_logs(&secure)
+    );
+    let mut anonymous = Command::new("bash");
+    anonymous
+        .arg(&run_sh)
+        .arg("example")
+        .args(["--broker", &addr])
+        .args(["--topic", "python-example-anonymous"])
+        .args(["--timeout", "30"])
+        .args(["--ca", &ca])
+        .env_remove("WEIR_TOKEN");
+    with_env(&mut anonymous);
+    let refused = run(&mut anonymous, EXAMPLE_TIMEOUT)?;
+    ensure!(
+        !refused.status.success() && refused.stderr.contains("UNAUTHENTICATED"),
+        "the example without a token was not refused as UNAUTHENTICATED: {}",
+        refused.describe()
+    );
+    secure.stop_all()?;
     Ok(())
 }
