@@ -46,7 +46,7 @@ fail() { echo "FAIL: $*"; failed=1; }
 
 echo "== yamllint $("$venv/bin/yamllint" --version | awk '{print $2}')"
 yamllint_files=("${manifests[@]}")
-[ "$#" -gt 0 ] || yamllint_files+=("$here/kustomization.yaml")
+[ "$#" -gt 0 ] || yamllint_files+=("$here/kustomization.yaml" "$here"/../kubernetes-tls/*.yaml)
 if "$venv/bin/yamllint" --strict -d '{extends: default, rules: {line-length: {max: 100}}}' \
     "${yamllint_files[@]}"; then
     echo "ok: ${yamllint_files[*]#"$root"/}"
@@ -226,6 +226,40 @@ PY
         fi
     else
         echo "skipped kubectl kustomize (no kubectl)"
+    fi
+    # The TLS variant (../kubernetes-tls): an overlay; rendered, it must pass the same schemas,
+    # and every $(VAR) in an env value must name a variable defined before it.
+    echo "== kubernetes-tls overlay"
+    if command -v kubectl >/dev/null 2>&1; then
+        tls_rendered="$root/target/k8s-tls-rendered.yaml"
+        if kubectl kustomize "$here/../kubernetes-tls" >"$tls_rendered" 2>&1; then
+            for version in $K8S_VERSIONS; do
+                "$venv/bin/kubernetes-validate" --strict -k "$version" "$tls_rendered" >/dev/null 2>&1 \
+                    || fail "kubernetes-tls against Kubernetes $version"
+            done
+            "$venv/bin/python" - "$tls_rendered" <<'PY' || fail "kubernetes-tls env order"
+import re, sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if not doc or doc.get("kind") != "StatefulSet":
+        continue
+    for c in doc["spec"]["template"]["spec"]["containers"]:
+        seen = set()
+        for e in c.get("env", []):
+            for var in re.findall(r"\$\((\w+)\)", str(e.get("value", ""))):
+                if var not in seen:
+                    print(f"  {e['name']} uses $({var}) before it is defined")
+                    sys.exit(1)
+            seen.add(e["name"])
+        mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+        assert "/etc/weir-tls" in mounts, "no /etc/weir-tls mount"
+print("ok: kubernetes-tls renders, validates, and its env refers back only")
+PY
+        else
+            cat "$tls_rendered"
+            fail "kubectl kustomize kubernetes-tls"
+        fi
+    else
+        echo "skipped (no kubectl); yamllint checked its files"
     fi
 else
     echo "skipped (manifests given on the command line)"

@@ -149,6 +149,8 @@ pub struct ComposeCluster {
     client_ports: Vec<u16>,
     /// Node id → metrics port published on 127.0.0.1.
     metrics_ports: Vec<u16>,
+    /// The TLS variant (`deploy/docker-compose.tls.yml`): the certificates' directory.
+    tls: Option<tempfile::TempDir>,
 }
 
 pub const NODES: u64 = 3;
@@ -157,7 +159,41 @@ impl ComposeCluster {
     /// Builds the image from the `weir` binary under test and starts the cluster (without
     /// waiting for it to be healthy: see [`ComposeCluster::wait_healthy`]).
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// [`ComposeCluster::start`] with the TLS variant: certificates for weir-1..3, localhost and
+    /// 127.0.0.1 (the published ports) and a client certificate `admin`, the super user.
+    pub fn start_tls() -> anyhow::Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> anyhow::Result<Self> {
         let compose = compose_command().context("docker compose is not installed")?;
+        let tls = if tls {
+            let dir = tempfile::tempdir()?;
+            let nodes: Vec<(u64, Vec<String>)> = (1..=NODES)
+                .map(|id| {
+                    (
+                        id,
+                        vec![format!("weir-{id}"), "localhost".into(), "127.0.0.1".into()],
+                    )
+                })
+                .collect();
+            weir_broker::pki::write_cluster(dir.path(), &nodes, &["admin".to_string()])?;
+            // The containers run as uid 65532 (deploy/tls-certs.sh does the same).
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+            for id in 1..=NODES {
+                std::fs::set_permissions(
+                    dir.path().join(format!("node-{id}.key")),
+                    std::fs::Permissions::from_mode(0o644),
+                )?;
+            }
+            Some(dir)
+        } else {
+            None
+        };
         let project = format!("weirtest{}", std::process::id());
         let image = format!("weir-test:{project}");
         // The nodes advertise their published ports, so those are chosen before the containers
@@ -173,6 +209,7 @@ impl ComposeCluster {
             image,
             client_ports: ports[..NODES as usize].to_vec(),
             metrics_ports: ports[NODES as usize..].to_vec(),
+            tls,
         };
         // From here on, Drop cleans up whatever was created.
         build_image(&cluster.image)?;
@@ -188,9 +225,14 @@ impl ComposeCluster {
             .arg("-p")
             .arg(&self.project)
             .arg("-f")
-            .arg(repo_root().join("deploy/docker-compose.yml"))
-            .args(args)
-            .env("WEIR_IMAGE", &self.image);
+            .arg(repo_root().join("deploy/docker-compose.yml"));
+        if let Some(dir) = &self.tls {
+            command
+                .arg("-f")
+                .arg(repo_root().join("deploy/docker-compose.tls.yml"))
+                .env("WEIR_CERTS", dir.path());
+        }
+        command.args(args).env("WEIR_IMAGE", &self.image);
         for (i, (client, metrics)) in self
             .client_ports
             .iter()
@@ -207,6 +249,24 @@ impl ComposeCluster {
     fn compose(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = run(&mut self.compose_cmd(args))?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Client settings: TLS with the cluster CA in the TLS variant (with the client certificate
+    /// of `user` if given), plaintext otherwise.
+    pub fn security(&self, user: Option<&str>) -> anyhow::Result<weir_client::Security> {
+        let Some(dir) = &self.tls else {
+            return Ok(weir_client::Security::default());
+        };
+        let cert = user.map(|u| dir.path().join(format!("client-{u}.pem")));
+        let key = user.map(|u| dir.path().join(format!("client-{u}.key")));
+        Ok(weir_client::Security {
+            tls: Some(weir_client::TlsOptions::from_files(
+                &dir.path().join("ca.pem"),
+                cert.as_deref(),
+                key.as_deref(),
+            )?),
+            token: None,
+        })
     }
 
     /// The client addresses (published on loopback) of every node.
@@ -294,7 +354,12 @@ impl ComposeCluster {
             let mut not_serving = Vec::new();
             for id in 1..=NODES {
                 let addr = self.broker(id);
-                let health = weir_client::check_health(&addr, Duration::from_secs(1)).await;
+                let health = weir_client::check_health_with(
+                    &addr,
+                    Duration::from_secs(1),
+                    &self.security(None)?,
+                )
+                .await;
                 if !matches!(health, Ok(weir_client::NodeHealth::Serving)) {
                     not_serving.push(format!("node {id} ({addr}): {health:?}"));
                 }

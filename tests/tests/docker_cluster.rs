@@ -534,3 +534,50 @@ fn replicas_of(status: &serde_json::Value, id: u64) -> u64 {
         .and_then(|b| b["replicas"].as_u64())
         .unwrap_or(0)
 }
+
+/// The TLS variant of the compose cluster (`deploy/docker-compose.tls.yml`, certificates mounted
+/// read-only): the nodes are healthy over TLS (their health check speaks TLS too), replicate
+/// over mutual TLS, serve the super user by its client certificate through the published ports,
+/// and refuse a client without credentials and a plaintext client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_compose_variant_serves_authenticated_clients_only() -> anyhow::Result<()> {
+    weir_tests::init_tracing();
+    if !available(
+        "the_tls_compose_variant_serves_authenticated_clients_only",
+        Needs::Compose,
+    )? {
+        return Ok(());
+    }
+    let cluster = ComposeCluster::start_tls()?;
+    cluster.wait_healthy(RECOVERY).await?;
+    let admin = Arc::new(Client::with_security(
+        &cluster.brokers(),
+        cluster.security(Some("admin"))?,
+    )?);
+    let who = admin
+        .who_am_i(weir_client::access::WhoAmIRequest {})
+        .await?;
+    ensure!(who.principal == "User:admin" && who.super_user, "{who:?}");
+    admin.create_topic("tls", 1, 3).await?;
+    let batch = {
+        let mut builder =
+            weir_format::batch::BatchBuilder::new(weir_format::batch::Compression::None);
+        builder.push(0, None, Some(b"sealed"), &[]);
+        builder.build().context("a batch")?
+    };
+    admin.produce_batch("tls", 0, batch).await?;
+    let fetched = admin.fetch("tls", 0, 0, 1 << 20).await?;
+    ensure!(fetched.records.len() == 1, "{fetched:?}");
+
+    let mut anonymous = Client::with_security(&cluster.brokers(), cluster.security(None)?)?;
+    anonymous.retry_for = Duration::from_secs(3);
+    let refused = anonymous.list_topics().await;
+    ensure!(
+        refused.as_ref().err().and_then(|e| e.code()) == Some(tonic::Code::Unauthenticated),
+        "{refused:?}"
+    );
+    let mut plain = Client::new(&cluster.brokers())?;
+    plain.retry_for = Duration::from_secs(3);
+    ensure!(plain.list_topics().await.is_err(), "plaintext was answered");
+    Ok(())
+}
