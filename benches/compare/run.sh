@@ -15,10 +15,12 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: benches/compare/run.sh [--json] [r3] [r1]
+usage: benches/compare/run.sh [--json] [r3] [r1] [tls]
   r3   3 nodes: JetStream stream with 3 replicas vs Weir replication factor 3, acks=all
   r1   1 node:  JetStream R1 on a single server vs `weir local --nodes 1`, replication factor 1
-  (default: both)
+  tls  Weir only, 3 nodes RF 3: plaintext, then `weir local --secure` (TLS to clients, mutual
+       TLS between nodes, token authentication, ACLs); the publish ratio TLS / plaintext
+  (default: r3 and r1)
 environment (defaults in brackets):
   DURATION [20]       measured seconds        WARMUP [5]         warm-up seconds, not measured
   MESSAGE_SIZE [1024] bytes per message       PRODUCERS [4]      publishers / producers
@@ -44,7 +46,7 @@ SCENARIOS=()
 for arg in "$@"; do
     case "$arg" in
         --json) JSON=1 ;;
-        r1 | r3) SCENARIOS+=("$arg") ;;
+        r1 | r3 | tls) SCENARIOS+=("$arg") ;;
         -h | --help) usage; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; usage >&2; exit 2 ;;
     esac
@@ -278,10 +280,47 @@ run_nats() { # scenario replicas nodes
 
 # ---------------------------------------------------------------------------------------------
 # Weir.
-weir_ready() { # brokers nodes: every node listed alive
+weir_ready() { # brokers nodes [client options...]: every node listed alive
     local alive
-    alive=$("$WEIR" cluster status --brokers "$1" --output json 2>/dev/null | grep -c '"alive": true') || true
+    alive=$("$WEIR" cluster status --brokers "$1" --output json "${@:3}" 2>/dev/null | grep -c '"alive": true') || true
     [ "${alive:-0}" -ge "$2" ]
+}
+
+run_weir_tls() { # like `run_weir tls-plain 3 3`, on `weir local --secure` as its demo user
+    local out=$RESULTS_DIR/weir-tls.json base brokers="" i dir=$WORK/weir-tls
+    base=$(free_ports 3)
+    for ((i = 0; i < 3; i++)); do brokers+="${brokers:+,}127.0.0.1:$((base + i))"; done
+    mkdir -p "$dir"
+    start_bg "$dir/local.log" "$WEIR" local --nodes 3 --secure --data-dir "$dir" --base-port "$base"
+    wait_for 90 "the secure cluster's demo token" test -s "$dir/certs/demo.token"
+    local tls=(--tls-ca "$dir/certs/ca.pem" --token "$(cat "$dir/certs/demo.token")")
+    wait_for 60 "weir TLS cluster at $brokers" weir_ready "$brokers" 3 "${tls[@]}"
+    log "Weir TLS: 3 nodes, TLS and mutual TLS, token authentication and ACLs; same workload as tls-plain"
+    local load_before extra
+    read -r -a extra <<<"$WEIR_BENCH_ARGS"
+    load_before=$(loadavg)
+    "$WEIR" bench --json --brokers "$brokers" "${tls[@]}" --topics 1 --partitions "$PARTITIONS" \
+        --replication-factor 3 --message-size "$MESSAGE_SIZE" --producers "$PRODUCERS" \
+        --consumers "$CONSUMERS" --rate "$RATE" --warmup "$WARMUP" --duration "$DURATION" \
+        --acks all --buffer-memory "$IN_FLIGHT_BYTES" ${extra[@]+"${extra[@]}"} >"$out" ||
+        { rm -f "$out"; die "the Weir TLS run failed"; }
+    LOADS+=("Weir tls: 1-min load average $load_before before, $(loadavg) after")
+    stop_all
+    rm -rf "$dir"
+}
+
+tls_summary() { # the publish rates of tls-plain and tls, and their ratio (target >= 0.85)
+    python3 - "$RESULTS_DIR/weir-tls-plain.json" "$RESULTS_DIR/weir-tls.json" "$1" <<'PY'
+import json, sys
+plain, tls = (json.load(open(p))["publish"]["mb_per_s"] for p in sys.argv[1:3])
+ratio = tls / plain if plain else 0.0
+if sys.argv[3] == "json":
+    print(json.dumps({"plaintext_mb_per_s": plain, "tls_mb_per_s": tls, "ratio": round(ratio, 3),
+                      "target": 0.85, "met": ratio >= 0.85}))
+else:
+    print(f"tls: Weir RF 3 publish {plain:.1f} MB/s plaintext, {tls:.1f} MB/s with TLS, mutual TLS "
+          f"and tokens: {ratio:.2f} of plaintext (target >= 0.85: {'met' if ratio >= 0.85 else 'NOT met'})")
+PY
 }
 
 run_weir() { # scenario replication_factor nodes
@@ -314,6 +353,9 @@ WORK=$(mktemp -d "$WORK_DIR_PARENT/weir-compare.XXXXXX")
 FS_TYPE=$(df -PT "$WORK" | awk 'NR == 2 { print $2 }')
 [ "$FS_TYPE" = tmpfs ] && log "warning: $WORK is on tmpfs: fsync costs nothing there; set WORK_DIR_PARENT to a disk"
 
+NEEDS_NATS=0
+for scenario in "${SCENARIOS[@]}"; do [ "$scenario" = tls ] || NEEDS_NATS=1; done
+[ "$NEEDS_NATS" = 0 ] && SYSTEMS=weir
 has_system nats && install_nats_server
 build
 NATS_VERSION=$( (nats-server --version 2>/dev/null || echo '?') | sed 's/^nats-server: v\{0,1\}//')
@@ -323,6 +365,7 @@ for scenario in "${SCENARIOS[@]}"; do
     case "$scenario" in
         r3) if has_system nats; then run_nats r3 3 3; fi; if has_system weir; then run_weir r3 3 3; fi ;;
         r1) if has_system nats; then run_nats r1 1 1; fi; if has_system weir; then run_weir r1 1 1; fi ;;
+        tls) run_weir tls-plain 3 3; run_weir_tls ;;
     esac
 done
 
@@ -353,8 +396,12 @@ if [ "$JSON" = 1 ]; then
         sep=""
         for scenario in "${SCENARIOS[@]}"; do
             printf '%s"%s":' "$sep" "$scenario"
-            "$NATS_BENCH" summary --json --label "$scenario" \
-                --weir "$RESULTS_DIR/weir-$scenario.json" --nats "$RESULTS_DIR/nats-$scenario.json" | tr -d '\n'
+            if [ "$scenario" = tls ]; then
+                tls_summary json | tr -d '\n'
+            else
+                "$NATS_BENCH" summary --json --label "$scenario" \
+                    --weir "$RESULTS_DIR/weir-$scenario.json" --nats "$RESULTS_DIR/nats-$scenario.json" | tr -d '\n'
+            fi
             sep=","
         done
         printf '},"load_average":['
@@ -374,6 +421,7 @@ else
             case "$scenario" in
                 r3) label="r3: 3 nodes, 3 replicas (JetStream R3, Weir RF 3 acks=all)" ;;
                 r1) label="r1: 1 node (JetStream R1 single server, Weir RF 1)" ;;
+                tls) tls_summary text; continue ;;
             esac
             "$NATS_BENCH" summary --label "$label" \
                 --weir "$RESULTS_DIR/weir-$scenario.json" --nats "$RESULTS_DIR/nats-$scenario.json"
