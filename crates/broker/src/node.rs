@@ -449,7 +449,7 @@ where
 /// Peer RPCs (Raft traffic) with TLS on: only from a caller that proved a node certificate.
 fn nodes_only(
     tls_on: bool,
-    request: tonic::Request<()>,
+    mut request: tonic::Request<()>,
 ) -> Result<tonic::Request<()>, tonic::Status> {
     if !tls_on {
         return Ok(request);
@@ -458,7 +458,13 @@ fn nodes_only(
         .peer_certs()
         .and_then(|certs| certs.first().and_then(weir_raft::tls::node_id_of));
     match node {
-        Some(_) => Ok(request),
+        Some(node) => {
+            // The peer service checks that Raft messages claim only this node.
+            request
+                .extensions_mut()
+                .insert(weir_raft::tls::PeerIdentity(node));
+            Ok(request)
+        }
         None => Err(tonic::Status::permission_denied(
             "peer RPCs are for nodes: the caller presented no node certificate",
         )),

@@ -1,6 +1,10 @@
 //! The server side of the peer transport: decodes requests, finds the group in the node's
 //! [`GroupRegistry`] and hands the request to its openraft node. A request for a group this node
 //! does not run (yet) is answered NOT_FOUND, which the sender treats as unreachable and retries.
+//!
+//! With TLS, the node's server puts the caller's proven node id ([`PeerIdentity`], from its node
+//! certificate) on each request; a vote, append or snapshot that claims to come from another
+//! node is refused (PERMISSION_DENIED): a node certificate speaks only for its own node.
 
 use std::sync::Arc;
 
@@ -15,7 +19,21 @@ use crate::entry::batch_to_entry;
 use crate::group::{GroupHandle, GroupRegistry};
 use crate::log_store::LogBoundary;
 use crate::network::{AppendHeader, SnapshotRequest, decode, encode};
+use crate::tls::PeerIdentity;
 use crate::types::{NodeId, SnapshotData, TypeConfig};
+
+/// Refuses a message whose vote names a node other than the one the caller proved to be.
+fn check_sender<T>(request: &Request<T>, vote: &openraft::Vote<NodeId>) -> Result<(), Status> {
+    let Some(PeerIdentity(proven)) = request.extensions().get::<PeerIdentity>() else {
+        return Ok(());
+    };
+    match vote.leader_id().voted_for() {
+        Some(claimed) if claimed != *proven => Err(Status::permission_denied(format!(
+            "the caller's certificate names node {proven}, but the message claims node {claimed}"
+        ))),
+        _ => Ok(()),
+    }
+}
 
 /// The `weir.peer.v1.Peer` service of one node.
 #[derive(Debug, Clone)]
@@ -50,10 +68,11 @@ impl Peer for PeerService {
         &self,
         request: Request<WireAppend>,
     ) -> Result<Response<RaftReply>, Status> {
+        let (vote, prev_log_id, leader_commit): AppendHeader =
+            decode(&request.get_ref().header).map_err(bad)?;
+        check_sender(&request, &vote)?;
         let request = request.into_inner();
         let group = self.group(&request.group)?;
-        let (vote, prev_log_id, leader_commit): AppendHeader =
-            decode(&request.header).map_err(bad)?;
         let entries = request
             .entries
             .into_iter()
@@ -72,9 +91,10 @@ impl Peer for PeerService {
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let rpc: VoteRequest<NodeId> = decode(&request.get_ref().body).map_err(bad)?;
+        check_sender(&request, &rpc.vote)?;
         let request = request.into_inner();
         let group = self.group(&request.group)?;
-        let rpc: VoteRequest<NodeId> = decode(&request.body).map_err(bad)?;
         reply(&group.raft.vote(rpc).await)
     }
 
@@ -88,9 +108,10 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
+        let (vote, meta, data): SnapshotRequest = decode(&request.get_ref().body).map_err(bad)?;
+        check_sender(&request, &vote)?;
         let request = request.into_inner();
         let group = self.group(&request.group)?;
-        let (vote, meta, data): SnapshotRequest = decode(&request.body).map_err(bad)?;
         if let Some(last) = meta.last_log_id {
             let boundary: crate::state_machine::SnapshotBoundary =
                 crate::state_machine::snapshot_boundary(&data).map_err(bad)?;
@@ -105,5 +126,41 @@ impl Peer for PeerService {
             snapshot: Box::new(SnapshotData(data)),
         };
         reply(&group.raft.install_full_snapshot(vote, snapshot).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vote_request(candidate: NodeId) -> Result<Request<RaftRequest>, Box<dyn std::error::Error>> {
+        let rpc = VoteRequest::<NodeId> {
+            vote: openraft::Vote::new(3, candidate),
+            last_log_id: None,
+        };
+        Ok(Request::new(RaftRequest {
+            group: "g".into(),
+            body: encode(&rpc)?,
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_node_certificate_speaks_only_for_its_node() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let service = PeerService::new(GroupRegistry::new());
+        // Node 2's certificate, a vote for node 3: refused before anything else.
+        let mut forged = vote_request(3)?;
+        forged.extensions_mut().insert(PeerIdentity(2));
+        let refused = service.vote(forged).await.err().map(|s| s.code());
+        assert_eq!(refused, Some(tonic::Code::PermissionDenied));
+        // Its own vote passes the check (and finds no group here).
+        let mut own = vote_request(2)?;
+        own.extensions_mut().insert(PeerIdentity(2));
+        let answer = service.vote(own).await.err().map(|s| s.code());
+        assert_eq!(answer, Some(tonic::Code::NotFound));
+        // Without TLS there is no proven identity to check.
+        let plain = service.vote(vote_request(3)?).await.err().map(|s| s.code());
+        assert_eq!(plain, Some(tonic::Code::NotFound));
+        Ok(())
     }
 }

@@ -29,6 +29,11 @@ use crate::types::NodeId;
 /// The URI SAN prefix of a node certificate: `weir://node/7` is node 7.
 pub const NODE_URI_PREFIX: &str = "weir://node/";
 
+/// The node id a peer proved with its node certificate (a request extension set by the
+/// node's server; see `service.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerIdentity(pub NodeId);
+
 /// Whether clients (not nodes) must present a certificate on a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ClientAuth {
