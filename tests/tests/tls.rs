@@ -192,3 +192,21 @@ async fn certificates_reload_without_a_restart() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_client_certificates_refuse_clients_without_one() -> anyhow::Result<()> {
+    let cluster = ProcessCluster::start_tls(1, &["--tls-client-auth", "required"])?;
+    cluster.wait_serving(1, WAIT).await?;
+    // With a certificate of the cluster CA: served.
+    cluster.client(Some("alice"), None)?.metadata(&[]).await?;
+    // Trusting the CA but without a certificate: refused, saying why.
+    let refused = impatient(&cluster.brokers(), cluster.security(None, None)?)?
+        .metadata(&[])
+        .await;
+    assert!(
+        matches!(&refused, Err(e) if e.code() == Some(tonic::Code::Unauthenticated)
+            && e.to_string().contains("requires a client certificate")),
+        "{refused:?}"
+    );
+    Ok(())
+}

@@ -81,6 +81,8 @@ impl Caller {
 /// Authentication and authorization of one node.
 #[derive(Debug, Clone)]
 pub(crate) struct Access {
+    /// `tls.client_auth = "required"`: a call without a client certificate is refused.
+    pub(crate) client_cert_required: bool,
     pub(crate) enabled: bool,
     pub(crate) super_users: Arc<Vec<String>>,
     pub(crate) controller: Arc<Controller>,
@@ -123,6 +125,18 @@ impl Access {
     /// extensions; refuses a call without a usable identity.
     pub(crate) fn authenticate(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let peer = request.remote_addr();
+        if self.client_cert_required && request.peer_certs().is_none_or(|certs| certs.is_empty()) {
+            let reason = "this cluster requires a client certificate (tls.client_auth = required)";
+            self.audit.record(AuditEvent {
+                principal: None,
+                peer,
+                operation: "authenticate",
+                resource: None,
+                result: "denied",
+                detail: Some(reason.into()),
+            });
+            return Err(Status::unauthenticated(reason));
+        }
         let principal = if self.enabled {
             match self.principal_of(&request) {
                 Ok(principal) => principal,

@@ -414,11 +414,9 @@ impl TlsSettings {
         })
     }
 
-    pub fn client_auth(&self) -> weir_raft::tls::ClientAuth {
-        match self.client_auth.as_str() {
-            "required" => weir_raft::tls::ClientAuth::Required,
-            _ => weir_raft::tls::ClientAuth::Optional,
-        }
+    /// Whether every client must present a certificate (`client_auth = "required"`).
+    pub fn client_cert_required(&self) -> bool {
+        self.files().is_some() && self.client_auth == "required"
     }
 }
 

@@ -128,7 +128,7 @@ impl Node {
         };
         let external_addr = external_listener.as_ref().and_then(|l| l.local_addr().ok());
         let tls = match config.tls.files() {
-            Some(files) => Some(NodeTls::load(files, config.id, config.tls.client_auth())?),
+            Some(files) => Some(NodeTls::load(files, config.id)?),
             None => None,
         };
         let transport = PeerTransport::with_tls(config.id, faults, tls.clone());
@@ -183,6 +183,7 @@ impl Node {
             Audit::default()
         };
         let access = Access {
+            client_cert_required: config.tls.client_cert_required(),
             enabled: config.security.enabled,
             super_users: Arc::new(config.security.super_users.clone()),
             controller: Arc::clone(&controller),

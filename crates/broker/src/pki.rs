@@ -270,8 +270,8 @@ mod tests {
         let client = weir_raft::tls::load_certs(&dir.path().join("client-alice.pem"))?;
         assert_eq!(weir_raft::tls::node_id_of(&client[0]), None);
         // The material loads for node 3 and not as any other node.
-        weir_raft::tls::NodeTls::load(files.clone(), 3, weir_raft::tls::ClientAuth::Optional)?;
-        let wrong = weir_raft::tls::NodeTls::load(files, 4, weir_raft::tls::ClientAuth::Optional);
+        weir_raft::tls::NodeTls::load(files.clone(), 3)?;
+        let wrong = weir_raft::tls::NodeTls::load(files, 4);
         assert!(
             matches!(
                 wrong,

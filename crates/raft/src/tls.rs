@@ -34,16 +34,6 @@ pub const NODE_URI_PREFIX: &str = "weir://node/";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerIdentity(pub NodeId);
 
-/// Whether clients (not nodes) must present a certificate on a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ClientAuth {
-    /// Clients may present one (it then identifies them); nodes always do.
-    #[default]
-    Optional,
-    /// Every connection must present a certificate signed by the cluster CA.
-    Required,
-}
-
 /// Where a node's TLS material lives (PEM files).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -93,7 +83,6 @@ struct Loaded {
 pub struct NodeTls {
     files: TlsFiles,
     node_id: NodeId,
-    client_auth: ClientAuth,
     current: RwLock<Arc<Loaded>>,
     /// Modification time and length of each file when last loaded.
     stamps: Mutex<Vec<Option<(SystemTime, u64)>>>,
@@ -166,17 +155,12 @@ pub fn node_id_of(cert: &CertificateDer<'_>) -> Option<NodeId> {
 impl NodeTls {
     /// Loads the material of node `node_id`; fails when a file is missing or unusable, or the
     /// certificate is not this node's.
-    pub fn load(
-        files: TlsFiles,
-        node_id: NodeId,
-        client_auth: ClientAuth,
-    ) -> Result<Arc<Self>, TlsError> {
-        let loaded = build(&files, node_id, client_auth)?;
+    pub fn load(files: TlsFiles, node_id: NodeId) -> Result<Arc<Self>, TlsError> {
+        let loaded = build(&files, node_id)?;
         let stamps = stamps(&files);
         Ok(Arc::new(Self {
             files,
             node_id,
-            client_auth,
             current: RwLock::new(Arc::new(loaded)),
             stamps: Mutex::new(stamps),
         }))
@@ -195,7 +179,10 @@ impl NodeTls {
         )
     }
 
-    /// The server side of every listener (ALPN h2; client certificates as `client_auth` says).
+    /// The server side of every listener (ALPN h2). A client certificate is optional here but, when
+    /// presented, must be the CA's; whether one is required is the listener's decision after the
+    /// handshake (so that a client without one gets an answer saying so, not a dropped
+    /// connection).
     pub fn server_config(&self) -> Arc<ServerConfig> {
         Arc::clone(&self.current().server)
     }
@@ -218,7 +205,7 @@ impl NodeTls {
                 return Ok(false);
             }
         }
-        let loaded = build(&self.files, self.node_id, self.client_auth)?;
+        let loaded = build(&self.files, self.node_id)?;
         *self
             .current
             .write()
@@ -259,7 +246,7 @@ fn stamps(files: &TlsFiles) -> Vec<Option<(SystemTime, u64)>> {
         .collect()
 }
 
-fn build(files: &TlsFiles, node_id: NodeId, client_auth: ClientAuth) -> Result<Loaded, TlsError> {
+fn build(files: &TlsFiles, node_id: NodeId) -> Result<Loaded, TlsError> {
     let certs = load_certs(&files.cert)?;
     let found = certs.first().and_then(node_id_of);
     if found != Some(node_id) {
@@ -272,13 +259,10 @@ fn build(files: &TlsFiles, node_id: NodeId, client_auth: ClientAuth) -> Result<L
     let key = load_key(&files.key)?;
     let roots = Arc::new(load_roots(&files.ca)?);
 
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), provider());
-    let verifier = match client_auth {
-        ClientAuth::Optional => verifier.allow_unauthenticated(),
-        ClientAuth::Required => verifier,
-    }
-    .build()
-    .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut server = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
