@@ -470,3 +470,31 @@ fn weir_certs_makes_a_cluster_pki_and_names_bad_input() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A Ctrl-C or SIGTERM while `weir local` is still setting up (certificates, the demo) stops its
+/// nodes too: none is left running.
+#[test]
+fn stopping_weir_local_during_its_set_up_stops_its_nodes() -> anyhow::Result<()> {
+    let mut local = LocalCluster::start_with(&["--secure", "--demo"])?;
+    weir_tests::eventually_blocking(Duration::from_secs(60), "node 1 to listen", || {
+        std::net::TcpStream::connect(local.addr(0))?;
+        Ok(())
+    })?;
+    // The demo and the secure set-up take several seconds: this lands in the middle.
+    local.stop()?;
+    for i in 0..3 {
+        let addr = local.addr(i);
+        weir_tests::eventually_blocking(
+            Duration::from_secs(30),
+            &format!("node {} at {addr} to stop", i + 1),
+            || {
+                ensure!(
+                    std::net::TcpStream::connect(&addr).is_err(),
+                    "{addr} still accepts connections"
+                );
+                Ok(())
+            },
+        )?;
+    }
+    Ok(())
+}

@@ -13,7 +13,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
-use crate::server::stop_signal;
 use crate::table::Table;
 
 #[derive(Debug, clap::Args)]
@@ -45,6 +44,8 @@ pub(crate) struct LocalArgs {
 struct SecureClient {
     ca: PathBuf,
     token: String,
+    /// The demo user's client settings.
+    security: weir_client::Security,
 }
 
 /// Sets up the demo user of a secure cluster as the admin (by its client certificate): the user,
@@ -97,7 +98,15 @@ async fn secure_setup(brokers: &[String], certs: &std::path::Path) -> anyhow::Re
         .context("creating the demo user's token")?
         .token;
     weir_broker::pki::write_pem(&certs.join("demo.token"), &format!("{token}\n"), true)?;
-    Ok(SecureClient { ca, token })
+    let security = weir_client::Security {
+        tls: Some(weir_client::TlsOptions::from_files(&ca, None, None)?),
+        token: Some(token.clone()),
+    };
+    Ok(SecureClient {
+        ca,
+        token,
+        security,
+    })
 }
 
 /// The demo: a replicated topic; ten records in (five stamped a minute ago, five now), all of them
@@ -233,6 +242,29 @@ async fn demo(
     Ok(())
 }
 
+/// SIGINT and SIGTERM, listened to from the moment they are installed.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
 struct Running {
     id: u32,
     child: Child,
@@ -261,6 +293,9 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
     }
     weir_broker::parse_durability(&args.durability)
         .map_err(|err| anyhow::anyhow!("--durability {err}"))?;
+    // Installed before any node starts: a Ctrl-C or SIGTERM during the set-up or the demo stops
+    // the nodes too, instead of killing this process and leaving them running.
+    let mut signals = Signals::install()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let exe = std::env::current_exe().context("finding the weir binary")?;
@@ -360,86 +395,95 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let brokers: Vec<String> = (1..=args.nodes).map(addr).collect();
     let weir = exe.display();
     println!("Ctrl-C stops the cluster; run the same command again to restart it on its data.");
-    let mut security = weir_client::Security::default();
-    let mut exports = vec![format!("  export WEIR_BROKERS={}", brokers.join(","))];
-    if args.secure {
-        match secure_setup(&brokers, &certs).await {
-            Ok(secure) => {
-                println!(
-                    "secure: TLS everywhere, mutual TLS between nodes; user demo may use every \
+    let setup = async {
+        let mut security = weir_client::Security::default();
+        let mut exports = vec![format!("  export WEIR_BROKERS={}", brokers.join(","))];
+        if args.secure {
+            match secure_setup(&brokers, &certs).await {
+                Ok(secure) => {
+                    println!(
+                        "secure: TLS everywhere, mutual TLS between nodes; user demo may use every \
                      topic and group with its token (also in {}); super user admin has the \
                      certificate {}",
-                    certs.join("demo.token").display(),
-                    certs.join("client-admin.pem").display()
-                );
-                exports.push(format!("  export WEIR_TLS_CA={}", secure.ca.display()));
-                exports.push(format!("  export WEIR_TOKEN={}", secure.token));
-                security = weir_client::Security {
-                    tls: Some(weir_client::TlsOptions::from_files(&secure.ca, None, None)?),
-                    token: Some(secure.token),
-                };
+                        certs.join("demo.token").display(),
+                        certs.join("client-admin.pem").display()
+                    );
+                    exports.push(format!("  export WEIR_TLS_CA={}", secure.ca.display()));
+                    exports.push(format!("  export WEIR_TOKEN={}", secure.token));
+                    security = secure.security;
+                }
+                Err(err) => eprintln!("secure setup failed: {err:#}"),
             }
-            Err(err) => eprintln!("secure setup failed: {err:#}"),
         }
-    }
-    if args.demo
-        && let Err(err) = demo(&brokers, args.nodes.min(3), security).await
-    {
-        eprintln!("demo failed: {err:#}");
-    }
-    println!("try, in another terminal:");
-    for line in &exports {
-        println!("{line}");
-    }
-    println!(
-        "  {weir} topic create demo --partitions 3 --replication-factor {}",
-        args.nodes.min(3)
-    );
-    println!("  seq 1 10 | {weir} produce demo");
-    println!("  printf 'alice:1\\nbob:2\\n' | {weir} produce demo --separator : --header src=cli");
-    println!("  {weir} consume demo --from earliest --output json");
-    println!("  {weir} consume demo --group readers --from earliest   # again: resumes");
-    println!("  {weir} consume weir-demo --from @$(date -u -d '-5 min' +%FT%TZ)");
-    println!("  {weir} group describe readers");
-    println!("  {weir} cluster status");
+        if args.demo
+            && let Err(err) = demo(&brokers, args.nodes.min(3), security).await
+        {
+            eprintln!("demo failed: {err:#}");
+        }
+        println!("try, in another terminal:");
+        for line in &exports {
+            println!("{line}");
+        }
+        println!(
+            "  {weir} topic create demo --partitions 3 --replication-factor {}",
+            args.nodes.min(3)
+        );
+        println!("  seq 1 10 | {weir} produce demo");
+        println!(
+            "  printf 'alice:1\\nbob:2\\n' | {weir} produce demo --separator : --header src=cli"
+        );
+        println!("  {weir} consume demo --from earliest --output json");
+        println!("  {weir} consume demo --group readers --from earliest   # again: resumes");
+        println!("  {weir} consume weir-demo --from @$(date -u -d '-5 min' +%FT%TZ)");
+        println!("  {weir} group describe readers");
+        println!("  {weir} cluster status");
+    };
+    let stopped_early = tokio::select! {
+        () = setup => false,
+        () = signals.recv() => true,
+    };
 
     // A node that dies (a crash, or `kill -9` to try failover) is restarted on its data after a
     // second; one that keeps dying (5 times in a minute) stops the cluster.
-    let supervise = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            for running in children.iter_mut() {
-                let Ok(Some(status)) = running.child.try_wait() else {
-                    continue;
-                };
-                let log = args.data_dir.join(format!("node-{}.log", running.id));
-                running
-                    .restarts
-                    .retain(|at| at.elapsed() < Duration::from_secs(60));
-                if running.restarts.len() >= 5 {
-                    return Err::<(), _>(anyhow::anyhow!(
-                        "node {} keeps exiting ({status}); see {}",
+    let outcome = if stopped_early {
+        None
+    } else {
+        let supervise = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                for running in children.iter_mut() {
+                    let Ok(Some(status)) = running.child.try_wait() else {
+                        continue;
+                    };
+                    let log = args.data_dir.join(format!("node-{}.log", running.id));
+                    running
+                        .restarts
+                        .retain(|at| at.elapsed() < Duration::from_secs(60));
+                    if running.restarts.len() >= 5 {
+                        return Err::<(), _>(anyhow::anyhow!(
+                            "node {} keeps exiting ({status}); see {}",
+                            running.id,
+                            log.display()
+                        ));
+                    }
+                    eprintln!(
+                        "node {} exited ({status}); restarting it in 1 s (log: {})",
                         running.id,
                         log.display()
-                    ));
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    running.child = match spawn(running.id) {
+                        Ok(child) => child,
+                        Err(err) => return Err(err),
+                    };
+                    running.restarts.push(std::time::Instant::now());
                 }
-                eprintln!(
-                    "node {} exited ({status}); restarting it in 1 s (log: {})",
-                    running.id,
-                    log.display()
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                running.child = match spawn(running.id) {
-                    Ok(child) => child,
-                    Err(err) => return Err(err),
-                };
-                running.restarts.push(std::time::Instant::now());
             }
+        };
+        tokio::select! {
+            () = signals.recv() => None,
+            failed = supervise => Some(failed),
         }
-    };
-    let outcome = tokio::select! {
-        signal = stop_signal() => { signal?; None }
-        failed = supervise => Some(failed),
     };
     if let Some(Err(err)) = &outcome {
         eprintln!("{err:#}; stopping the others");
