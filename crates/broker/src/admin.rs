@@ -81,6 +81,7 @@ impl Admin for AdminService {
                         .map(|(k, v)| (k.as_str(), v.as_str())),
                 )
                 .map_err(from_metadata)?,
+                hops.caller.forwarded_principal(),
             )
             .await
             .map_err(from_controller);

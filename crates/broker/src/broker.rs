@@ -16,6 +16,8 @@ use weir_proto::v1::{
 use crate::fetch::ReadPath;
 use crate::metrics::BrokerMetrics;
 use crate::produce::WritePath;
+use crate::quota::{Kind, ThrottleSlot, throttle_ms};
+use prost::Message;
 use weir_controller::security::Operation;
 
 use crate::auth::Resource;
@@ -62,9 +64,18 @@ impl Broker for BrokerService {
             topic = %request.get_ref().topic,
             partition = ?request.get_ref().partition
         );
+        let hops = forward_hops(&request);
+        let slot = ThrottleSlot::of(&request);
+        let bytes = request.get_ref().encoded_len() as u64;
         let result = self.writes.produce_inner(request).instrument(span).await;
         crate::metrics::BrokerMetrics::count(&self.metrics.produce_requests, &result);
-        result.map(Response::new)
+        // Charged whatever the outcome (the bytes arrived); the Throttled wrapper holds the
+        // answer back.
+        slot.raise(self.router.quotas.charge(&hops, Kind::Produce, bytes));
+        result.map(|mut response| {
+            response.throttle_time_ms = throttle_ms(slot.get());
+            Response::new(response)
+        })
     }
 
     type ProduceStreamStream = crate::produce::ProduceStreamResponse;
@@ -96,14 +107,20 @@ impl Broker for BrokerService {
             partition = request.get_ref().partition,
             offset = request.get_ref().offset
         );
+        let hops = forward_hops(&request);
+        let slot = ThrottleSlot::of(&request);
         let result = self.reads.fetch_inner(request).instrument(span).await;
         crate::metrics::BrokerMetrics::count(&self.metrics.fetch_requests, &result);
-        if let Ok(response) = &result {
+        result.map(|mut response| {
             self.metrics
                 .fetched_records
                 .inc_by(response.records.len() as u64);
-        }
-        result.map(Response::new)
+            // The answer's size, whether this node read it or another node did.
+            let bytes = response.encoded_len() as u64;
+            slot.raise(self.router.quotas.charge(&hops, Kind::Fetch, bytes));
+            response.throttle_time_ms = throttle_ms(slot.get());
+            Response::new(response)
+        })
     }
 
     type SubscribeStream = crate::fetch::SubscribeResponse;

@@ -22,6 +22,7 @@ use crate::metrics::BrokerMetrics;
 use weir_controller::security::Operation;
 
 use crate::auth::Resource;
+use crate::quota::{Kind, throttle_ms};
 use crate::router::{Hops, Route, Router, forward_hops, forwarded, relayed};
 use crate::status::from_storage;
 
@@ -192,6 +193,7 @@ impl ReadPath {
                     high_watermark,
                     log_start_offset: start,
                     batches,
+                    throttle_time_ms: 0,
                 });
             }
             for batch in &read.batches {
@@ -228,6 +230,7 @@ impl ReadPath {
             high_watermark,
             log_start_offset: start,
             batches,
+            throttle_time_ms: 0,
         })
     }
 
@@ -340,14 +343,22 @@ impl ReadPath {
                         Ok(response) if response.records.is_empty() => {
                             Ok(response.next_offset.max(position))
                         }
-                        Ok(response) => {
+                        Ok(mut response) => {
                             backoff.reset();
                             let next = response.next_offset;
                             this.metrics
                                 .fetched_records
                                 .inc_by(response.records.len() as u64);
+                            // Each message is charged like a Fetch answer; a throttled one
+                            // says so, and the next fetch waits the throttle out.
+                            let bytes = prost::Message::encoded_len(&response) as u64;
+                            let throttle = this.router.quotas.charge(&hops, Kind::Fetch, bytes);
+                            response.throttle_time_ms = throttle_ms(throttle);
                             if sender.send(Ok(response)).await.is_err() {
                                 return;
+                            }
+                            if let Some(throttle) = throttle {
+                                this.router.quotas.hold(throttle).await;
                             }
                             Ok(next)
                         }

@@ -13,6 +13,8 @@
 //! - `status`: every error of the layers below → one gRPC status, by the table of
 //!   `proto/weir/v1/weir.proto` ([`weir_format::wire::ERROR_CONTRACT`]).
 //! - `metrics`: Prometheus text on `metrics_addr` (`GET /metrics`).
+//! - `quota`: rate quotas (throttling every call of Broker, Admin and Groups on the node it
+//!   reached) and the retained-bytes hard limit (with the internal `weir.peer.v1.Usage` service).
 //!
 //! Invariants: services reach partitions only through `weir_raft::Partition` (never the segment
 //! log or openraft); a request is forwarded at most [`weir_format::wire::MAX_FORWARD_HOPS`]
@@ -30,6 +32,7 @@ mod metrics;
 mod node;
 pub mod pki;
 mod produce;
+mod quota;
 mod router;
 mod security;
 mod status;

@@ -72,6 +72,11 @@ pub(crate) struct BrokerMetrics {
     pub(crate) fetched_records: Counter,
     pub(crate) forwarded_requests: Counter,
     pub(crate) group_requests: Family<GroupRequestLabels, Counter>,
+    /// Answers held back by a rate quota, by the kind of quota that decided it.
+    pub(crate) throttled_responses: Family<crate::quota::ThrottleLabels, Counter>,
+    /// Time answers were held back by rate quotas, by kind.
+    pub(crate) throttle_seconds:
+        Family<crate::quota::ThrottleLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl BrokerMetrics {
@@ -134,6 +139,17 @@ fn register_requests(registry: &mut Registry, metrics: &BrokerMetrics) {
         "weir_group_requests",
         "Consumer-group requests answered, by call and result",
         metrics.group_requests.clone(),
+    );
+    registry.register(
+        "weir_throttled_responses",
+        "Answers held back because the caller (user or tenant) was over a rate quota, by the \
+         kind of quota that decided (produce, fetch, request)",
+        metrics.throttled_responses.clone(),
+    );
+    registry.register(
+        "weir_throttle_seconds",
+        "Time answers were held back by rate quotas, by kind (produce, fetch, request)",
+        metrics.throttle_seconds.clone(),
     );
 }
 

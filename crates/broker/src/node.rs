@@ -22,6 +22,7 @@ use weir_controller::{
 };
 use weir_format::wire::MAX_MESSAGE_BYTES;
 use weir_proto::peer::peer_server::PeerServer;
+use weir_proto::peer::usage_server::UsageServer;
 use weir_proto::v1::admin_server::AdminServer;
 use weir_proto::v1::broker_server::BrokerServer;
 use weir_proto::v1::groups_server::GroupsServer;
@@ -39,6 +40,7 @@ use crate::broker::BrokerService;
 use crate::config::{ConfigError, NodeConfig};
 use crate::groups::{Coordinator, GroupService};
 use crate::metrics::BrokerMetrics;
+use crate::quota::{Quotas, Throttled, UsageService};
 use crate::router::{Listener, Router};
 use crate::security::SecurityService;
 
@@ -189,11 +191,13 @@ impl Node {
             controller: Arc::clone(&controller),
             audit: audit.clone(),
         };
+        let quotas = Quotas::new(Arc::clone(&controller), Arc::clone(&metrics));
         let router = Router {
             controller: Arc::clone(&controller),
             partitions: Arc::clone(&partitions),
             transport: Arc::clone(&transport),
             access,
+            quotas: quotas.clone(),
         };
         let services = Services::new(
             &router,
@@ -242,10 +246,17 @@ impl Node {
             )));
         }
         let routes = client_api_routes(services, health_service)?;
+        let usage_service = InterceptedService::new(
+            UsageServer::new(UsageService {
+                partitions: Arc::clone(&partitions),
+            }),
+            move |request: tonic::Request<()>| nodes_only(tls_on, request),
+        );
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_routes(routes)
-            .add_service(peer_service);
+            .add_service(peer_service)
+            .add_service(usage_service);
         servers.push(tokio::spawn(serve(
             router,
             listener,
@@ -265,6 +276,11 @@ impl Node {
             )),
             tokio::spawn(probe_brokers(
                 Arc::clone(&controller),
+                Arc::clone(&transport),
+            )),
+            tokio::spawn(crate::quota::track_usage(
+                quotas,
+                Arc::clone(&partitions),
                 Arc::clone(&transport),
             )),
         ];
@@ -415,26 +431,38 @@ where
         .map_err(|e| NodeError::Reflection(e.to_string()))?;
     // Every call of the client services is authenticated first (auth.rs); health and
     // reflection need no credentials.
+    // Broker, Admin and Groups are charged and throttled by the rate quotas inside
+    // authentication (quota.rs), so the caller is known.
     let access = services.broker.router.access.clone();
+    let quotas = services.broker.router.quotas.clone();
     let authenticate = move |request: tonic::Request<()>| access.authenticate(request);
     let mut routes = tonic::service::Routes::builder();
     routes
         .add_service(InterceptedService::new(
-            BrokerServer::new(services.broker)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            Throttled::new(
+                BrokerServer::new(services.broker)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                quotas.clone(),
+            ),
             authenticate.clone(),
         ))
         .add_service(InterceptedService::new(
-            AdminServer::new(services.admin)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            Throttled::new(
+                AdminServer::new(services.admin)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                quotas.clone(),
+            ),
             authenticate.clone(),
         ))
         .add_service(InterceptedService::new(
-            GroupsServer::new(services.groups)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            Throttled::new(
+                GroupsServer::new(services.groups)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                quotas,
+            ),
             authenticate.clone(),
         ))
         .add_service(InterceptedService::new(

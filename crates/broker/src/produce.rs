@@ -31,8 +31,9 @@ use crate::metrics::BrokerMetrics;
 use weir_controller::security::Operation;
 
 use crate::auth::Resource;
+use crate::quota::{Kind, Throttle, throttle_ms};
 use crate::router::{FORWARDED, Found, Hops, Router, forward_hops, forwarded, now_ms, relayed};
-use crate::status::{from_controller, from_group};
+use crate::status::{from_controller, from_group, from_quota};
 
 /// Requests a ProduceStream may have queued per partition before it stops reading the stream.
 const STREAM_QUEUE: usize = 64;
@@ -84,6 +85,11 @@ impl WritePath {
                 topic.name
             )));
         }
+        // A hard quota: refused before anything is written.
+        self.router
+            .quotas
+            .check_retained(&topic)
+            .map_err(from_quota)?;
         let request_id = request.request_id;
         let mut response = match request.partition {
             Some(partition) => {
@@ -339,6 +345,16 @@ impl WritePath {
             async move {
                 while let Some(request) = queue.recv().await {
                     let request_id = request.request_id;
+                    // Each request of the stream is charged as a call of its own.
+                    let bytes = prost::Message::encoded_len(&request) as u64;
+                    let quotas = &this.router.quotas;
+                    let throttle = [
+                        quotas.charge(&hops, Kind::Request, 1),
+                        quotas.charge(&hops, Kind::Produce, bytes),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .max_by_key(|t: &Throttle| t.delay);
                     let mut forwarded = Request::new(request);
                     // As if it came alone: the stream's hop count and caller.
                     if hops.count > 0 {
@@ -349,7 +365,7 @@ impl WritePath {
                     forwarded.extensions_mut().insert(hops.caller.clone());
                     let result = this.produce_inner(forwarded).await;
                     BrokerMetrics::count(&this.metrics.produce_requests, &result);
-                    let answer = match result {
+                    let mut answer = match result {
                         Ok(response) => response,
                         Err(status) => ProduceResponse {
                             request_id,
@@ -358,6 +374,11 @@ impl WritePath {
                             ..ProduceResponse::default()
                         },
                     };
+                    answer.throttle_time_ms = throttle_ms(throttle);
+                    if let Some(throttle) = throttle {
+                        // Held back like a throttled Produce; the lane's next requests wait.
+                        quotas.hold(throttle).await;
+                    }
                     if answers.send(Ok(answer)).await.is_err() {
                         break;
                     }

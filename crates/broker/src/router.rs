@@ -42,6 +42,8 @@ pub(crate) struct Router {
     pub(crate) transport: Arc<PeerTransport>,
     /// Authentication and authorization.
     pub(crate) access: Access,
+    /// Rate quotas and the retained-bytes limit.
+    pub(crate) quotas: crate::quota::Quotas,
 }
 
 /// A client of another node's public API.

@@ -91,6 +91,11 @@ fn from_fault(fault: &StorageFault, message: String) -> Status {
     }
 }
 
+/// A hard quota refusal: RESOURCE_EXHAUSTED naming the limit (nothing was written).
+pub(crate) fn from_quota(err: crate::quota::QuotaError) -> Status {
+    Status::resource_exhausted(err.to_string())
+}
+
 pub(crate) fn from_storage(err: StorageError) -> Status {
     let message = err.to_string();
     match &err {
@@ -173,6 +178,7 @@ mod tests {
             };
             let code = match name {
                 "INVALID_ARGUMENT" => Code::InvalidArgument,
+                "UNAUTHENTICATED" => Code::Unauthenticated,
                 "PERMISSION_DENIED" => Code::PermissionDenied,
                 "NOT_FOUND" => Code::NotFound,
                 "ALREADY_EXISTS" => Code::AlreadyExists,

@@ -133,7 +133,8 @@ pub(crate) enum TenantCommand {
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum QuotaCommand {
     /// Set limits of user:NAME or tenant:NAME: produce.bytes.per.sec, fetch.bytes.per.sec,
-    /// requests.per.sec (throttled), partitions, retained.bytes (refused past them).
+    /// requests.per.sec (throttled, enforced by each node on the calls sent to it), partitions,
+    /// retained.bytes (refused past them with RESOURCE_EXHAUSTED). See docs/api.md, "Quotas".
     Set {
         entity: String,
         #[arg(long = "limit", short = 'l', value_parser = key_value, required = true)]

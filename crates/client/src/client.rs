@@ -6,6 +6,11 @@
 //! node (sticking to one that answers). There is one gRPC channel per broker address, created
 //! lazily and shared by every request to it.
 //!
+//! Throttling: a Produce or Fetch answer with `throttle_time_ms` > 0 (the node held it back
+//! because the caller is over a rate quota) makes every next request to that node wait until
+//! that time has passed, as Kafka's clients do (KIP-219); the producer and consumer send through
+//! these calls, so they slow down to their quota. Nothing fails because of a throttle.
+//!
 //! Retries: a call is repeated until it succeeds, fails with a status that retrying cannot fix
 //! (NOT_FOUND, INVALID_ARGUMENT, ...), or its deadline passes ([`Client::retry_for`] unless the
 //! caller gives one). FAILED_PRECONDITION carrying a `weir-leader` trailer sends the retry to the
@@ -251,6 +256,9 @@ pub struct Client {
     pub retry_for: Duration,
     /// TLS and credentials for every connection.
     security: Security,
+    /// Per broker address: until when a throttled answer asked the client to wait before its
+    /// next request there.
+    throttles: Mutex<HashMap<String, Instant>>,
 }
 
 impl Client {
@@ -281,6 +289,7 @@ impl Client {
             next: AtomicUsize::new(0),
             retry_for: Duration::from_secs(60),
             security,
+            throttles: Mutex::new(HashMap::new()),
         })
     }
 
@@ -378,7 +387,46 @@ impl Client {
         what: &str,
         route: Route<'_>,
         deadline: Instant,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        self.call_throttled(what, route, deadline, call, |_| 0)
+            .await
+    }
+
+    /// When the client may send to `addr` again: the node said it throttled the caller.
+    fn throttled_until(&self, addr: &str) -> Option<Instant> {
+        let mut throttles = self.throttles.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        throttles.retain(|_, until| *until > now);
+        throttles.get(addr).copied()
+    }
+
+    /// Remembers that `addr` answered with a throttle of `ms` milliseconds.
+    fn note_throttle(&self, addr: &str, ms: u32) {
+        if ms == 0 {
+            return;
+        }
+        let until = Instant::now() + Duration::from_millis(u64::from(ms));
+        let mut throttles = self.throttles.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = throttles.entry(addr.to_string()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// [`Client::call`] for answers that may say the node throttled the caller
+    /// (`throttle_of` reads their `throttle_time_ms`): the next request to that node waits until
+    /// the throttle time has passed (Kafka's KIP-219 client behaviour). Every call waits out a
+    /// throttle its node announced, so a producer or consumer slows down to its quota.
+    pub(crate) async fn call_throttled<T, F, Fut>(
+        &self,
+        what: &str,
+        route: Route<'_>,
+        deadline: Instant,
         mut call: F,
+        throttle_of: fn(&T) -> u32,
     ) -> Result<T, ClientError>
     where
         F: FnMut(Conn) -> Fut,
@@ -401,6 +449,10 @@ impl Client {
             let Some((addr, channel)) = self.pick(route, attempt) else {
                 return Err(ClientError::NoBrokers);
             };
+            if let Some(until) = self.throttled_until(&addr) {
+                tracing::debug!(%addr, what, wait = ?until.saturating_duration_since(Instant::now()), "throttled by the node; waiting");
+                tokio::time::sleep_until(until.min(deadline)).await;
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
             let (last, redirected) = match tokio::time::timeout(
                 remaining.min(ATTEMPT_TIMEOUT),
@@ -412,6 +464,7 @@ impl Client {
                     if matches!(route, Route::Any) {
                         self.stick(attempt);
                     }
+                    self.note_throttle(&addr, throttle_of(&value));
                     return Ok(value);
                 }
                 Ok(Err(status)) if !retryable(&status) => {
@@ -767,7 +820,7 @@ impl Client {
         deadline: Instant,
     ) -> Result<ProduceResponse, ClientError> {
         let result = self
-            .call(
+            .call_throttled(
                 "produce",
                 Route::Leader { topic, partition },
                 deadline,
@@ -787,6 +840,7 @@ impl Client {
                             .map(tonic::Response::into_inner)
                     }
                 },
+                |answer| answer.throttle_time_ms,
             )
             .await;
         match result {
@@ -890,7 +944,7 @@ impl Client {
         // Raw batches start at or before the position; only an exact offset says where to cut.
         let raw = raw && matches!(start, Start::Offset(_));
         let max_wait_ms = u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX);
-        self.call(
+        self.call_throttled(
             "fetch",
             Route::Leader { topic, partition },
             deadline,
@@ -912,6 +966,7 @@ impl Client {
                         .map(tonic::Response::into_inner)
                 }
             },
+            |answer| answer.throttle_time_ms,
         )
         .await
         .and_then(|mut response| {

@@ -2,10 +2,12 @@
 //! the other members of a consumer group ([`Consumer::join`]).
 //!
 //! Each partition read has a background fetcher task that long-polls its leader (Fetch with
-//! `max_wait_ms`) and feeds one bounded channel; [`Consumer::poll`] takes from it. Every
-//! message carries the partition's *epoch*, bumped whenever the partition is revoked or seeked,
-//! and messages of an older epoch are dropped — so nothing read before a seek or a revocation is
-//! ever returned after it.
+//! `max_wait_ms`) and feeds one bounded channel; [`Consumer::poll`] takes from it. A fetch
+//! answer that says the node throttled the caller (`throttle_time_ms`, a fetch or request rate
+//! quota) makes the fetcher's next fetch from that node wait that long (in [`Client`]'s calls).
+//! Every message carries the partition's *epoch*, bumped whenever the partition is revoked or
+//! seeked, and messages of an older epoch are dropped — so nothing read before a seek or a
+//! revocation is ever returned after it.
 //!
 //! Positions: a partition's position is the offset after the last record `poll` returned (or
 //! where reading starts); `commit` stores exactly that, so a record returned is never committed

@@ -6,6 +6,11 @@
 //! it to the partition's leader — all partitions in parallel, one batch per partition at a time,
 //! while the next batch of that partition keeps filling.
 //!
+//! Quotas: a produce answer that says the node throttled the producer (`throttle_time_ms`, a
+//! produce-bytes or request rate quota) makes the next batch sent to that node wait that long
+//! (in [`Client`]'s calls, per node: Kafka's KIP-219 behaviour), so the producer slows to its
+//! quota instead of piling up held-back requests; nothing fails because of it.
+//!
 //! Invariants:
 //! - A batch is built once; every retry sends the same bytes (same sequence), so the leader drops
 //!   a batch it already wrote (ALREADY_EXISTS is success, without offsets).

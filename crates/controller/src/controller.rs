@@ -194,17 +194,26 @@ impl Controller {
     }
 
     /// Creates a topic: places its replicas on the current metadata and proposes it. The
-    /// placement is checked again when the command applies.
+    /// placement is checked again when the command applies. `created_by` (`User:<name>`): the
+    /// user creating it, recorded on the topic and held to its `partitions` quota.
     pub async fn create_topic(
         &self,
         name: &str,
         partitions: u32,
         replication_factor: u32,
         config: TopicConfig,
+        created_by: Option<&str>,
     ) -> Result<TopicRecord, ControllerError> {
         validate_topic_name(name)?;
-        self.create_topic_unchecked(name, partitions, replication_factor, config, false)
-            .await
+        self.create_topic_unchecked(
+            name,
+            partitions,
+            replication_factor,
+            config,
+            false,
+            created_by,
+        )
+        .await
     }
 
     async fn create_topic_unchecked(
@@ -214,6 +223,7 @@ impl Controller {
         replication_factor: u32,
         config: TopicConfig,
         internal: bool,
+        created_by: Option<&str>,
     ) -> Result<TopicRecord, ControllerError> {
         let metadata = self.metadata();
         if metadata.topics.contains_key(name) {
@@ -245,14 +255,23 @@ impl Controller {
                 }
                 other => other?,
             };
-        self.propose(MetadataCommand::CreateTopic {
-            name: name.to_string(),
-            replication_factor,
-            config,
-            internal,
-            assignment,
-        })
-        .await?;
+        let command = match created_by {
+            Some(created_by) => MetadataCommand::CreateUserTopic {
+                created_by: created_by.to_string(),
+                name: name.to_string(),
+                replication_factor,
+                config,
+                assignment,
+            },
+            None => MetadataCommand::CreateTopic {
+                name: name.to_string(),
+                replication_factor,
+                config,
+                internal,
+                assignment,
+            },
+        };
+        self.propose(command).await?;
         self.wait_for(|m| m.topics.get(name).cloned()).await
     }
 
@@ -273,7 +292,14 @@ impl Controller {
             ..TopicConfig::default()
         };
         match self
-            .create_topic_unchecked(OFFSETS_TOPIC, partitions, brokers.min(3), config, true)
+            .create_topic_unchecked(
+                OFFSETS_TOPIC,
+                partitions,
+                brokers.min(3),
+                config,
+                true,
+                None,
+            )
             .await
         {
             Err(ControllerError::Rejected(MetadataError::TopicExists(_))) => {

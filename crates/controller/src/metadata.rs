@@ -196,6 +196,41 @@ pub struct TopicRecord {
     pub partitions: Vec<PartitionRecord>,
     /// Kept by Weir itself (see [`INTERNAL_TOPICS`]).
     pub internal: bool,
+    /// The principal (`User:<name>`) that created the topic, when security was on and a user
+    /// created it: the topic counts against that user's `partitions` and `retained.bytes`
+    /// quotas. None for topics created anonymously, by a node, or before this was recorded.
+    pub created_by: Option<String>,
+}
+
+/// [`TopicRecord`] as snapshots stored it before `created_by` was added.
+#[derive(Deserialize)]
+struct TopicRecordWithoutCreator {
+    name: String,
+    id: u64,
+    replication_factor: u32,
+    config: TopicConfig,
+    partitions: Vec<PartitionRecord>,
+    internal: bool,
+}
+
+impl From<TopicRecordWithoutCreator> for TopicRecord {
+    fn from(old: TopicRecordWithoutCreator) -> Self {
+        Self {
+            name: old.name,
+            id: old.id,
+            replication_factor: old.replication_factor,
+            config: old.config,
+            partitions: old.partitions,
+            internal: old.internal,
+            created_by: None,
+        }
+    }
+}
+
+fn upgrade_topics(
+    topics: BTreeMap<String, TopicRecordWithoutCreator>,
+) -> BTreeMap<String, TopicRecord> {
+    topics.into_iter().map(|(k, v)| (k, v.into())).collect()
 }
 
 impl TopicRecord {
@@ -225,28 +260,80 @@ pub struct Metadata {
 }
 
 /// [`Metadata`] as snapshots stored it before `security` was added (postcard is not
-/// self-describing, so a missing trailing field does not decode as its default).
+/// self-describing, so a missing trailing field does not decode as its default), and so before
+/// topics recorded their creator.
 #[derive(Deserialize)]
 struct MetadataWithoutSecurity {
     brokers: BTreeMap<NodeId, BrokerRecord>,
-    topics: BTreeMap<String, TopicRecord>,
+    topics: BTreeMap<String, TopicRecordWithoutCreator>,
     version: u64,
     last_producer_id: i64,
 }
 
+/// [`Metadata`] as snapshots stored it with `security` but before topics recorded their creator.
+#[derive(Deserialize)]
+struct MetadataWithoutCreators {
+    brokers: BTreeMap<NodeId, BrokerRecord>,
+    topics: BTreeMap<String, TopicRecordWithoutCreator>,
+    version: u64,
+    last_producer_id: i64,
+    security: SecurityState,
+}
+
+/// The start of an encoded [`Metadata`] (then postcard): "WMD" and the layout's version. The
+/// layouts before the version was written (1: no `security`; 2: topics without `created_by`)
+/// start with a postcard map length instead, and [`Metadata::decode`] reads them too. Adding a
+/// field to anything stored in `Metadata` bumps the version and keeps a decoder for the old one.
+const SNAPSHOT_MAGIC: &[u8; 3] = b"WMD";
+const SNAPSHOT_VERSION: u8 = 3;
+
 impl Metadata {
-    /// Decodes a snapshot's metadata, also one written before `security` existed.
+    /// The metadata as a controller snapshot stores it (see [`Metadata::decode`]).
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        let mut out = SNAPSHOT_MAGIC.to_vec();
+        out.push(SNAPSHOT_VERSION);
+        postcard::to_extend(self, out)
+    }
+
+    /// Decodes a snapshot's metadata: the current layout, or one written by an earlier version
+    /// (before topics recorded their creator, `created_by` None; or before `security` existed).
     pub fn decode(data: &[u8]) -> Result<Self, postcard::Error> {
-        postcard::from_bytes(data).or_else(|err| {
-            let old: MetadataWithoutSecurity = postcard::from_bytes(data).map_err(|_| err)?;
-            Ok(Self {
-                brokers: old.brokers,
-                topics: old.topics,
-                version: old.version,
-                last_producer_id: old.last_producer_id,
-                security: SecurityState::default(),
+        // postcard does not check that it used every byte, so an old layout could "decode" as a
+        // newer one with garbage: only a decode that uses every byte counts.
+        fn exact<'a, T: Deserialize<'a>>(data: &'a [u8]) -> Result<T, postcard::Error> {
+            match postcard::take_from_bytes::<T>(data)? {
+                (value, []) => Ok(value),
+                _ => Err(postcard::Error::DeserializeBadEncoding),
+            }
+        }
+        let versioned = match data.split_at_checked(SNAPSHOT_MAGIC.len() + 1) {
+            Some((head, body)) if head[..3] == SNAPSHOT_MAGIC[..] => match head[3] {
+                SNAPSHOT_VERSION => exact::<Self>(body),
+                _ => Err(postcard::Error::DeserializeBadEncoding),
+            },
+            _ => Err(postcard::Error::DeserializeBadEncoding),
+        };
+        versioned
+            .or_else(|err| {
+                let old: MetadataWithoutCreators = exact(data).map_err(|_| err)?;
+                Ok(Self {
+                    brokers: old.brokers,
+                    topics: upgrade_topics(old.topics),
+                    version: old.version,
+                    last_producer_id: old.last_producer_id,
+                    security: old.security,
+                })
             })
-        })
+            .or_else(|err: postcard::Error| {
+                let old: MetadataWithoutSecurity = exact(data).map_err(|_| err)?;
+                Ok(Self {
+                    brokers: old.brokers,
+                    topics: upgrade_topics(old.topics),
+                    version: old.version,
+                    last_producer_id: old.last_producer_id,
+                    security: SecurityState::default(),
+                })
+            })
     }
 }
 
@@ -331,6 +418,17 @@ pub enum MetadataCommand {
     /// Removes an entity's quota.
     RemoveQuota {
         entity: QuotaEntity,
+    },
+    /// [`MetadataCommand::CreateTopic`] by a user (never internal): the topic records its creator
+    /// and counts against the user's `partitions` quota as well as its tenant's. (A variant of
+    /// its own, after the others, so that commands logged before it still decode.)
+    CreateUserTopic {
+        /// `User:<name>`.
+        created_by: String,
+        name: String,
+        replication_factor: u32,
+        config: TopicConfig,
+        assignment: Vec<Vec<NodeId>>,
     },
 }
 
@@ -472,31 +570,121 @@ impl Metadata {
         u32::try_from(partitions).unwrap_or(u32::MAX)
     }
 
+    /// The partitions of the topics principal `created_by` (`User:<name>`) created.
+    pub fn user_partitions(&self, created_by: &str) -> u32 {
+        let partitions: usize = self
+            .topics
+            .values()
+            .filter(|t| t.created_by.as_deref() == Some(created_by))
+            .map(|t| t.partitions.len())
+            .sum();
+        u32::try_from(partitions).unwrap_or(u32::MAX)
+    }
+
     /// Rejects a new topic `name` of `adding` partitions that would take its tenant past the
-    /// tenant's `partitions` quota.
-    fn check_partition_quota(&self, name: &str, adding: usize) -> Result<(), MetadataError> {
-        let Some(tenant) = self.security.tenant_owning(name) else {
-            return Ok(());
-        };
-        let Some(max) = self
-            .security
-            .quota(&QuotaEntity::Tenant(tenant.name.clone()))
-            .and_then(|q| q.max_partitions)
-        else {
-            return Ok(());
-        };
-        let current = self.tenant_partitions(&tenant.name);
+    /// tenant's `partitions` quota, or its creator (`created_by`) past the user's.
+    fn check_partition_quota(
+        &self,
+        name: &str,
+        adding: usize,
+        created_by: Option<&str>,
+    ) -> Result<(), MetadataError> {
         let adding = adding as u64;
-        if u64::from(current) + adding > u64::from(max) {
-            return Err(MetadataError::QuotaExceeded {
-                entity: format!("tenant {}", tenant.name),
-                limit: "partitions".into(),
-                max: u64::from(max),
-                current: u64::from(current),
-                adding,
-            });
+        let check = |entity: String, max: u32, current: u32| {
+            if u64::from(current) + adding > u64::from(max) {
+                return Err(MetadataError::QuotaExceeded {
+                    entity,
+                    limit: "partitions".into(),
+                    max: u64::from(max),
+                    current: u64::from(current),
+                    adding,
+                });
+            }
+            Ok(())
+        };
+        if let Some(tenant) = self.security.tenant_owning(name)
+            && let Some(max) = self
+                .security
+                .quota(&QuotaEntity::Tenant(tenant.name.clone()))
+                .and_then(|q| q.max_partitions)
+        {
+            check(
+                format!("tenant {}", tenant.name),
+                max,
+                self.tenant_partitions(&tenant.name),
+            )?;
+        }
+        if let Some(principal) = created_by
+            && let Some(user) = crate::security::principal_user(principal)
+            && let Some(max) = self
+                .security
+                .quota(&QuotaEntity::User(user.to_string()))
+                .and_then(|q| q.max_partitions)
+        {
+            check(format!("user {user}"), max, self.user_partitions(principal))?;
         }
         Ok(())
+    }
+
+    /// Applies a topic creation (see [`MetadataCommand::CreateTopic`] and
+    /// [`MetadataCommand::CreateUserTopic`]).
+    fn create_topic(
+        &mut self,
+        name: String,
+        replication_factor: u32,
+        config: TopicConfig,
+        internal: bool,
+        assignment: Vec<Vec<NodeId>>,
+        created_by: Option<String>,
+    ) -> Result<u64, MetadataError> {
+        if !internal || !INTERNAL_TOPICS.contains(&name.as_str()) {
+            validate_topic_name(&name)?;
+        }
+        if self.topics.contains_key(&name) {
+            return Err(MetadataError::TopicExists(name));
+        }
+        if assignment.is_empty() || assignment.len() > MAX_PARTITIONS as usize {
+            return Err(MetadataError::Invalid(format!(
+                "partition count {} must be in [1, {MAX_PARTITIONS}]",
+                assignment.len()
+            )));
+        }
+        for replicas in &assignment {
+            self.check_replicas(replicas, replication_factor)?;
+        }
+        if let Some(principal) = &created_by
+            && crate::security::principal_user(principal).is_none()
+        {
+            return Err(MetadataError::Invalid(format!(
+                "a topic's creator must be a user principal (User:<name>), not {principal:?}"
+            )));
+        }
+        if !internal {
+            self.check_partition_quota(&name, assignment.len(), created_by.as_deref())?;
+        }
+        let id = self.version;
+        let partitions = assignment
+            .into_iter()
+            .map(|replicas| PartitionRecord {
+                initial_replicas: replicas.clone(),
+                replicas,
+                epoch: 0,
+                settled_epoch: 0,
+            })
+            .collect();
+        self.topics.insert(
+            name.clone(),
+            TopicRecord {
+                name,
+                id,
+                replication_factor,
+                config,
+                partitions,
+                internal,
+                created_by,
+            },
+        );
+        Ok(id)
     }
 
     /// Applies one command; a rejected command leaves the state as it was (but still counts as
@@ -532,48 +720,21 @@ impl Metadata {
                 config,
                 internal,
                 assignment,
-            } => {
-                if !internal || !INTERNAL_TOPICS.contains(&name.as_str()) {
-                    validate_topic_name(&name)?;
-                }
-                if self.topics.contains_key(&name) {
-                    return Err(MetadataError::TopicExists(name));
-                }
-                if assignment.is_empty() || assignment.len() > MAX_PARTITIONS as usize {
-                    return Err(MetadataError::Invalid(format!(
-                        "partition count {} must be in [1, {MAX_PARTITIONS}]",
-                        assignment.len()
-                    )));
-                }
-                for replicas in &assignment {
-                    self.check_replicas(replicas, replication_factor)?;
-                }
-                if !internal {
-                    self.check_partition_quota(&name, assignment.len())?;
-                }
-                let id = self.version;
-                let partitions = assignment
-                    .into_iter()
-                    .map(|replicas| PartitionRecord {
-                        initial_replicas: replicas.clone(),
-                        replicas,
-                        epoch: 0,
-                        settled_epoch: 0,
-                    })
-                    .collect();
-                self.topics.insert(
-                    name.clone(),
-                    TopicRecord {
-                        name,
-                        id,
-                        replication_factor,
-                        config,
-                        partitions,
-                        internal,
-                    },
-                );
-                Ok(id)
-            }
+            } => self.create_topic(name, replication_factor, config, internal, assignment, None),
+            MetadataCommand::CreateUserTopic {
+                created_by,
+                name,
+                replication_factor,
+                config,
+                assignment,
+            } => self.create_topic(
+                name,
+                replication_factor,
+                config,
+                false,
+                assignment,
+                Some(created_by),
+            ),
             MetadataCommand::DeleteTopic { name } => match self.topics.remove(&name) {
                 Some(topic) => Ok(topic.id),
                 None => Err(MetadataError::UnknownTopic(name)),
@@ -733,9 +894,7 @@ impl GroupState for MetadataState {
     }
 
     fn encode(&self) -> Bytes {
-        postcard::to_stdvec(&self.metadata)
-            .map(Bytes::from)
-            .unwrap_or_default()
+        self.metadata.encode().map(Bytes::from).unwrap_or_default()
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
@@ -925,27 +1084,102 @@ mod tests {
     }
 
     #[test]
-    fn snapshots_round_trip_and_old_ones_restore_without_security() {
+    fn snapshots_round_trip_and_old_layouts_still_restore() {
         let mut m = with_brokers(2);
         for command in security_commands().into_iter().take(2) {
             m.apply(command).unwrap();
         }
+        let topic = |name: &str| MetadataCommand::CreateTopic {
+            internal: false,
+            name: name.into(),
+            replication_factor: 1,
+            config: TopicConfig::default(),
+            assignment: vec![vec![1], vec![2]],
+        };
+        m.apply(topic("a")).unwrap();
+        m.apply(topic("b")).unwrap();
+        m.apply(MetadataCommand::CreateUserTopic {
+            created_by: "User:alice".into(),
+            name: "c".into(),
+            replication_factor: 1,
+            config: TopicConfig::default(),
+            assignment: vec![vec![1]],
+        })
+        .unwrap();
+        assert_eq!(m.topics["c"].created_by.as_deref(), Some("User:alice"));
         let (mut state, watch) = MetadataState::new();
-        let encoded = postcard::to_stdvec(&m).unwrap();
+        let encoded = m.encode().unwrap();
+        assert!(encoded.starts_with(b"WMD\x03"));
         state.restore(&encoded).unwrap();
         assert_eq!(**watch.borrow(), m);
         assert_eq!(state.encode(), Bytes::from(encoded));
 
+        // Topics as stored before `created_by`.
+        #[derive(Serialize)]
+        struct OldTopic<'a> {
+            name: &'a str,
+            id: u64,
+            replication_factor: u32,
+            config: &'a TopicConfig,
+            partitions: &'a [PartitionRecord],
+            internal: bool,
+        }
+        let old_topics: BTreeMap<&str, OldTopic<'_>> = m
+            .topics
+            .values()
+            .map(|t| {
+                (
+                    t.name.as_str(),
+                    OldTopic {
+                        name: &t.name,
+                        id: t.id,
+                        replication_factor: t.replication_factor,
+                        config: &t.config,
+                        partitions: &t.partitions,
+                        internal: t.internal,
+                    },
+                )
+            })
+            .collect();
+        let without_creators = {
+            let mut m = m.clone();
+            for topic in m.topics.values_mut() {
+                topic.created_by = None;
+            }
+            m
+        };
+
+        // Layout 2: with security, topics without creators (unversioned).
+        #[derive(Serialize)]
+        struct WithSecurity<'a> {
+            brokers: &'a BTreeMap<NodeId, BrokerRecord>,
+            topics: &'a BTreeMap<&'a str, OldTopic<'a>>,
+            version: u64,
+            last_producer_id: i64,
+            security: &'a SecurityState,
+        }
+        let old = postcard::to_stdvec(&WithSecurity {
+            brokers: &m.brokers,
+            topics: &old_topics,
+            version: m.version,
+            last_producer_id: m.last_producer_id,
+            security: &m.security,
+        })
+        .unwrap();
+        state.restore(&old).unwrap();
+        assert_eq!(**watch.borrow(), without_creators);
+
+        // Layout 1: before security.
         #[derive(Serialize)]
         struct Old<'a> {
             brokers: &'a BTreeMap<NodeId, BrokerRecord>,
-            topics: &'a BTreeMap<String, TopicRecord>,
+            topics: &'a BTreeMap<&'a str, OldTopic<'a>>,
             version: u64,
             last_producer_id: i64,
         }
         let old = postcard::to_stdvec(&Old {
             brokers: &m.brokers,
-            topics: &m.topics,
+            topics: &old_topics,
             version: m.version,
             last_producer_id: 7,
         })
@@ -953,10 +1187,59 @@ mod tests {
         state.restore(&old).unwrap();
         let restored = watch.borrow().clone();
         assert_eq!(restored.brokers, m.brokers);
+        assert_eq!(restored.topics, without_creators.topics);
         assert_eq!(restored.version, m.version);
         assert_eq!(restored.last_producer_id, 7);
         assert_eq!(restored.security, crate::SecurityState::default());
         assert!(state.restore(&[1, 2, 3]).is_err());
+        assert!(state.restore(b"WMD\x09junk").is_err());
+    }
+
+    #[test]
+    fn a_user_partition_quota_limits_the_topics_it_creates() {
+        use crate::security::{QuotaEntity, QuotaLimits};
+        let mut m = with_brokers(1);
+        let create = |name: &str, partitions: usize, by: &str| MetadataCommand::CreateUserTopic {
+            created_by: by.into(),
+            name: name.into(),
+            replication_factor: 1,
+            config: TopicConfig::default(),
+            assignment: vec![vec![1]; partitions],
+        };
+        m.apply(create("a1", 3, "User:alice")).unwrap();
+        m.apply(create("b1", 9, "User:bob")).unwrap();
+        // Anonymous topics count for no one.
+        m.apply(MetadataCommand::CreateTopic {
+            internal: false,
+            name: "anon".into(),
+            replication_factor: 1,
+            config: TopicConfig::default(),
+            assignment: vec![vec![1]; 7],
+        })
+        .unwrap();
+        assert_eq!(m.user_partitions("User:alice"), 3);
+        m.apply(MetadataCommand::SetQuota {
+            entity: QuotaEntity::User("alice".into()),
+            limits: QuotaLimits::from_pairs([("partitions", "5")]).unwrap(),
+        })
+        .unwrap();
+        let err = m.apply(create("a2", 3, "User:alice")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "user alice may have at most 5 partitions; it has 3 and the topic would add 3"
+        );
+        assert!(!m.topics.contains_key("a2"));
+        m.apply(create("a2", 2, "User:alice")).unwrap();
+        assert_eq!(m.user_partitions("User:alice"), 5);
+        // Bob has no quota; a creator must be a user.
+        m.apply(create("b2", 50, "User:bob")).unwrap();
+        assert!(matches!(
+            m.apply(create("x", 1, "Node:1")),
+            Err(MetadataError::Invalid(_))
+        ));
+        m.apply(MetadataCommand::DeleteTopic { name: "a1".into() })
+            .unwrap();
+        m.apply(create("a3", 3, "User:alice")).unwrap();
     }
 
     #[test]

@@ -1394,6 +1394,7 @@ impl SecurityState {
             },
             MetadataCommand::RegisterBroker { .. }
             | MetadataCommand::CreateTopic { .. }
+            | MetadataCommand::CreateUserTopic { .. }
             | MetadataCommand::DeleteTopic { .. }
             | MetadataCommand::ReassignPartition { .. }
             | MetadataCommand::SetDecommissioning { .. }

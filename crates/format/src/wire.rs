@@ -9,6 +9,11 @@ pub const LEADER_TRAILER: &str = "weir-leader";
 /// taken so far. A node never forwards a request past [`MAX_FORWARD_HOPS`].
 pub const FORWARDED_HEADER: &str = "weir-forwarded";
 
+/// Response header (initial gRPC metadata) on an answer a node held back because the caller is
+/// over a rate quota: the throttle time in milliseconds (decimal). Set only on throttled answers;
+/// a client waits that long before its next request to that node.
+pub const THROTTLE_HEADER: &str = "weir-throttle-ms";
+
 /// How many times one request may be forwarded between nodes (a stale route plus one correction).
 pub const MAX_FORWARD_HOPS: u32 = 2;
 
