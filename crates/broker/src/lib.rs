@@ -13,6 +13,9 @@
 //! - `status`: every error of the layers below → one gRPC status, by the table of
 //!   `proto/weir/v1/weir.proto` ([`weir_format::wire::ERROR_CONTRACT`]).
 //! - `metrics`: Prometheus text on `metrics_addr` (`GET /metrics`).
+//! - `limits`: the bounds of each listener (streams, in-flight requests, request size,
+//!   keepalive) and the node-wide budgets of background work; `listener`: the accept loop
+//!   (plaintext or TLS) that closes idle and slow connections.
 //!
 //! Invariants: services reach partitions only through `weir_raft::Partition` (never the segment
 //! log or openraft); a request is forwarded at most [`weir_format::wire::MAX_FORWARD_HOPS`]
@@ -26,6 +29,8 @@ mod broker;
 mod config;
 mod fetch;
 mod groups;
+mod limits;
+mod listener;
 mod metrics;
 mod node;
 pub mod pki;
@@ -33,10 +38,9 @@ mod produce;
 mod router;
 mod security;
 mod status;
-mod tls;
 
 pub use config::{
-    ConfigError, Layers, NodeConfig, RaftSettings, SETTINGS, Setting, SettingKind,
+    ConfigError, Layers, LimitSettings, NodeConfig, RaftSettings, SETTINGS, Setting, SettingKind,
     parse_durability, parse_peer,
 };
 pub use node::{Node, NodeError};

@@ -72,6 +72,12 @@ pub(crate) struct BrokerMetrics {
     pub(crate) fetched_records: Counter,
     pub(crate) forwarded_requests: Counter,
     pub(crate) group_requests: Family<GroupRequestLabels, Counter>,
+    /// `acks=none` writes running in the background (bounded by `limits::ACKS_NONE_WRITES`).
+    pub(crate) acks_none_writes: Gauge,
+    /// Subscribe streams open (bounded by `limits.subscribe_streams`).
+    pub(crate) subscribe_streams: Gauge,
+    /// ProduceStream requests refused for naming more partitions than a stream may write to.
+    pub(crate) stream_lanes_refused: Counter,
 }
 
 impl BrokerMetrics {
@@ -134,6 +140,21 @@ fn register_requests(registry: &mut Registry, metrics: &BrokerMetrics) {
         "weir_group_requests",
         "Consumer-group requests answered, by call and result",
         metrics.group_requests.clone(),
+    );
+    registry.register(
+        "weir_acks_none_writes_in_flight",
+        "acks=none writes running in the background (at most 1024; more requests wait)",
+        metrics.acks_none_writes.clone(),
+    );
+    registry.register(
+        "weir_subscribe_streams",
+        "Subscribe streams open on this node (at most limits.subscribe_streams)",
+        metrics.subscribe_streams.clone(),
+    );
+    registry.register(
+        "weir_stream_lanes_refused",
+        "ProduceStream requests refused for a partition past the stream's 64",
+        metrics.stream_lanes_refused.clone(),
     );
 }
 

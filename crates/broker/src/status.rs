@@ -173,6 +173,7 @@ mod tests {
             };
             let code = match name {
                 "INVALID_ARGUMENT" => Code::InvalidArgument,
+                "UNAUTHENTICATED" => Code::Unauthenticated,
                 "PERMISSION_DENIED" => Code::PermissionDenied,
                 "NOT_FOUND" => Code::NotFound,
                 "ALREADY_EXISTS" => Code::AlreadyExists,
