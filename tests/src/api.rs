@@ -135,9 +135,16 @@ pub struct ApiNode {
 impl ApiNode {
     /// A single-node cluster (see [`crate::start_single_node`]).
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A single-node cluster whose configuration `adjust` changes first.
+    pub async fn start_with(
+        adjust: impl FnOnce(&mut weir_broker::NodeConfig),
+    ) -> anyhow::Result<Self> {
         crate::init_tracing();
         let dir = tempfile::tempdir()?;
-        let node = crate::start_single_node(dir.path()).await?;
+        let node = crate::start_single_node_with(dir.path(), adjust).await?;
         let api = Api::connect(node.local_addr()).await?;
         Ok(Self { node, api, dir })
     }

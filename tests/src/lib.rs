@@ -7,6 +7,7 @@ pub mod cli;
 pub mod crash;
 pub mod docker;
 pub mod eventually;
+pub mod hostile;
 pub mod ports;
 pub mod process_cluster;
 pub mod raft_cluster;
@@ -137,11 +138,21 @@ pub async fn scrape_metrics(addr: Option<std::net::SocketAddr>) -> anyhow::Resul
 /// One in-process node forming a single-node cluster, on an ephemeral loopback port, with its
 /// data in `dir` (start it again on the same `dir` to restart it) and metrics on another port.
 pub async fn start_single_node(dir: &std::path::Path) -> anyhow::Result<weir_broker::Node> {
-    let config = weir_broker::NodeConfig {
+    start_single_node_with(dir, |_| {}).await
+}
+
+/// [`start_single_node`] with `adjust` applied to its configuration first (limits, an external
+/// listener, ...).
+pub async fn start_single_node_with(
+    dir: &std::path::Path,
+    adjust: impl FnOnce(&mut weir_broker::NodeConfig),
+) -> anyhow::Result<weir_broker::Node> {
+    let mut config = weir_broker::NodeConfig {
         addr: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
         metrics_addr: Some("127.0.0.1:0".into()),
         ..weir_broker::NodeConfig::default()
     };
+    adjust(&mut config);
     Ok(weir_broker::Node::start(config, None).await?)
 }

@@ -12,6 +12,7 @@ use weir_proto::v1::{
 };
 use weir_tests::api::{Api, ApiNode, WAIT, expect_status as expect, record, values};
 use weir_tests::eventually;
+use weir_tests::hostile::{self, Hostile};
 
 fn produce(topic: &str, partition: u32, records: Vec<Record>) -> ProduceRequest {
     weir_tests::api::produce(topic, Some(partition), records)
@@ -382,68 +383,19 @@ async fn metrics_show_the_partition_and_produce_requests_by_result() -> anyhow::
     Ok(())
 }
 
-/// `batch` with bytes changed by `damage` and its CRC made right again: what a hostile or buggy
-/// client could send, which only a check of the records themselves catches.
-fn recrc(batch: &Bytes, damage: impl FnOnce(&mut Vec<u8>)) -> Bytes {
-    let mut bytes = batch.to_vec();
-    damage(&mut bytes);
-    let crc = crc32fast::hash(&bytes[9..]);
-    bytes[5..9].copy_from_slice(&crc.to_le_bytes());
-    Bytes::from(bytes)
-}
-
-fn lz4_batch(value: &[u8]) -> Bytes {
-    let mut builder = BatchBuilder::new(Compression::Lz4);
-    builder.push(1_700_000_000_000, None, Some(value), &[]);
-    builder.build().unwrap_or_default()
-}
-
 /// Batches whose records do not match their header are refused whole (INVALID_ARGUMENT) and
 /// nothing of them is stored: the partition stays readable from offset 0 and its offsets dense.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_that_do_not_match_their_header_are_refused_whole() -> anyhow::Result<()> {
     let mut node = events().await?;
-    /// The records' byte count an lz4 batch declares, after the 69-byte header.
-    const DECLARED_AT: usize = 69;
-    const RECORD_COUNT_AT: usize = 35;
-    let hostile = [
-        (
-            "garbage lz4",
-            recrc(&lz4_batch(&[7u8; 100]), |b| {
-                for byte in &mut b[DECLARED_AT + 4..] {
-                    *byte = 0xff;
-                }
-            }),
-            "does not decompress",
-        ),
-        (
-            "2^31-1 records over one",
-            recrc(&lz4_batch(b"one"), |b| {
-                b[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&i32::MAX.to_le_bytes());
-            }),
-            "declares 2147483647 records",
-        ),
-        (
-            "a declared size of 256 MiB",
-            recrc(&lz4_batch(b"x"), |b| {
-                b[DECLARED_AT..DECLARED_AT + 4].copy_from_slice(&(256u32 << 20).to_le_bytes());
-            }),
-            "declare 268435456 bytes",
-        ),
-        (
-            "a declared size of 4 GiB",
-            recrc(&lz4_batch(b"x"), |b| {
-                b[DECLARED_AT..DECLARED_AT + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-            }),
-            "declare 4294967295 bytes",
-        ),
-        (
-            "an lz4 bomb past the message limit",
-            lz4_batch(&vec![0u8; 9 << 20]),
-            "above the limit of 8388608 bytes",
-        ),
-    ];
-    for (what, batch, mentions) in hostile {
+    // The hostile batches: garbage lz4, 2^31-1 records over one, declared sizes of
+    // 256 MiB and 4 GiB, an lz4 bomb past the topic's limit (8 MiB).
+    for Hostile {
+        what,
+        batch,
+        mentions,
+    } in hostile::batches(hostile::DEFAULT_TOPIC_LIMIT)
+    {
         assert!(
             batch.len() < 1 << 20,
             "{what}: {} bytes on the wire",
@@ -454,7 +406,7 @@ async fn batches_that_do_not_match_their_header_are_refused_whole() -> anyhow::R
         let (code, message) = weir_tests::api::status_of(&node.api.broker.produce(request).await);
         assert_eq!(code, Code::InvalidArgument, "{what}: {message}");
         assert!(
-            message.contains(mentions),
+            message.contains(&mentions),
             "{what}: {message:?} should mention {mentions:?}"
         );
     }

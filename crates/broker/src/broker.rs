@@ -14,6 +14,7 @@ use weir_proto::v1::{
 };
 
 use crate::fetch::ReadPath;
+use crate::limits::NodeLimits;
 use crate::metrics::BrokerMetrics;
 use crate::produce::WritePath;
 use crate::quota::{Kind, ThrottleSlot, throttle_ms};
@@ -36,15 +37,22 @@ pub(crate) struct BrokerService {
 }
 
 impl BrokerService {
-    pub(crate) fn new(router: Router, metrics: Arc<BrokerMetrics>, listener: Listener) -> Self {
+    pub(crate) fn new(
+        router: Router,
+        metrics: Arc<BrokerMetrics>,
+        listener: Listener,
+        limits: NodeLimits,
+    ) -> Self {
         Self {
             writes: WritePath {
                 router: router.clone(),
                 metrics: Arc::clone(&metrics),
+                limits: limits.clone(),
             },
             reads: ReadPath {
                 router: router.clone(),
                 metrics: Arc::clone(&metrics),
+                limits,
             },
             router,
             metrics,
@@ -135,7 +143,10 @@ impl Broker for BrokerService {
             Operation::Read,
             Resource::Topic(&request.get_ref().topic),
         )?;
-        Ok(Response::new(self.reads.subscribe_inner(request, hops)))
+        let slot = self.reads.limits.subscribe_stream()?;
+        Ok(Response::new(
+            self.reads.subscribe_inner(request, hops, slot),
+        ))
     }
 
     async fn list_offsets(

@@ -32,6 +32,9 @@
 //! # metrics_addr = "127.0.0.1:9100"   # Prometheus text on GET /metrics
 //! durability = "always"            # or "interval:100" (ms), "never"
 //! retention_check_ms = 30000
+//! [limits]
+//! idle_timeout_ms = 600000         # close connections silent this long
+//! subscribe_streams = 4096         # Subscribe streams served at once
 //! [raft]
 //! heartbeat_ms = 150
 //! election_min_ms = 800
@@ -334,6 +337,23 @@ pub const SETTINGS: &[Setting] = {
             "Rotated audit logs kept (audit.log.1 .. audit.log.N)",
         ),
         setting(
+            "limits.idle_timeout_ms",
+            "WEIR_LIMITS__IDLE_TIMEOUT_MS",
+            "limits-idle-timeout-ms",
+            Number,
+            "MS",
+            "Close a client or peer connection after this long without a byte read from it (live \
+             peers answer the server's HTTP/2 pings, so open streams stay)",
+        ),
+        setting(
+            "limits.subscribe_streams",
+            "WEIR_LIMITS__SUBSCRIBE_STREAMS",
+            "limits-subscribe-streams",
+            Number,
+            "N",
+            "Subscribe streams this node serves at once; more are refused (RESOURCE_EXHAUSTED)",
+        ),
+        setting(
             "raft.heartbeat_ms",
             "WEIR_RAFT__HEARTBEAT_MS",
             "raft-heartbeat-ms",
@@ -443,6 +463,36 @@ impl Default for SecuritySettings {
     }
 }
 
+/// Bounds on connections and streams (`[limits]` in the file); the fixed ones are constants
+/// in `limits.rs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Close a connection after this long without a byte read from it, in ms.
+    pub idle_timeout_ms: u64,
+    /// Subscribe streams served at once by the node.
+    pub subscribe_streams: u64,
+}
+
+/// Smallest `limits.idle_timeout_ms`: the keepalive pings that keep open streams' connections
+/// alive come every third of it.
+pub(crate) const MIN_IDLE_TIMEOUT_MS: u64 = 300;
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout_ms: 600_000,
+            subscribe_streams: 4096,
+        }
+    }
+}
+
+impl LimitSettings {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
 /// Everything a node needs to start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -480,6 +530,7 @@ pub struct NodeConfig {
     pub metrics_addr: Option<String>,
     pub tls: TlsSettings,
     pub security: SecuritySettings,
+    pub limits: LimitSettings,
 }
 
 impl Default for NodeConfig {
@@ -501,6 +552,7 @@ impl Default for NodeConfig {
             metrics_addr: None,
             tls: TlsSettings::default(),
             security: SecuritySettings::default(),
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -980,6 +1032,15 @@ impl NodeConfig {
         if let Durability::Interval { ms: 0 } = self.durability {
             return Err(invalid("durability", "interval must be at least 1 ms"));
         }
+        if self.limits.idle_timeout_ms < MIN_IDLE_TIMEOUT_MS {
+            return Err(invalid(
+                "limits.idle_timeout_ms",
+                format!("must be at least {MIN_IDLE_TIMEOUT_MS}"),
+            ));
+        }
+        if self.limits.subscribe_streams == 0 {
+            return Err(invalid("limits.subscribe_streams", "must be positive"));
+        }
         self.validate_tls()
     }
 
@@ -1445,6 +1506,11 @@ mod tests {
             ("[raft]\nelection_max_ms = 800", "raft.election_max_ms"),
             ("retention_check_ms = 0", "retention_check_ms"),
             ("durability = \"interval:0\"", "durability"),
+            ("[limits]\nidle_timeout_ms = 10", "limits.idle_timeout_ms"),
+            (
+                "[limits]\nsubscribe_streams = 0",
+                "limits.subscribe_streams",
+            ),
         ];
         for (text, setting) in cases {
             let (_dir, path) = file(text);

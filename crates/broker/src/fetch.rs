@@ -18,6 +18,7 @@ use weir_proto::v1::{
     StartFrom, SubscribeRequest,
 };
 
+use crate::limits::{NodeLimits, Slot};
 use crate::metrics::BrokerMetrics;
 use weir_controller::security::Operation;
 
@@ -43,6 +44,8 @@ const MAX_FETCH_BYTES: usize = 64 << 20;
 pub(crate) struct ReadPath {
     pub(crate) router: Router,
     pub(crate) metrics: Arc<BrokerMetrics>,
+    /// The node's budget of Subscribe streams.
+    pub(crate) limits: NodeLimits,
 }
 
 impl ReadPath {
@@ -283,11 +286,13 @@ impl ReadPath {
     }
 
     /// Serves a Subscribe: long-polling fetches in a task, each non-empty answer sent on a
-    /// channel of two, so the task waits while the client does not take what was sent.
+    /// channel of two, so the task waits while the client does not take what was sent. The task
+    /// holds `slot` (of the node's Subscribe budget) until it ends with the stream.
     pub(crate) fn subscribe_inner(
         &self,
         request: Request<SubscribeRequest>,
         hops: &Hops,
+        slot: Slot,
     ) -> SubscribeResponse {
         let request = request.into_inner();
         let (sender, receiver) = mpsc::channel::<Result<FetchResponse, Status>>(2);
@@ -297,6 +302,7 @@ impl ReadPath {
             tracing::info_span!("subscribe", topic = %request.topic, partition = request.partition);
         tokio::spawn(
             async move {
+                let _slot = slot;
                 let start = StartFrom::try_from(request.from).map_err(|_| {
                     Status::invalid_argument(format!("unknown start position {}", request.from))
                 });

@@ -15,6 +15,9 @@
 //! - `metrics`: Prometheus text on `metrics_addr` (`GET /metrics`).
 //! - `quota`: rate quotas (throttling every call of Broker, Admin and Groups on the node it
 //!   reached) and the retained-bytes hard limit (with the internal `weir.peer.v1.Usage` service).
+//! - `limits`: the bounds of each listener (streams, in-flight requests, request size,
+//!   keepalive) and the node-wide budgets of background work; `listener`: the accept loop
+//!   (plaintext or TLS) that closes idle and slow connections.
 //!
 //! Invariants: services reach partitions only through `weir_raft::Partition` (never the segment
 //! log or openraft); a request is forwarded at most [`weir_format::wire::MAX_FORWARD_HOPS`]
@@ -28,6 +31,8 @@ mod broker;
 mod config;
 mod fetch;
 mod groups;
+mod limits;
+mod listener;
 mod metrics;
 mod node;
 pub mod pki;
@@ -36,10 +41,9 @@ mod quota;
 mod router;
 mod security;
 mod status;
-mod tls;
 
 pub use config::{
-    ConfigError, Layers, NodeConfig, RaftSettings, SETTINGS, Setting, SettingKind,
+    ConfigError, Layers, LimitSettings, NodeConfig, RaftSettings, SETTINGS, Setting, SettingKind,
     parse_durability, parse_peer,
 };
 pub use node::{Node, NodeError};

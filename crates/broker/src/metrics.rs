@@ -77,6 +77,12 @@ pub(crate) struct BrokerMetrics {
     /// Time answers were held back by rate quotas, by kind.
     pub(crate) throttle_seconds:
         Family<crate::quota::ThrottleLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// `acks=none` writes running in the background (bounded by `limits::ACKS_NONE_WRITES`).
+    pub(crate) acks_none_writes: Gauge,
+    /// Subscribe streams open (bounded by `limits.subscribe_streams`).
+    pub(crate) subscribe_streams: Gauge,
+    /// ProduceStream requests refused for naming more partitions than a stream may write to.
+    pub(crate) stream_lanes_refused: Counter,
 }
 
 impl BrokerMetrics {
@@ -150,6 +156,21 @@ fn register_requests(registry: &mut Registry, metrics: &BrokerMetrics) {
         "weir_throttle_seconds",
         "Time answers were held back by rate quotas, by kind (produce, fetch, request)",
         metrics.throttle_seconds.clone(),
+    );
+    registry.register(
+        "weir_acks_none_writes_in_flight",
+        "acks=none writes running in the background (at most 1024; more requests wait)",
+        metrics.acks_none_writes.clone(),
+    );
+    registry.register(
+        "weir_subscribe_streams",
+        "Subscribe streams open on this node (at most limits.subscribe_streams)",
+        metrics.subscribe_streams.clone(),
+    );
+    registry.register(
+        "weir_stream_lanes_refused",
+        "ProduceStream requests refused for a partition past the stream's 64",
+        metrics.stream_lanes_refused.clone(),
     );
 }
 

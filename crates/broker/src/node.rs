@@ -39,6 +39,8 @@ use crate::auth::Access;
 use crate::broker::BrokerService;
 use crate::config::{ConfigError, NodeConfig};
 use crate::groups::{Coordinator, GroupService};
+use crate::limits::{CLIENT_MAX_REQUEST_BYTES, NodeLimits};
+use crate::listener::Accept;
 use crate::metrics::BrokerMetrics;
 use crate::quota::{Quotas, Throttled, UsageService};
 use crate::router::{Listener, Router};
@@ -170,6 +172,10 @@ impl Node {
             Arc::clone(&registry),
         );
         let metrics = Arc::new(BrokerMetrics::default());
+        let limits = NodeLimits::new(
+            usize::try_from(config.limits.subscribe_streams).unwrap_or(usize::MAX),
+            &metrics,
+        );
         let coordinator = Arc::new(Coordinator::default());
         let audit = if config.security.enabled || config.security.audit_log.is_some() {
             Audit::start(AuditFile {
@@ -204,6 +210,7 @@ impl Node {
             &metrics,
             Arc::clone(&coordinator),
             Listener::Internal,
+            &limits,
         );
         let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
         let metrics_addr = match &config.metrics_addr {
@@ -230,19 +237,22 @@ impl Node {
             .await;
         let (stop_server, stopped) = tokio::sync::watch::channel(false);
         let mut servers = Vec::new();
+        let idle_timeout = config.limits.idle_timeout();
         if let Some(listener) = external_listener {
-            let external = Services::new(&router, &metrics, coordinator, Listener::External);
+            let external =
+                Services::new(&router, &metrics, coordinator, Listener::External, &limits);
             let routes = client_api_routes(external, health_service.clone())?;
-            let router = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_routes(routes);
+            let router = crate::limits::server(Listener::External, idle_timeout).add_routes(routes);
             servers.push(tokio::spawn(serve(
                 router,
                 listener,
                 tls.clone(),
                 audit.clone(),
                 stopped.clone(),
-                Listener::External,
+                Accept {
+                    which: Listener::External,
+                    idle_timeout,
+                },
             )));
         }
         let routes = client_api_routes(services, health_service)?;
@@ -252,8 +262,7 @@ impl Node {
             }),
             move |request: tonic::Request<()>| nodes_only(tls_on, request),
         );
-        let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        let router = crate::limits::server(Listener::Internal, idle_timeout)
             .add_routes(routes)
             .add_service(peer_service)
             .add_service(usage_service);
@@ -263,7 +272,10 @@ impl Node {
             tls.clone(),
             audit,
             stopped,
-            Listener::Internal,
+            Accept {
+                which: Listener::Internal,
+                idle_timeout,
+            },
         )));
         let mut tasks = vec![
             tokio::spawn(report_health(health.clone(), Arc::clone(&controller))),
@@ -386,8 +398,14 @@ impl Services {
         metrics: &Arc<BrokerMetrics>,
         coordinator: Arc<Coordinator>,
         listener: Listener,
+        limits: &NodeLimits,
     ) -> Self {
-        let broker = BrokerService::new(router.clone(), Arc::clone(metrics), listener);
+        let broker = BrokerService::new(
+            router.clone(),
+            Arc::clone(metrics),
+            listener,
+            limits.clone(),
+        );
         Self {
             admin: AdminService {
                 router: router.clone(),
@@ -433,6 +451,9 @@ where
     // reflection need no credentials.
     // Broker, Admin and Groups are charged and throttled by the rate quotas inside
     // authentication (quota.rs), so the caller is known.
+    // reflection need no credentials. Requests are bounded by CLIENT_MAX_REQUEST_BYTES (the
+    // Security service's and health's by tonic's default of 4 MiB); answers by
+    // MAX_MESSAGE_BYTES (a fetch of raw batches).
     let access = services.broker.router.access.clone();
     let quotas = services.broker.router.quotas.clone();
     let authenticate = move |request: tonic::Request<()>| access.authenticate(request);
@@ -441,7 +462,7 @@ where
         .add_service(InterceptedService::new(
             Throttled::new(
                 BrokerServer::new(services.broker)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_decoding_message_size(CLIENT_MAX_REQUEST_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
                 quotas.clone(),
             ),
@@ -450,7 +471,7 @@ where
         .add_service(InterceptedService::new(
             Throttled::new(
                 AdminServer::new(services.admin)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_decoding_message_size(CLIENT_MAX_REQUEST_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
                 quotas.clone(),
             ),
@@ -459,7 +480,7 @@ where
         .add_service(InterceptedService::new(
             Throttled::new(
                 GroupsServer::new(services.groups)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_decoding_message_size(CLIENT_MAX_REQUEST_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
                 quotas,
             ),
@@ -500,30 +521,26 @@ fn nodes_only(
     }
 }
 
-/// Serves `router` on `listener` until `stop` turns true; over TLS when `tls` is given.
+/// Serves `router` on `listener` until `stop` turns true; over TLS when `tls` is given. The
+/// accept loop (listener.rs) closes idle and slow connections.
 async fn serve(
     router: tonic::transport::server::Router,
     listener: TcpListener,
     tls: Option<Arc<NodeTls>>,
     audit: Audit,
     mut stop: tokio::sync::watch::Receiver<bool>,
-    which: Listener,
+    accept: Accept,
 ) {
     let stopped = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
     let result = match tls {
         None => {
-            // Accepted connections need TCP_NODELAY themselves: the builder's `tcp_nodelay`
-            // only covers listeners tonic binds. Without it, small answers (Raft
-            // acknowledgements, forwarded replies) sit out Nagle's algorithm against delayed
-            // ACKs: ~40 ms each.
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = crate::listener::plaintext(listener, accept);
             router.serve_with_incoming_shutdown(incoming, stopped).await
         }
         Some(tls) => {
-            let on_failure: crate::tls::OnFailure = Arc::new(move |peer, reason| {
+            let on_failure: crate::listener::OnFailure = Arc::new(move |peer, reason| {
                 audit.record(AuditEvent {
                     principal: None,
                     peer: Some(peer),
@@ -533,12 +550,12 @@ async fn serve(
                     detail: Some(format!("TLS handshake failed: {reason}")),
                 });
             });
-            let incoming = crate::tls::incoming(listener, tls, which, on_failure);
+            let incoming = crate::listener::tls(listener, tls, accept, on_failure);
             router.serve_with_incoming_shutdown(incoming, stopped).await
         }
     };
     if let Err(err) = result {
-        tracing::error!(error = %err, listener = ?which, "gRPC server failed");
+        tracing::error!(error = %err, listener = ?accept.which, "gRPC server failed");
     }
 }
 

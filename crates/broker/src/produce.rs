@@ -27,6 +27,7 @@ use weir_proto::v1::{
 };
 use weir_raft::WaitFor;
 
+use crate::limits::{NodeLimits, STREAM_LANES};
 use crate::metrics::BrokerMetrics;
 use weir_controller::security::Operation;
 
@@ -49,6 +50,8 @@ const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub(crate) struct WritePath {
     pub(crate) router: Router,
     pub(crate) metrics: std::sync::Arc<BrokerMetrics>,
+    /// The node's budget of `acks=none` background writes.
+    pub(crate) limits: NodeLimits,
 }
 
 impl WritePath {
@@ -179,7 +182,10 @@ impl WritePath {
         Router::check_partition(topic, partition)?;
         let (batch, record_count) = produce_batch(&request, topic)?;
         if acks == Acks::None {
-            // Checked; the write happens in the background, its outcome only logged.
+            // Checked; the write happens in the background, its outcome only logged. It needs a
+            // slot of the node's budget first: a client sending faster than the node writes
+            // waits here for its answer.
+            let slot = self.limits.acks_none_write().await;
             let this = self.clone();
             let topic = topic.clone();
             let hops = hops.clone();
@@ -189,6 +195,7 @@ impl WritePath {
             };
             tokio::spawn(
                 async move {
+                    let _slot = slot;
                     if let Err(status) = this
                         .deliver(&topic, partition, request, batch, record_count, Acks::Leader, &hops)
                         .await
@@ -290,7 +297,9 @@ impl WritePath {
 
     /// Serves a ProduceStream: each request runs like a Produce; requests naming the same
     /// partition (or the same topic, when routed by key) run one after another in stream order,
-    /// others concurrently. A queue per partition bounds how far the stream is read ahead.
+    /// others concurrently. A queue per partition bounds how far the stream is read ahead, and a
+    /// stream writes to at most [`STREAM_LANES`] partitions: a request for another one is answered
+    /// with INVALID_ARGUMENT naming the limit (nothing of it written), and the stream goes on.
     pub(crate) fn produce_stream_inner(
         &self,
         request: Request<Streaming<ProduceRequest>>,
@@ -318,6 +327,25 @@ impl WritePath {
                         }
                     };
                     let lane = (request.topic.clone(), request.partition);
+                    if lanes.len() >= STREAM_LANES && !lanes.contains_key(&lane) {
+                        this.metrics.stream_lanes_refused.inc();
+                        let status = Status::invalid_argument(format!(
+                            "a ProduceStream writes to at most {STREAM_LANES} partitions; this \
+                             request names another ({:?}, partition {:?}): open another stream",
+                            request.topic, request.partition
+                        ));
+                        BrokerMetrics::count::<()>(&this.metrics.produce_requests, &Err(status.clone()));
+                        let refused = ProduceResponse {
+                            request_id: request.request_id,
+                            error_code: status.code() as i32,
+                            error_message: status.message().to_string(),
+                            ..ProduceResponse::default()
+                        };
+                        if answers.send(Ok(refused)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                     let sender = lanes
                         .entry(lane)
                         .or_insert_with(|| this.spawn_lane(hops.clone(), answers.clone()));
