@@ -208,12 +208,15 @@ install_nats_server() {
 }
 
 build() {
-    # The driver also prints the summary, so it is built even for SYSTEMS=weir.
-    if [ "$NO_BUILD" != 1 ]; then
+    # The driver also prints the summary, so it is built even for SYSTEMS=weir (not for tls
+    # alone, which compares Weir with itself).
+    if [ "$NEEDS_NATS" = 0 ]; then
+        :
+    elif [ "$NO_BUILD" != 1 ]; then
         log "building the JetStream driver (benches/compare/nats-bench)"
         (cd "$HERE/nats-bench" && cargo build --release --locked -q) >&2
     fi
-    [ -x "$NATS_BENCH" ] || die "$NATS_BENCH is missing"
+    [ "$NEEDS_NATS" = 0 ] || [ -x "$NATS_BENCH" ] || die "$NATS_BENCH is missing"
     has_system weir || return 0
     if [ "$NO_BUILD" != 1 ]; then
         log "building weir (cargo build --release -p weir)"
