@@ -139,6 +139,68 @@ pub struct LocalCluster {
     _dir: tempfile::TempDir,
     data: PathBuf,
     child: Option<Child>,
+    /// What the running `weir local` printed so far: stdout (drained by a thread, so a full pipe
+    /// never blocks it, and readable while it runs) and stderr.
+    output: Option<Output>,
+}
+
+/// A child's stdout and stderr, each drained into a buffer by a thread of its own.
+#[derive(Debug)]
+struct Output {
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Output {
+    fn drain(child: &mut Child) -> Self {
+        let stdout = std::sync::Arc::default();
+        let stderr = std::sync::Arc::default();
+        let mut readers = Vec::new();
+        if let Some(pipe) = child.stdout.take() {
+            readers.push(Self::reader(pipe, std::sync::Arc::clone(&stdout)));
+        }
+        if let Some(pipe) = child.stderr.take() {
+            readers.push(Self::reader(pipe, std::sync::Arc::clone(&stderr)));
+        }
+        Self {
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    fn reader(
+        pipe: impl std::io::Read + Send + 'static,
+        into: std::sync::Arc<std::sync::Mutex<String>>,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(mut text) = into.lock() {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            }
+        })
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Stdout and stderr, once the child has exited (its pipes closed).
+    fn finish(mut self) -> (String, String) {
+        for reader in std::mem::take(&mut self.readers) {
+            let _ = reader.join();
+        }
+        (self.stdout(), self.stderr())
+    }
 }
 
 impl LocalCluster {
@@ -158,6 +220,7 @@ impl LocalCluster {
             data: dir.path().join("cluster"),
             _dir: dir,
             child: None,
+            output: None,
         };
         local.start_again_with(extra)?;
         Ok(local)
@@ -174,7 +237,7 @@ impl LocalCluster {
         // WEIR_* variables of client commands and tests reach the nodes (children of `weir
         // local`): they are not server settings, and the servers ignore them.
         let brokers = self.brokers();
-        let child = Command::new(&self.binary)
+        let mut child = Command::new(&self.binary)
             .env("WEIR_BROKERS", &brokers)
             .env("WEIR_DOCKER_TESTS", "1")
             .env("WEIR_FUZZ_SECONDS", "5")
@@ -191,8 +254,24 @@ impl LocalCluster {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
+        self.output = Some(Output::drain(&mut child));
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Waits until the running `weir local` has printed `text` on stdout (the demo's closing
+    /// lines come seconds after the nodes answer); returns what it printed so far.
+    pub fn wait_for_output(&self, text: &str, within: Duration) -> anyhow::Result<String> {
+        let output = self.output.as_ref().context("weir local is not running")?;
+        crate::eventually_blocking(within, &format!("weir local to print {text:?}"), || {
+            let printed = output.stdout();
+            ensure!(
+                printed.contains(text),
+                "printed so far:\n{printed}\nstderr:\n{}",
+                output.stderr()
+            );
+            Ok(printed)
+        })
     }
 
     /// Where `weir local` keeps its data (and, with `--secure`, `certs/`).
@@ -225,7 +304,8 @@ impl LocalCluster {
         weir_json(&self.binary, args, &self.brokers())
     }
 
-    /// Stops `weir local` with SIGTERM; it must exit 0. Returns what it printed.
+    /// Stops `weir local` with SIGTERM; it must exit 0. Returns what it printed: stdout, then
+    /// stderr (where it reports a failed demo or set-up).
     pub fn stop(&mut self) -> anyhow::Result<String> {
         let mut child = self.child.take().context("weir local is not running")?;
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
@@ -235,13 +315,13 @@ impl LocalCluster {
             Duration::from_secs(30),
             "weir local to stop on SIGTERM",
         )?;
-        let output = child.wait_with_output()?;
+        let status = child.wait()?;
+        let (printed, stderr) = self.output.take().map(Output::finish).unwrap_or_default();
         ensure!(
-            output.status.success(),
-            "weir local exited with {}",
-            output.status
+            status.success(),
+            "weir local exited with {status}; it printed:\n{printed}\nstderr:\n{stderr}"
         );
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        Ok(format!("{printed}{stderr}"))
     }
 }
 

@@ -398,7 +398,11 @@ fn a_secure_local_cluster_serves_its_printed_credentials_and_nothing_else() -> a
         "team-c",
     )?;
 
+    // The demo runs beside all this (it may wait for the third node to register before its
+    // topic can have three replicas); its closing lines name the credentials.
+    local.wait_for_output("try, in another terminal", Duration::from_secs(120))?;
     let printed = local.stop()?;
+    ensure!(!printed.contains("demo failed"), "{printed}");
     ensure!(
         printed.contains(&format!("export WEIR_TOKEN={token}")),
         "{printed}"
