@@ -1,0 +1,79 @@
+//! What the listener needs of the node it runs in: Weir's own partition and admin API (the
+//! messages of `weir.v1`, answered by the same services as gRPC, with the same routing,
+//! authorization and quotas) and the cluster facts only Kafka asks for.
+//!
+//! The node implements [`Backend`]; this crate never sees its internals. Every call names the
+//! [`Session`] it is made for, whose principal the node authorizes as it would a gRPC caller's.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tonic::Status;
+use weir_proto::v1;
+
+/// Who is on the other end of one Kafka connection.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// `User:NAME` once authenticated (SASL or a mapped client certificate); `None` while
+    /// security is off (every call allowed, as on a gRPC listener without security).
+    pub principal: Option<String>,
+    pub peer: SocketAddr,
+    /// The client id of the connection's last request (for logs).
+    pub client_id: Option<String>,
+}
+
+/// A broker as Kafka clients see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaBroker {
+    pub id: u64,
+    /// The host and port of its Kafka listener (the advertised one).
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+}
+
+/// The node behind the listener. Each method answers as the gRPC method of the same name would
+/// for the session's principal.
+pub trait Backend: Send + Sync + 'static {
+    /// This node's id.
+    fn node_id(&self) -> u64;
+    /// The cluster's id (Kafka clients show it; stable for the cluster's life).
+    fn cluster_id(&self) -> String;
+    /// The brokers that have a Kafka listener, by their advertised Kafka address.
+    fn kafka_brokers(&self) -> Vec<KafkaBroker>;
+
+    fn metadata(
+        &self,
+        session: &Session,
+        request: v1::MetadataRequest,
+    ) -> impl Future<Output = Result<v1::MetadataResponse, Status>> + Send;
+    fn produce(
+        &self,
+        session: &Session,
+        request: v1::ProduceRequest,
+    ) -> impl Future<Output = Result<v1::ProduceResponse, Status>> + Send;
+    fn init_producer(
+        &self,
+        session: &Session,
+    ) -> impl Future<Output = Result<v1::InitProducerResponse, Status>> + Send;
+    fn fetch(
+        &self,
+        session: &Session,
+        request: v1::FetchRequest,
+    ) -> impl Future<Output = Result<v1::FetchResponse, Status>> + Send;
+    fn list_offsets(
+        &self,
+        session: &Session,
+        request: v1::ListOffsetsRequest,
+    ) -> impl Future<Output = Result<v1::ListOffsetsResponse, Status>> + Send;
+    fn create_topic(
+        &self,
+        session: &Session,
+        request: v1::CreateTopicRequest,
+    ) -> impl Future<Output = Result<v1::CreateTopicResponse, Status>> + Send;
+    fn delete_topic(
+        &self,
+        session: &Session,
+        request: v1::DeleteTopicRequest,
+    ) -> impl Future<Output = Result<v1::DeleteTopicResponse, Status>> + Send;
+}

@@ -1,0 +1,190 @@
+//! One Kafka connection: size-prefixed frames in, one answer per request out, in request order.
+//!
+//! Invariants: a frame larger than [`MAX_FRAME_BYTES`] closes the connection before it is read
+//! (nothing is allocated by a size the client declared beyond that bound); a request whose API
+//! key or version is not served closes it too (as a Kafka broker does), except ApiVersions,
+//! which is answered with UNSUPPORTED_VERSION and the supported table so the client can
+//! downgrade; requests are answered in the order they arrived.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::Instrument;
+
+use crate::api::{self, codes};
+use crate::backend::{Backend, Session};
+use crate::versions;
+
+/// The largest request frame accepted (Kafka's `socket.request.max.bytes` is 100 MiB; Weir's
+/// largest batch is far smaller).
+pub const MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
+
+/// Why a connection was closed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a request frame of {0} bytes (at most {MAX_FRAME_BYTES})")]
+    FrameTooLarge(i64),
+    #[error("unsupported request: API key {key} version {version}")]
+    Unsupported { key: i16, version: i16 },
+    #[error("malformed request: {0}")]
+    Malformed(String),
+}
+
+/// Serves one connection until the client closes it or breaks the protocol.
+pub async fn serve<S, B>(
+    mut stream: S,
+    backend: Arc<B>,
+    mut session: Session,
+) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: Backend,
+{
+    loop {
+        let size = match stream.read_i32().await {
+            Ok(size) => size,
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(err) => return Err(err.into()),
+        };
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|s| (4..=MAX_FRAME_BYTES).contains(s))
+            .ok_or(ConnError::FrameTooLarge(i64::from(size)))?;
+        let mut frame = vec![0u8; size];
+        stream.read_exact(&mut frame).await?;
+        let frame = Bytes::from(frame);
+        if let Some(answer) = handle(frame, backend.as_ref(), &mut session).await? {
+            stream.write_all(&answer).await?;
+            stream.flush().await?;
+        }
+    }
+}
+
+/// Answers one request frame: the response frame (size prefix included), or `None` when the
+/// request expects no answer (Produce with acks=0).
+async fn handle<B: Backend>(
+    mut frame: Bytes,
+    backend: &B,
+    session: &mut Session,
+) -> Result<Option<Bytes>, ConnError> {
+    if frame.len() < 4 {
+        return Err(ConnError::Malformed("a frame without a header".into()));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let api = ApiKey::try_from(key).map_err(|()| ConnError::Unsupported { key, version })?;
+    if api == ApiKey::ApiVersions && !versions::supports(api, version) {
+        // KIP-511: answer in version 0 with the table, so the client picks a version we serve.
+        let correlation_id = frame
+            .get(4..8)
+            .map_or(0, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let mut response = api_versions();
+        response.error_code = codes::UNSUPPORTED_VERSION;
+        return encode(api, 0, correlation_id, &ResponseKind::ApiVersions(response)).map(Some);
+    }
+    let produce_too_old = api == ApiKey::Produce && version < versions::PRODUCE_MIN_DECODED;
+    if !versions::supports(api, version) || produce_too_old {
+        return Err(ConnError::Unsupported { key, version });
+    }
+    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+        .map_err(|err| ConnError::Malformed(format!("request header: {err}")))?;
+    session.client_id = header.client_id.as_ref().map(|c| c.to_string());
+    let request = RequestKind::decode(api, &mut frame, version)
+        .map_err(|err| ConnError::Malformed(format!("{api:?} v{version}: {err}")))?;
+    let span = tracing::info_span!(
+        "kafka",
+        api = ?api,
+        version,
+        correlation = header.correlation_id,
+        peer = %session.peer,
+        client = session.client_id.as_deref().unwrap_or(""),
+    );
+    let response = dispatch(request, backend, session).instrument(span).await?;
+    match response {
+        Some(response) => encode(api, version, header.correlation_id, &response).map(Some),
+        None => Ok(None),
+    }
+}
+
+async fn dispatch<B: Backend>(
+    request: RequestKind,
+    backend: &B,
+    session: &Session,
+) -> Result<Option<ResponseKind>, ConnError> {
+    Ok(Some(match request {
+        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions()),
+        RequestKind::Metadata(r) => {
+            ResponseKind::Metadata(api::metadata(backend, session, r).await)
+        }
+        RequestKind::Produce(r) => match api::produce(backend, session, r).await {
+            Some(response) => ResponseKind::Produce(response),
+            None => return Ok(None),
+        },
+        RequestKind::Fetch(r) => ResponseKind::Fetch(api::fetch(backend, session, r).await),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(api::list_offsets(backend, session, r).await)
+        }
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(api::init_producer_id(backend, session, r).await)
+        }
+        RequestKind::CreateTopics(r) => {
+            ResponseKind::CreateTopics(api::create_topics(backend, session, r).await)
+        }
+        RequestKind::DeleteTopics(r) => {
+            ResponseKind::DeleteTopics(api::delete_topics(backend, session, r).await)
+        }
+        RequestKind::DescribeCluster(_) => {
+            ResponseKind::DescribeCluster(api::describe_cluster(backend, session).await)
+        }
+        other => {
+            return Err(ConnError::Malformed(format!(
+                "not served: {:?}",
+                std::mem::discriminant(&other)
+            )));
+        }
+    }))
+}
+
+/// The ApiVersions answer: every key and version range served.
+pub fn api_versions() -> ApiVersionsResponse {
+    let mut response = ApiVersionsResponse::default();
+    response.api_keys = versions::SUPPORTED
+        .iter()
+        .map(|(key, min, max)| {
+            let mut entry = ApiVersion::default();
+            entry.api_key = *key as i16;
+            entry.min_version = *min;
+            entry.max_version = *max;
+            entry
+        })
+        .collect();
+    response
+}
+
+/// A response frame: size, header (correlation id), body.
+fn encode(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    response: &ResponseKind,
+) -> Result<Bytes, ConnError> {
+    let mut body = BytesMut::new();
+    body.put_i32(0);
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    header
+        .encode(&mut body, api.response_header_version(version))
+        .map_err(|err| ConnError::Malformed(format!("encoding the response header: {err}")))?;
+    response
+        .encode(&mut body, version)
+        .map_err(|err| ConnError::Malformed(format!("encoding {api:?} v{version}: {err}")))?;
+    let size = i32::try_from(body.len() - 4).unwrap_or(i32::MAX);
+    body[0..4].copy_from_slice(&size.to_be_bytes());
+    Ok(body.freeze())
+}
