@@ -202,6 +202,19 @@ impl Access {
         Err("no credentials: send a bearer token (authorization: Bearer <token>) or a client certificate".into())
     }
 
+    /// The user a client certificate maps to (`User:NAME`), if it parses and is mapped.
+    pub(crate) fn cert_principal(
+        &self,
+        cert: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+    ) -> Option<String> {
+        let (subject, common_name, sans) = cert_names(cert)?;
+        self.controller.metadata().security.principal_for_cert(
+            &subject,
+            common_name.as_deref(),
+            &sans,
+        )
+    }
+
     /// Whether `caller` may do `op` on `resource`; the refusal names all three and is audited.
     pub(crate) fn authorize(
         &self,

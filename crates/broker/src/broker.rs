@@ -235,6 +235,11 @@ impl Broker for BrokerService {
                     rack: b.rack.clone().unwrap_or_default(),
                     alive: self.router.controller.is_alive(b.id),
                     decommissioning: b.decommissioning,
+                    kafka_address: metadata
+                        .kafka_listeners
+                        .get(&b.id)
+                        .cloned()
+                        .unwrap_or_default(),
                 })
                 .collect(),
             topics,

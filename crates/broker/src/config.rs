@@ -197,6 +197,24 @@ pub const SETTINGS: &[Setting] = {
             "The address clients outside the nodes' network use [default: external_addr]",
         ),
         setting(
+            "kafka_addr",
+            "WEIR_KAFKA_ADDR",
+            "kafka-addr",
+            Text,
+            "HOST:PORT",
+            "A listener speaking Kafka's wire protocol (Kafka clients, kcat) over the same \
+             partitions, groups, users and ACLs; none by default",
+        ),
+        setting(
+            "kafka_advertised_addr",
+            "WEIR_KAFKA_ADVERTISED_ADDR",
+            "kafka-advertised-addr",
+            Text,
+            "HOST:PORT",
+            "The address Kafka clients use to reach kafka_addr (Kafka's advertised.listeners) \
+             [default: kafka_addr]",
+        ),
+        setting(
             "data_dir",
             "WEIR_DATA_DIR",
             "data-dir",
@@ -514,6 +532,11 @@ pub struct NodeConfig {
     /// on every interface). Metadata asked on the external listener names every broker by its
     /// external address, so clients that route to partition leaders reach them.
     pub external_advertised_addr: Option<String>,
+    /// `host:port` of a listener speaking Kafka's wire protocol.
+    pub kafka_addr: Option<String>,
+    /// The address Kafka clients use to reach `kafka_addr` (required with it when it listens on
+    /// every interface); Kafka metadata names every broker by its own.
+    pub kafka_advertised_addr: Option<String>,
     pub data_dir: PathBuf,
     /// The initial controller voters, `ID@HOST:PORT` (1, 3 or 5 of them).
     pub peers: Vec<String>,
@@ -542,6 +565,8 @@ impl Default for NodeConfig {
             advertised_addr: None,
             external_addr: None,
             external_advertised_addr: None,
+            kafka_addr: None,
+            kafka_advertised_addr: None,
             data_dir: PathBuf::from("weir-data"),
             peers: Vec::new(),
             join: None,
@@ -883,6 +908,56 @@ impl NodeConfig {
         self.advertised_addr.as_deref().unwrap_or(&self.addr)
     }
 
+    /// Checks a second listener (`listen`) and the address its clients use (`advertised`):
+    /// the advertised one needs the listener, a listener on every interface needs an advertised
+    /// address, and neither may share `addr`'s port.
+    fn check_listener(
+        &self,
+        (listen_key, listen): (&'static str, Option<&str>),
+        (advertised_key, advertised): (&'static str, Option<&str>),
+        clients: &str,
+    ) -> Result<(), ConfigError> {
+        let Some(listen) = listen else {
+            if advertised.is_some() {
+                return Err(invalid(
+                    advertised_key,
+                    format!("set {listen_key} too (the listener it advertises)"),
+                ));
+            }
+            return Ok(());
+        };
+        if listen.parse::<SocketAddr>().is_err() {
+            check_host_port(listen_key, listen)?;
+        }
+        match advertised {
+            Some(advertised) => check_host_port(advertised_key, advertised)?,
+            None if listen
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.ip().is_unspecified()) =>
+            {
+                return Err(invalid(
+                    advertised_key,
+                    format!("{listen} listens on every interface; set the address {clients} use"),
+                ));
+            }
+            None => {}
+        }
+        if listen == self.addr && !listen.ends_with(":0") {
+            return Err(invalid(
+                listen_key,
+                format!("{listen} is also addr; give this listener its own port"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The address Kafka clients use, when there is a Kafka listener.
+    pub fn kafka_advertised(&self) -> Option<&str> {
+        self.kafka_advertised_addr
+            .as_deref()
+            .or(self.kafka_addr.as_deref())
+    }
+
     /// The address clients outside the nodes' network use, when there is an external listener.
     pub fn external_advertised(&self) -> Option<&str> {
         self.external_advertised_addr
@@ -939,40 +1014,30 @@ impl NodeConfig {
                 ),
             ));
         }
-        match (&self.external_addr, &self.external_advertised_addr) {
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "external_advertised_addr",
-                    "set external_addr too (the listener it advertises)",
-                ));
-            }
-            (Some(external), advertised) => {
-                if external.parse::<SocketAddr>().is_err() {
-                    check_host_port("external_addr", external)?;
-                }
-                match advertised {
-                    Some(advertised) => check_host_port("external_advertised_addr", advertised)?,
-                    None if external
-                        .parse::<SocketAddr>()
-                        .is_ok_and(|a| a.ip().is_unspecified()) =>
-                    {
-                        return Err(invalid(
-                            "external_advertised_addr",
-                            format!(
-                                "{external} listens on every interface; set the address external clients use"
-                            ),
-                        ));
-                    }
-                    None => {}
-                }
-                if external == &self.addr && !external.ends_with(":0") {
-                    return Err(invalid(
-                        "external_addr",
-                        format!("{external} is also addr; give the external listener its own port"),
-                    ));
-                }
-            }
-            (None, None) => {}
+        self.check_listener(
+            ("external_addr", self.external_addr.as_deref()),
+            (
+                "external_advertised_addr",
+                self.external_advertised_addr.as_deref(),
+            ),
+            "external clients",
+        )?;
+        self.check_listener(
+            ("kafka_addr", self.kafka_addr.as_deref()),
+            (
+                "kafka_advertised_addr",
+                self.kafka_advertised_addr.as_deref(),
+            ),
+            "Kafka clients",
+        )?;
+        if let (Some(kafka), Some(external)) = (&self.kafka_addr, &self.external_addr)
+            && kafka == external
+            && !kafka.ends_with(":0")
+        {
+            return Err(invalid(
+                "kafka_addr",
+                format!("{kafka} is also external_addr; give each listener its own port"),
+            ));
         }
         let voters = self.voters()?;
         if let Some(join) = &self.join {

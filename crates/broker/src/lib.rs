@@ -18,6 +18,7 @@
 //! - `limits`: the bounds of each listener (streams, in-flight requests, request size,
 //!   keepalive) and the node-wide budgets of background work; `listener`: the accept loop
 //!   (plaintext or TLS) that closes idle and slow connections.
+//! - `kafka`: the Kafka listener (`kafka_addr`): `weir_kafka` over the same services.
 //!
 //! Invariants: services reach partitions only through `weir_raft::Partition` (never the segment
 //! log or openraft); a request is forwarded at most [`weir_format::wire::MAX_FORWARD_HOPS`]
@@ -31,6 +32,7 @@ mod broker;
 mod config;
 mod fetch;
 mod groups;
+mod kafka;
 mod limits;
 mod listener;
 mod metrics;

@@ -82,7 +82,7 @@ pub(crate) fn keepalive_interval(idle_timeout: Duration) -> Duration {
 /// A gRPC server builder with the bounds of listener `which`.
 pub(crate) fn server(which: Listener, idle_timeout: Duration) -> tonic::transport::Server {
     let (streams, in_flight) = match which {
-        Listener::External => (CLIENT_MAX_STREAMS, CLIENT_MAX_IN_FLIGHT),
+        Listener::External | Listener::Kafka => (CLIENT_MAX_STREAMS, CLIENT_MAX_IN_FLIGHT),
         Listener::Internal => (INTERNAL_MAX_STREAMS, INTERNAL_MAX_IN_FLIGHT),
     };
     tonic::transport::Server::builder()

@@ -83,6 +83,7 @@ pub struct Node {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     local_addr: std::net::SocketAddr,
     external_addr: Option<std::net::SocketAddr>,
+    kafka_addr: Option<std::net::SocketAddr>,
     metrics_addr: Option<std::net::SocketAddr>,
     stop_metrics: Option<oneshot::Sender<()>>,
     health: tonic_health::server::HealthReporter,
@@ -131,6 +132,21 @@ impl Node {
             None => None,
         };
         let external_addr = external_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let kafka_listener = match &config.kafka_addr {
+            Some(addr) => {
+                let listener = bind(addr).await?;
+                if config.kafka_advertised_addr.is_none()
+                    && addr.ends_with(":0")
+                    && let Ok(bound) = listener.local_addr()
+                {
+                    // An ephemeral port (tests), as for `addr`.
+                    config.kafka_advertised_addr = Some(bound.to_string());
+                }
+                Some(listener)
+            }
+            None => None,
+        };
+        let kafka_addr = kafka_listener.as_ref().and_then(|l| l.local_addr().ok());
         let tls = match config.tls.files() {
             Some(files) => Some(NodeTls::load(files, config.id)?),
             None => None,
@@ -255,6 +271,26 @@ impl Node {
                 },
             )));
         }
+        if let Some(listener) = kafka_listener {
+            let backend = crate::kafka::KafkaBackend {
+                node_id: config.id,
+                security_enabled: config.security.enabled,
+                controller: Arc::clone(&controller),
+                broker: services.broker.clone(),
+                admin: services.admin.clone(),
+            };
+            servers.push(tokio::spawn(crate::kafka::serve(
+                listener,
+                backend,
+                tls.clone(),
+                audit.clone(),
+                stopped.clone(),
+                Accept {
+                    which: Listener::Kafka,
+                    idle_timeout,
+                },
+            )));
+        }
         let routes = client_api_routes(services, health_service)?;
         let usage_service = InterceptedService::new(
             UsageServer::new(UsageService {
@@ -311,6 +347,7 @@ impl Node {
             tasks,
             local_addr,
             external_addr,
+            kafka_addr,
             metrics_addr,
             stop_metrics: Some(stop_metrics),
             health,
@@ -329,6 +366,11 @@ impl Node {
     /// The address the external listener listens on, if there is one.
     pub fn external_addr(&self) -> Option<std::net::SocketAddr> {
         self.external_addr
+    }
+
+    /// The address the Kafka listener listens on, if there is one.
+    pub fn kafka_addr(&self) -> Option<std::net::SocketAddr> {
+        self.kafka_addr
     }
 
     /// The address the metrics endpoint listens on, if enabled.
@@ -651,6 +693,7 @@ async fn register(config: NodeConfig, controller: Arc<Controller>, transport: Ar
             });
         if registered {
             tracing::info!(node = config.id, "registered as a broker");
+            register_kafka(&config, &controller).await;
             return;
         }
         let result = if join_targets.is_empty() {
@@ -679,6 +722,25 @@ async fn register(config: NodeConfig, controller: Arc<Controller>, transport: Ar
             // does not come in time.
             metadata.mark_unchanged();
             let _ = tokio::time::timeout(backoff.next_delay(None), metadata.changed()).await;
+        }
+    }
+}
+
+/// Records this node's Kafka listener (or its absence) in the metadata, retrying until it is.
+async fn register_kafka(config: &NodeConfig, controller: &Controller) {
+    let kafka = config.kafka_advertised().map(str::to_string);
+    let mut backoff = weir_format::retry::RetryPolicy::BACKGROUND.backoff();
+    while controller.metadata().kafka_listeners.get(&config.id) != kafka.as_ref() {
+        let command = MetadataCommand::SetKafkaListener {
+            id: config.id,
+            addr: kafka.clone(),
+        };
+        match controller.propose(command).await {
+            Ok(_) => tracing::info!(node = config.id, kafka = ?kafka, "Kafka listener registered"),
+            Err(err) => {
+                tracing::info!(node = config.id, error = %err, "Kafka listener not registered yet; retrying");
+                tokio::time::sleep(backoff.next_delay(None)).await;
+            }
         }
     }
 }

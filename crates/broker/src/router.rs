@@ -124,6 +124,8 @@ pub(crate) enum Route {
 pub(crate) enum Listener {
     Internal,
     External,
+    /// The Kafka listener (its metadata answers name Kafka addresses, made by `weir_kafka`).
+    Kafka,
 }
 
 /// How often a request was forwarded so far, and whose it is (passed on when it is forwarded

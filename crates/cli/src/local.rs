@@ -26,6 +26,10 @@ pub(crate) struct LocalArgs {
     /// Port of node 1; node I listens on BASE+I-1.
     #[arg(long, default_value_t = 9092)]
     base_port: u16,
+    /// Port of node 1's Kafka listener (node I's is KAFKA_BASE+I-1) [default: BASE+10000,
+    /// so 19092 for Kafka clients and kcat].
+    #[arg(long)]
+    kafka_base_port: Option<u16>,
     /// Durability passed to every node (always, never, interval:MS).
     #[arg(long, default_value = "always")]
     durability: String,
@@ -291,6 +295,24 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
             args.nodes
         );
     }
+    let kafka_base = match args.kafka_base_port {
+        Some(port) => u32::from(port),
+        None => u32::from(args.base_port) + 10_000,
+    };
+    if kafka_base + args.nodes > 65_535 {
+        bail!(
+            "the Kafka ports from {kafka_base} leave no room for {} nodes: give --kafka-base-port",
+            args.nodes
+        );
+    }
+    if kafka_base < u32::from(args.base_port) + args.nodes
+        && u32::from(args.base_port) < kafka_base + args.nodes
+    {
+        bail!(
+            "--kafka-base-port {kafka_base} overlaps the nodes' ports from --base-port {}",
+            args.base_port
+        );
+    }
     weir_broker::parse_durability(&args.durability)
         .map_err(|err| anyhow::anyhow!("--durability {err}"))?;
     // Installed before any node starts: a Ctrl-C or SIGTERM during the set-up or the demo stops
@@ -300,6 +322,7 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let exe = std::env::current_exe().context("finding the weir binary")?;
     let addr = |id: u32| format!("127.0.0.1:{}", u32::from(args.base_port) + id - 1);
+    let kafka_addr = |id: u32| format!("127.0.0.1:{}", kafka_base + id - 1);
     let voters: u32 = if [1, 3, 5].contains(&args.nodes) {
         args.nodes
     } else {
@@ -338,6 +361,8 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
             .arg(id.to_string())
             .arg("--addr")
             .arg(addr(id))
+            .arg("--kafka-addr")
+            .arg(kafka_addr(id))
             .arg("--data-dir")
             .arg(&dir)
             .arg("--durability")
@@ -375,11 +400,12 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
         });
     }
     println!("weir local: {} nodes running", args.nodes);
-    let mut table = Table::new(&["NODE", "ADDRESS", "ROLE", "DATA", "LOG"]);
+    let mut table = Table::new(&["NODE", "ADDRESS", "KAFKA", "ROLE", "DATA", "LOG"]);
     for id in 1..=args.nodes {
         table.row([
             id.to_string(),
             addr(id),
+            kafka_addr(id),
             if id <= voters { "voter" } else { "joins" }.to_string(),
             args.data_dir
                 .join(format!("node-{id}"))
@@ -394,6 +420,12 @@ pub(crate) async fn run(args: LocalArgs) -> anyhow::Result<()> {
     table.print();
     let brokers: Vec<String> = (1..=args.nodes).map(addr).collect();
     let weir = exe.display();
+    let kafka_bootstrap: Vec<String> = (1..=args.nodes).map(kafka_addr).collect();
+    println!(
+        "Kafka clients: bootstrap servers {} (for example: kcat -b {} -L)",
+        kafka_bootstrap.join(","),
+        kafka_bootstrap.first().map_or("", String::as_str)
+    );
     println!("Ctrl-C stops the cluster; run the same command again to restart it on its data.");
     let setup = async {
         let mut security = weir_client::Security::default();

@@ -257,6 +257,19 @@ pub struct Metadata {
     /// Users, credentials, tokens, certificate mappings, ACLs, tenants and quotas.
     #[serde(default)]
     pub security: SecurityState,
+    /// The advertised address of each broker's Kafka listener (brokers without one are absent).
+    #[serde(default)]
+    pub kafka_listeners: BTreeMap<NodeId, String>,
+}
+
+/// [`Metadata`] as snapshots of layout 3 stored it: before `kafka_listeners`.
+#[derive(Deserialize)]
+struct MetadataWithoutKafka {
+    brokers: BTreeMap<NodeId, BrokerRecord>,
+    topics: BTreeMap<String, TopicRecord>,
+    version: u64,
+    last_producer_id: i64,
+    security: SecurityState,
 }
 
 /// [`Metadata`] as snapshots stored it before `security` was added (postcard is not
@@ -280,12 +293,13 @@ struct MetadataWithoutCreators {
     security: SecurityState,
 }
 
-/// The start of an encoded [`Metadata`] (then postcard): "WMD" and the layout's version. The
-/// layouts before the version was written (1: no `security`; 2: topics without `created_by`)
-/// start with a postcard map length instead, and [`Metadata::decode`] reads them too. Adding a
-/// field to anything stored in `Metadata` bumps the version and keeps a decoder for the old one.
+/// The start of an encoded [`Metadata`] (then postcard): "WMD" and the layout's version (3:
+/// before `kafka_listeners`; 4: now). The layouts before the version was written (1: no
+/// `security`; 2: topics without `created_by`) start with a postcard map length instead, and
+/// [`Metadata::decode`] reads them too. Adding a field to anything stored in `Metadata` bumps the
+/// version and keeps a decoder for the old one.
 const SNAPSHOT_MAGIC: &[u8; 3] = b"WMD";
-const SNAPSHOT_VERSION: u8 = 3;
+const SNAPSHOT_VERSION: u8 = 4;
 
 impl Metadata {
     /// The metadata as a controller snapshot stores it (see [`Metadata::decode`]).
@@ -309,6 +323,14 @@ impl Metadata {
         let versioned = match data.split_at_checked(SNAPSHOT_MAGIC.len() + 1) {
             Some((head, body)) if head[..3] == SNAPSHOT_MAGIC[..] => match head[3] {
                 SNAPSHOT_VERSION => exact::<Self>(body),
+                3 => exact::<MetadataWithoutKafka>(body).map(|old| Self {
+                    brokers: old.brokers,
+                    topics: old.topics,
+                    version: old.version,
+                    last_producer_id: old.last_producer_id,
+                    security: old.security,
+                    kafka_listeners: BTreeMap::new(),
+                }),
                 _ => Err(postcard::Error::DeserializeBadEncoding),
             },
             _ => Err(postcard::Error::DeserializeBadEncoding),
@@ -322,6 +344,7 @@ impl Metadata {
                     version: old.version,
                     last_producer_id: old.last_producer_id,
                     security: old.security,
+                    kafka_listeners: BTreeMap::new(),
                 })
             })
             .or_else(|err: postcard::Error| {
@@ -332,6 +355,7 @@ impl Metadata {
                     version: old.version,
                     last_producer_id: old.last_producer_id,
                     security: SecurityState::default(),
+                    kafka_listeners: BTreeMap::new(),
                 })
             })
     }
@@ -429,6 +453,12 @@ pub enum MetadataCommand {
         replication_factor: u32,
         config: TopicConfig,
         assignment: Vec<Vec<NodeId>>,
+    },
+    /// Sets (or, with `None`, removes) the advertised address of a registered broker's Kafka
+    /// listener. (After the others, so that commands logged before it still decode.)
+    SetKafkaListener {
+        id: NodeId,
+        addr: Option<String>,
     },
 }
 
@@ -790,6 +820,16 @@ impl Metadata {
                 }
                 None => Err(MetadataError::UnknownBroker(id)),
             },
+            MetadataCommand::SetKafkaListener { id, addr } => {
+                if !self.brokers.contains_key(&id) {
+                    return Err(MetadataError::UnknownBroker(id));
+                }
+                match addr {
+                    Some(addr) => self.kafka_listeners.insert(id, addr),
+                    None => self.kafka_listeners.remove(&id),
+                };
+                Ok(id)
+            }
             command @ (MetadataCommand::UpsertUser { .. }
             | MetadataCommand::DeleteUser { .. }
             | MetadataCommand::CreateToken(_)
@@ -1107,12 +1147,47 @@ mod tests {
         })
         .unwrap();
         assert_eq!(m.topics["c"].created_by.as_deref(), Some("User:alice"));
+        // Layout 3: versioned, without Kafka listeners.
+        #[derive(Serialize)]
+        struct Layout3<'a> {
+            brokers: &'a BTreeMap<NodeId, BrokerRecord>,
+            topics: &'a BTreeMap<String, TopicRecord>,
+            version: u64,
+            last_producer_id: i64,
+            security: &'a SecurityState,
+        }
+        let mut layout3 = b"WMD\x03".to_vec();
+        layout3.extend(
+            postcard::to_stdvec(&Layout3 {
+                brokers: &m.brokers,
+                topics: &m.topics,
+                version: m.version,
+                last_producer_id: m.last_producer_id,
+                security: &m.security,
+            })
+            .unwrap(),
+        );
+        assert_eq!(Metadata::decode(&layout3).unwrap(), m);
+        m.apply(MetadataCommand::SetKafkaListener {
+            id: 2,
+            addr: Some("kafka-2:9093".into()),
+        })
+        .unwrap();
+        assert_eq!(
+            m.apply(MetadataCommand::SetKafkaListener {
+                id: 9,
+                addr: Some("x:1".into()),
+            }),
+            Err(MetadataError::UnknownBroker(9))
+        );
         let (mut state, watch) = MetadataState::new();
         let encoded = m.encode().unwrap();
-        assert!(encoded.starts_with(b"WMD\x03"));
+        assert!(encoded.starts_with(b"WMD\x04"));
         state.restore(&encoded).unwrap();
         assert_eq!(**watch.borrow(), m);
+        assert_eq!(watch.borrow().kafka_listeners[&2], "kafka-2:9093");
         assert_eq!(state.encode(), Bytes::from(encoded));
+        m.kafka_listeners.clear();
 
         // Topics as stored before `created_by`.
         #[derive(Serialize)]

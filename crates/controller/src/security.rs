@@ -1399,6 +1399,7 @@ impl SecurityState {
             | MetadataCommand::ReassignPartition { .. }
             | MetadataCommand::SetDecommissioning { .. }
             | MetadataCommand::ReassignmentDone { .. }
+            | MetadataCommand::SetKafkaListener { .. }
             | MetadataCommand::AllocateProducerId => {
                 Err(MetadataError::Invalid("not a security command".to_string()))
             }

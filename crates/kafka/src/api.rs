@@ -145,13 +145,9 @@ pub async fn metadata<B: Backend>(
             broker
         })
         .collect();
+    // Every topic the session may describe (a named topic it may not see is unknown to it).
     let answer = backend
-        .metadata(
-            session,
-            v1::MetadataRequest {
-                topics: topics.clone(),
-            },
-        )
+        .metadata(session, v1::MetadataRequest { topics: Vec::new() })
         .await;
     let answer = match answer {
         Ok(answer) => answer,

@@ -1,0 +1,260 @@
+//! The Kafka listener of a node: accepts connections (plaintext or TLS, as the node's other
+//! listeners, with the same idle and handshake bounds) and serves each with `weir_kafka`, whose
+//! [`Backend`] this module implements with the node's own services.
+//!
+//! Invariants: a Kafka request reaches partitions only as the `weir.v1` request it becomes,
+//! through the same services (so the same router, forwarding, validation and authorization);
+//! the principal of a Kafka connection is its SASL user or mapped client certificate, and
+//! `User:ANONYMOUS` (Kafka's name for an unauthenticated client) when it has neither while
+//! security is on; with security off every call is allowed, as on the gRPC listeners.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tonic::transport::server::Connected;
+use tonic::{Request, Status};
+use weir_controller::Controller;
+use weir_kafka::{Backend, KafkaBroker, Session};
+use weir_proto::v1;
+use weir_proto::v1::admin_server::Admin;
+use weir_proto::v1::broker_server::Broker;
+use weir_raft::tls::NodeTls;
+
+use crate::admin::AdminService;
+use crate::audit::{Audit, AuditEvent};
+use crate::auth::{Caller, Principal};
+use crate::broker::BrokerService;
+use crate::listener::Accept;
+
+/// Kafka's principal for a client that did not authenticate.
+pub(crate) const ANONYMOUS: &str = "User:ANONYMOUS";
+
+/// The node, as the Kafka listener sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct KafkaBackend {
+    pub(crate) node_id: u64,
+    pub(crate) security_enabled: bool,
+    pub(crate) controller: Arc<Controller>,
+    pub(crate) broker: BrokerService,
+    pub(crate) admin: AdminService,
+}
+
+impl KafkaBackend {
+    /// `message` as a request from the session's principal.
+    fn request<T>(&self, session: &Session, message: T) -> Request<T> {
+        let principal = if self.security_enabled {
+            Principal::User(
+                session
+                    .principal
+                    .clone()
+                    .unwrap_or_else(|| ANONYMOUS.to_string()),
+            )
+        } else {
+            Principal::Anonymous
+        };
+        let mut request = Request::new(message);
+        request.extensions_mut().insert(Caller {
+            principal,
+            peer: Some(session.peer),
+        });
+        request
+    }
+}
+
+/// Splits `host:port` (the port last, so a bracketed IPv6 host stays whole).
+fn host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_string(), port.parse().ok()?))
+}
+
+impl Backend for KafkaBackend {
+    fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    fn cluster_id(&self) -> String {
+        // Stable for the cluster's life: its controller group's first voters never change name.
+        "weir".to_string()
+    }
+
+    fn kafka_brokers(&self) -> Vec<KafkaBroker> {
+        let metadata = self.controller.metadata();
+        metadata
+            .kafka_listeners
+            .iter()
+            .filter_map(|(id, addr)| {
+                let (host, port) = host_port(addr)?;
+                Some(KafkaBroker {
+                    id: *id,
+                    host,
+                    port,
+                    rack: metadata.brokers.get(id).and_then(|b| b.rack.clone()),
+                })
+            })
+            .collect()
+    }
+
+    async fn metadata(
+        &self,
+        session: &Session,
+        request: v1::MetadataRequest,
+    ) -> Result<v1::MetadataResponse, Status> {
+        Broker::metadata(&self.broker, self.request(session, request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn produce(
+        &self,
+        session: &Session,
+        request: v1::ProduceRequest,
+    ) -> Result<v1::ProduceResponse, Status> {
+        Broker::produce(&self.broker, self.request(session, request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn init_producer(&self, session: &Session) -> Result<v1::InitProducerResponse, Status> {
+        Broker::init_producer(
+            &self.broker,
+            self.request(session, v1::InitProducerRequest {}),
+        )
+        .await
+        .map(tonic::Response::into_inner)
+    }
+
+    async fn fetch(
+        &self,
+        session: &Session,
+        request: v1::FetchRequest,
+    ) -> Result<v1::FetchResponse, Status> {
+        Broker::fetch(&self.broker, self.request(session, request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn list_offsets(
+        &self,
+        session: &Session,
+        request: v1::ListOffsetsRequest,
+    ) -> Result<v1::ListOffsetsResponse, Status> {
+        Broker::list_offsets(&self.broker, self.request(session, request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn create_topic(
+        &self,
+        session: &Session,
+        request: v1::CreateTopicRequest,
+    ) -> Result<v1::CreateTopicResponse, Status> {
+        Admin::create_topic(&self.admin, self.request(session, request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn delete_topic(
+        &self,
+        session: &Session,
+        request: v1::DeleteTopicRequest,
+    ) -> Result<v1::DeleteTopicResponse, Status> {
+        Admin::delete_topic(&self.admin, self.request(session, request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+/// Serves the Kafka listener until `stop` turns true.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    backend: KafkaBackend,
+    tls: Option<Arc<NodeTls>>,
+    audit: Audit,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    accept: Accept,
+) {
+    let backend = Arc::new(backend);
+    let stopped = async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    tokio::pin!(stopped);
+    let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+    match tls {
+        None => {
+            let mut incoming = crate::listener::plaintext(listener, accept);
+            loop {
+                let stream = tokio::select! {
+                    () = &mut stopped => return,
+                    next = incoming.next() => match next {
+                        Some(Ok(stream)) => stream,
+                        Some(Err(err)) => {
+                            tracing::debug!(%err, "kafka accept failed");
+                            continue;
+                        }
+                        None => return,
+                    },
+                };
+                let peer = stream.connect_info().remote_addr().unwrap_or(unknown);
+                spawn(stream, peer, None, Arc::clone(&backend));
+            }
+        }
+        Some(tls) => {
+            let on_failure: crate::listener::OnFailure = Arc::new(move |peer, reason| {
+                audit.record(AuditEvent {
+                    principal: None,
+                    peer: Some(peer),
+                    operation: "authenticate",
+                    resource: None,
+                    result: "denied",
+                    detail: Some(format!(
+                        "TLS handshake failed on the Kafka listener: {reason}"
+                    )),
+                });
+            });
+            let mut incoming = crate::listener::tls(listener, tls, accept, on_failure);
+            loop {
+                let stream = tokio::select! {
+                    () = &mut stopped => return,
+                    next = incoming.next() => match next {
+                        Some(Ok(stream)) => stream,
+                        Some(Err(err)) => {
+                            tracing::debug!(%err, "kafka accept failed");
+                            continue;
+                        }
+                        None => return,
+                    },
+                };
+                let info = stream.connect_info();
+                let peer = info.get_ref().remote_addr().unwrap_or(unknown);
+                // A client certificate mapped to a user authenticates the connection.
+                let principal = info.peer_certs().and_then(|certs| {
+                    certs
+                        .first()
+                        .and_then(|c| backend.broker.router.access.cert_principal(c))
+                });
+                spawn(stream, peer, principal, Arc::clone(&backend));
+            }
+        }
+    }
+}
+
+/// Serves one connection in a task of its own.
+fn spawn<S>(stream: S, peer: SocketAddr, principal: Option<String>, backend: Arc<KafkaBackend>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let session = Session {
+            principal,
+            peer,
+            client_id: None,
+        };
+        if let Err(err) = weir_kafka::serve(stream, backend, session).await {
+            tracing::debug!(%peer, %err, "kafka connection closed");
+        }
+    });
+}
