@@ -94,6 +94,34 @@ impl ProcessCluster {
         Self::start_with(n, false, &[])
     }
 
+    /// Starts `n` nodes, each with a Kafka listener on a port of its own (see
+    /// [`ProcessCluster::kafka_addr`]).
+    pub fn start_kafka(n: u64) -> anyhow::Result<Self> {
+        Self::start_with(n, false, &["--kafka-addr", "127.0.0.1:0"])
+    }
+
+    /// Node `id`'s Kafka listener (from its ready file).
+    pub fn kafka_addr(&self, id: u64) -> anyhow::Result<SocketAddr> {
+        let text = std::fs::read_to_string(self.ready_file(id))
+            .with_context(|| format!("node {id}'s ready file"))?;
+        let addr = text
+            .lines()
+            .find_map(|line| line.strip_prefix("kafka_addr="))
+            .with_context(|| format!("node {id} has no Kafka listener: {text:?}"))?;
+        addr.parse()
+            .with_context(|| format!("kafka_addr={addr} is not IP:PORT"))
+    }
+
+    /// Every running node's Kafka listener, comma-separated (Kafka's `bootstrap.servers`).
+    pub fn kafka_bootstrap(&self) -> anyhow::Result<String> {
+        let addrs: anyhow::Result<Vec<String>> = self
+            .children
+            .keys()
+            .map(|id| self.kafka_addr(*id).map(|a| a.to_string()))
+            .collect();
+        Ok(addrs?.join(","))
+    }
+
     /// Starts `n` nodes with TLS (a fresh CA, node certificates for 127.0.0.1 and localhost, and
     /// client certificates for [`TLS_USERS`]) and `extra_args` (for example
     /// `--security-enabled`).

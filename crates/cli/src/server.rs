@@ -144,6 +144,9 @@ fn write_ready_file(path: &Path, node: &Node) -> anyhow::Result<()> {
     if let Some(external) = node.external_addr() {
         text.push_str(&format!("external_addr={external}\n"));
     }
+    if let Some(kafka) = node.kafka_addr() {
+        text.push_str(&format!("kafka_addr={kafka}\n"));
+    }
     if let Some(metrics) = node.metrics_addr() {
         text.push_str(&format!("metrics_addr={metrics}\n"));
     }
