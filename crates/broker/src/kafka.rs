@@ -21,12 +21,15 @@ use weir_kafka::{Backend, KafkaBroker, Session};
 use weir_proto::v1;
 use weir_proto::v1::admin_server::Admin;
 use weir_proto::v1::broker_server::Broker;
+use weir_proto::v1::groups_server::Groups;
 use weir_raft::tls::NodeTls;
 
 use crate::admin::AdminService;
 use crate::audit::{Audit, AuditEvent};
+use crate::auth::Resource;
 use crate::auth::{Caller, Principal};
 use crate::broker::BrokerService;
+use crate::groups::GroupService;
 use crate::listener::Accept;
 
 /// Kafka's principal for a client that did not authenticate.
@@ -40,11 +43,12 @@ pub(crate) struct KafkaBackend {
     pub(crate) controller: Arc<Controller>,
     pub(crate) broker: BrokerService,
     pub(crate) admin: AdminService,
+    pub(crate) groups: GroupService,
 }
 
 impl KafkaBackend {
     /// `message` as a request from the session's principal.
-    fn request<T>(&self, session: &Session, message: T) -> Request<T> {
+    fn caller(&self, session: &Session) -> Caller {
         let principal = if self.security_enabled {
             Principal::User(
                 session
@@ -55,11 +59,15 @@ impl KafkaBackend {
         } else {
             Principal::Anonymous
         };
-        let mut request = Request::new(message);
-        request.extensions_mut().insert(Caller {
+        Caller {
             principal,
             peer: Some(session.peer),
-        });
+        }
+    }
+
+    fn request<T>(&self, session: &Session, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.extensions_mut().insert(self.caller(session));
         request
     }
 }
@@ -166,6 +174,75 @@ impl Backend for KafkaBackend {
             .await
             .map(tonic::Response::into_inner)
     }
+
+    async fn group_coordinator(&self, _session: &Session, group: &str) -> Result<u64, Status> {
+        let partition = self.groups.coordinator_partition(group).await?;
+        self.offsets_leader(partition).await
+    }
+
+    fn authorize_group(&self, session: &Session, group: &str) -> Result<(), Status> {
+        self.broker.router.access.authorize(
+            &self.caller(session),
+            weir_controller::security::Operation::Read,
+            Resource::Group(group),
+        )
+    }
+
+    async fn commit_offsets(
+        &self,
+        session: &Session,
+        request: v1::CommitOffsetsRequest,
+    ) -> Result<v1::CommitOffsetsResponse, Status> {
+        Groups::commit_offsets(&self.groups, self.request(session, request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn fetch_offsets(
+        &self,
+        session: &Session,
+        request: v1::FetchOffsetsRequest,
+    ) -> Result<v1::FetchOffsetsResponse, Status> {
+        Groups::fetch_offsets(&self.groups, self.request(session, request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn list_groups(&self, session: &Session) -> Result<v1::ListGroupsResponse, Status> {
+        Groups::list_groups(
+            &self.groups,
+            self.request(
+                session,
+                v1::ListGroupsRequest {
+                    coordinator_partition: None,
+                },
+            ),
+        )
+        .await
+        .map(tonic::Response::into_inner)
+    }
+}
+
+impl KafkaBackend {
+    /// The leader of `__consumer_offsets` partition `partition` (asked as the node itself: this
+    /// is the node's own routing, not the caller's request).
+    async fn offsets_leader(&self, partition: u32) -> Result<u64, Status> {
+        let answer = Broker::metadata(
+            &self.broker,
+            Request::new(v1::MetadataRequest {
+                topics: vec![weir_controller::OFFSETS_TOPIC.to_string()],
+            }),
+        )
+        .await?
+        .into_inner();
+        answer
+            .topics
+            .first()
+            .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+            .map(|p| p.leader)
+            .filter(|leader| *leader != 0)
+            .ok_or_else(|| Status::unavailable("the group coordinator is being elected"))
+    }
 }
 
 /// Serves the Kafka listener until `stop` turns true.
@@ -177,7 +254,9 @@ pub(crate) async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
     accept: Accept,
 ) {
-    let backend = Arc::new(backend);
+    let backend = Arc::new(weir_kafka::Listener::new(backend));
+    let expiry = tokio::spawn(Arc::clone(&backend).run_expiry());
+    let _expiry = AbortOnDrop(expiry);
     let stopped = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
@@ -234,7 +313,7 @@ pub(crate) async fn serve(
                 let principal = info.peer_certs().and_then(|certs| {
                     certs
                         .first()
-                        .and_then(|c| backend.broker.router.access.cert_principal(c))
+                        .and_then(|c| backend.backend.broker.router.access.cert_principal(c))
                 });
                 spawn(stream, peer, principal, Arc::clone(&backend));
             }
@@ -243,8 +322,12 @@ pub(crate) async fn serve(
 }
 
 /// Serves one connection in a task of its own.
-fn spawn<S>(stream: S, peer: SocketAddr, principal: Option<String>, backend: Arc<KafkaBackend>)
-where
+fn spawn<S>(
+    stream: S,
+    peer: SocketAddr,
+    principal: Option<String>,
+    backend: Arc<weir_kafka::Listener<KafkaBackend>>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
@@ -257,4 +340,13 @@ where
             tracing::debug!(%peer, %err, "kafka connection closed");
         }
     });
+}
+
+/// Aborts a task when dropped (the expiry loop ends with the listener).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

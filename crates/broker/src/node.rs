@@ -278,6 +278,7 @@ impl Node {
                 controller: Arc::clone(&controller),
                 broker: services.broker.clone(),
                 admin: services.admin.clone(),
+                groups: services.groups.clone(),
             };
             servers.push(tokio::spawn(crate::kafka::serve(
                 listener,

@@ -76,4 +76,28 @@ pub trait Backend: Send + Sync + 'static {
         session: &Session,
         request: v1::DeleteTopicRequest,
     ) -> impl Future<Output = Result<v1::DeleteTopicResponse, Status>> + Send;
+
+    /// The node coordinating `group` (the leader of its `__consumer_offsets` partition),
+    /// creating that topic on first use.
+    fn group_coordinator(
+        &self,
+        session: &Session,
+        group: &str,
+    ) -> impl Future<Output = Result<u64, Status>> + Send;
+    /// Whether the session may read (join, commit in) `group`: PERMISSION_DENIED otherwise.
+    fn authorize_group(&self, session: &Session, group: &str) -> Result<(), Status>;
+    fn commit_offsets(
+        &self,
+        session: &Session,
+        request: v1::CommitOffsetsRequest,
+    ) -> impl Future<Output = Result<v1::CommitOffsetsResponse, Status>> + Send;
+    fn fetch_offsets(
+        &self,
+        session: &Session,
+        request: v1::FetchOffsetsRequest,
+    ) -> impl Future<Output = Result<v1::FetchOffsetsResponse, Status>> + Send;
+    fn list_groups(
+        &self,
+        session: &Session,
+    ) -> impl Future<Output = Result<v1::ListGroupsResponse, Status>> + Send;
 }

@@ -17,7 +17,34 @@ use tracing::Instrument;
 
 use crate::api::{self, codes};
 use crate::backend::{Backend, Session};
+use crate::group_api;
+use crate::groups::Coordinator;
 use crate::versions;
+
+/// What every connection of one Kafka listener shares: the node, and the groups it coordinates.
+#[derive(Debug)]
+pub struct Listener<B> {
+    pub backend: B,
+    pub groups: Coordinator,
+}
+
+impl<B: Backend> Listener<B> {
+    pub fn new(backend: B) -> Self {
+        Self {
+            backend,
+            groups: Coordinator::default(),
+        }
+    }
+
+    /// Expires silent group members and overdue rebalances, twice a second, forever.
+    pub async fn run_expiry(self: std::sync::Arc<Self>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            self.groups.expire(std::time::Instant::now());
+        }
+    }
+}
 
 /// The largest request frame accepted (Kafka's `socket.request.max.bytes` is 100 MiB; Weir's
 /// largest batch is far smaller).
@@ -39,7 +66,7 @@ pub enum ConnError {
 /// Serves one connection until the client closes it or breaks the protocol.
 pub async fn serve<S, B>(
     mut stream: S,
-    backend: Arc<B>,
+    listener: Arc<Listener<B>>,
     mut session: Session,
 ) -> Result<(), ConnError>
 where
@@ -59,7 +86,7 @@ where
         let mut frame = vec![0u8; size];
         stream.read_exact(&mut frame).await?;
         let frame = Bytes::from(frame);
-        if let Some(answer) = handle(frame, backend.as_ref(), &mut session).await? {
+        if let Some(answer) = handle(frame, listener.as_ref(), &mut session).await? {
             stream.write_all(&answer).await?;
             stream.flush().await?;
         }
@@ -70,7 +97,7 @@ where
 /// request expects no answer (Produce with acks=0).
 async fn handle<B: Backend>(
     mut frame: Bytes,
-    backend: &B,
+    listener: &Listener<B>,
     session: &mut Session,
 ) -> Result<Option<Bytes>, ConnError> {
     if frame.len() < 4 {
@@ -105,7 +132,9 @@ async fn handle<B: Backend>(
         peer = %session.peer,
         client = session.client_id.as_deref().unwrap_or(""),
     );
-    let response = dispatch(request, backend, session).instrument(span).await?;
+    let response = dispatch(request, version, listener, session)
+        .instrument(span)
+        .await?;
     match response {
         Some(response) => encode(api, version, header.correlation_id, &response).map(Some),
         None => Ok(None),
@@ -114,10 +143,40 @@ async fn handle<B: Backend>(
 
 async fn dispatch<B: Backend>(
     request: RequestKind,
-    backend: &B,
+    version: i16,
+    listener: &Listener<B>,
     session: &Session,
 ) -> Result<Option<ResponseKind>, ConnError> {
+    let backend = &listener.backend;
+    let groups = &listener.groups;
     Ok(Some(match request {
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(group_api::find_coordinator(backend, session, r).await)
+        }
+        RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(
+            group_api::join_group(backend, groups, session, r, version).await,
+        ),
+        RequestKind::SyncGroup(r) => {
+            ResponseKind::SyncGroup(group_api::sync_group(backend, groups, session, r).await)
+        }
+        RequestKind::Heartbeat(r) => {
+            ResponseKind::Heartbeat(group_api::heartbeat(backend, groups, session, r).await)
+        }
+        RequestKind::LeaveGroup(r) => {
+            ResponseKind::LeaveGroup(group_api::leave_group(backend, groups, session, r).await)
+        }
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(group_api::offset_commit(backend, groups, session, r).await)
+        }
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(group_api::offset_fetch(backend, session, r).await)
+        }
+        RequestKind::ListGroups(_) => {
+            ResponseKind::ListGroups(group_api::list_groups(backend, groups, session).await)
+        }
+        RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(
+            group_api::describe_groups(backend, groups, session, r).await,
+        ),
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions()),
         RequestKind::Metadata(r) => {
             ResponseKind::Metadata(api::metadata(backend, session, r).await)

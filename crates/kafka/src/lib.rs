@@ -8,6 +8,9 @@
 //! - `versions`: the API keys and versions served (what ApiVersions advertises).
 //! - `api`: each API translated to Weir's own partition and admin API, and Weir statuses to
 //!   Kafka error codes.
+//! - `group_api`: the consumer-group APIs (coordinator lookup, membership, offsets).
+//! - `groups`: Kafka's classic group membership protocol for the groups coordinated here
+//!   (committed offsets are Weir's, shared with gRPC groups).
 //! - `records`: Kafka record batches (any codec) to Weir batches and back, checked whole.
 //! - `backend`: what the listener needs of the node ([`Backend`]), implemented by weir-broker.
 //!
@@ -23,8 +26,10 @@
 pub mod api;
 pub mod backend;
 pub mod conn;
+pub mod group_api;
+pub mod groups;
 pub mod records;
 pub mod versions;
 
 pub use backend::{Backend, KafkaBroker, Session};
-pub use conn::{ConnError, serve};
+pub use conn::{ConnError, Listener, serve};

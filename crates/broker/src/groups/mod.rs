@@ -219,6 +219,17 @@ impl GroupService {
         self.shard_route(topic, partition, hops)
     }
 
+    /// The partition of `__consumer_offsets` that coordinates `group` (the topic is created on
+    /// first use).
+    pub(crate) async fn coordinator_partition(&self, group: &str) -> Result<u32, Status> {
+        validate_group(group)?;
+        let topic = self.offsets_topic().await?;
+        Ok(partition_for_key(
+            group.as_bytes(),
+            topic.partitions.len() as u32,
+        ))
+    }
+
     async fn offsets_topic(&self) -> Result<TopicRecord, Status> {
         if !self.router.controller.ready() {
             return Err(crate::status::unavailable(
