@@ -10,6 +10,7 @@ pub mod eventually;
 pub mod hostile;
 pub mod ports;
 pub mod process_cluster;
+pub mod python;
 pub mod raft_cluster;
 pub mod workload;
 

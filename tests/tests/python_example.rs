@@ -9,17 +9,15 @@
 //! stubs go to a temporary directory removed at the end. Without `python3` the test fails and
 //! says what to install; it never skips.
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use weir_proto::v1::MetadataRequest;
 use weir_proto::v1::broker_client::BrokerClient;
 use weir_tests::process_cluster::ProcessCluster;
+use weir_tests::python::{require_python, run, target_dir};
 
 /// Creating the venv downloads the grpcio wheels on a fresh machine.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(600);
@@ -31,91 +29,6 @@ fn example_dir() -> PathBuf {
         .join("..")
         .join("examples")
         .join("python")
-}
-
-/// The cargo target directory this test was built into (`target/<profile>/deps/<test>`).
-fn target_dir() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    exe.ancestors()
-        .nth(3)
-        .map(Path::to_path_buf)
-        .context("test binary is not in target/<profile>/deps")
-}
-
-/// Fails (never skips) when `python3` cannot be run.
-fn require_python() -> anyhow::Result<()> {
-    match Command::new("python3").arg("--version").output() {
-        Ok(output) if output.status.success() => Ok(()),
-        Ok(output) => bail!(
-            "python3 --version failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ),
-        Err(err) => bail!(
-            "this test needs python3 with venv support, which is not installed ({err}); \
-             on Debian: apt-get install python3 python3-venv python3-pip (.ci/run does this)"
-        ),
-    }
-}
-
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn describe(&self) -> String {
-        format!(
-            "exit status {}\n--- stdout ---\n{}--- stderr ---\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `command` to completion with its output captured; after `within` it is killed, with
-/// every process it started (it runs in a process group of its own).
-fn run(command: &mut Command, within: Duration) -> anyhow::Result<Run> {
-    let what = format!("{command:?}");
-    let mut child = command
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {what}"))?;
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
-    let mut stdout = child.stdout.take().context("stdout")?;
-    let mut stderr = child.stderr.take().context("stderr")?;
-    // Drain both pipes on their own threads so a chatty child never blocks on a full pipe.
-    let err_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let (done, finished) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        let _ = done.send((child.wait(), text));
-    });
-    let (status, stdout) = match finished.recv_timeout(within) {
-        Ok((status, stdout)) => (status?, stdout),
-        Err(_) => {
-            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
-            let (_, stdout) = finished.recv()?;
-            let stderr = err_reader.join().unwrap_or_default();
-            bail!(
-                "{what} did not finish within {within:?}; killed it\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}"
-            );
-        }
-    };
-    let stderr = err_reader.join().unwrap_or_default();
-    Ok(Run {
-        status,
-        stdout,
-        stderr,
-    })
 }
 
 /// The node leading the controller group, as `addr` reports it once it knows one.

@@ -111,6 +111,7 @@ impl Status {
                 serde_json::json!({
                     "id": b.id,
                     "address": b.address,
+                    "kafka_address": (!b.kafka_address.is_empty()).then_some(&b.kafka_address),
                     "rack": (!b.rack.is_empty()).then_some(&b.rack),
                     "alive": b.alive,
                     "draining": b.decommissioning,
@@ -157,12 +158,13 @@ impl Status {
             }
         );
         let mut table = Table::new(&[
-            "NODE", "ADDRESS", "RACK", "ALIVE", "REPLICAS", "LEADERS", "STATE",
+            "NODE", "ADDRESS", "KAFKA", "RACK", "ALIVE", "REPLICAS", "LEADERS", "STATE",
         ]);
         for broker in &metadata.brokers {
             table.row([
                 broker.id.to_string(),
                 broker.address.clone(),
+                or_dash(&broker.kafka_address).to_string(),
                 or_dash(&broker.rack).to_string(),
                 if broker.alive { "yes" } else { "no" }.to_string(),
                 self.replicas
