@@ -7,13 +7,15 @@ or prints what went wrong on stderr and exits 1. The Rust test decides what the 
            values; prints every acknowledged (partition, offset, value) to --acked
   group    two confluent-kafka consumers in one group: they split the partitions; one reads,
            commits and leaves; the other takes over from the committed offsets and reads the rest
-  denied   a SCRAM user without ACLs tries to produce and read
+  sasl     a SASL user (SCRAM or PLAIN, over TLS) produces one record and reads it back; prints
+           the error of each step ("none" when it worked)
   admin    kafka-python's admin client: create and describe topics and configs, list and
            describe groups
 """
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -146,8 +148,8 @@ def group(args):
     return 0
 
 
-def denied(args):
-    from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+def sasl(args):
+    from confluent_kafka import Consumer, Producer
 
     common = {
         "bootstrap.servers": args.bootstrap,
@@ -158,22 +160,30 @@ def denied(args):
     }
     if args.ca:
         common["ssl.ca.location"] = args.ca
-    errors = []
-    producer = Producer({**common, "message.timeout.ms": 10000})
-    producer.produce(args.topic, value=b"x", on_delivery=lambda err, msg: errors.append(err))
-    producer.flush(20)
-    produce_error = errors[0].name() if errors and errors[0] is not None else "none"
-    consumer = Consumer({**common, "group.id": "denied-group", "auto.offset.reset": "earliest"})
+    if os.environ.get("WEIR_KAFKA_DEBUG"):
+        common["debug"] = os.environ["WEIR_KAFKA_DEBUG"]
+    # A refused authentication reaches the error callback (deliveries then time out).
+    client_errors = []
+    common["error_cb"] = lambda err: client_errors.append(err.name())
+    results = []
+    producer = Producer({**common, "message.timeout.ms": 15000})
+    producer.produce(args.topic, value=b"x", on_delivery=lambda err, msg: results.append(err))
+    producer.flush(30)
+    produce_error = "timeout" if not results else (results[0].name() if results[0] else "none")
+    consumer = Consumer({**common, "group.id": args.group, "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})
     consumer.subscribe([args.topic])
-    consume_error = "none"
+    consume_error = "timeout"
     deadline = time.time() + 20
     while time.time() < deadline:
         msg = consumer.poll(0.5)
-        if msg is not None and msg.error() is not None:
-            consume_error = msg.error().name()
-            break
+        if msg is None:
+            continue
+        consume_error = msg.error().name() if msg.error() else "none"
+        break
     consumer.close()
-    print(json.dumps({"produce": produce_error, "consume": consume_error}))
+    auth = next((e for e in client_errors if "AUTH" in e), "none")
+    print(json.dumps({"produce": produce_error, "consume": consume_error, "authentication": auth}))
     return 0
 
 
@@ -219,7 +229,7 @@ def main():
     g.add_argument("--group", required=True)
     g.add_argument("--partitions", type=int, required=True)
     g.add_argument("--expect", type=int, required=True)
-    d = sub.add_parser("denied")
+    d = sub.add_parser("sasl")
     d.add_argument("--bootstrap", required=True)
     d.add_argument("--topic", required=True)
     d.add_argument("--user", required=True)
@@ -227,12 +237,13 @@ def main():
     d.add_argument("--mechanism", default="SCRAM-SHA-256")
     d.add_argument("--protocol", default="SASL_SSL")
     d.add_argument("--ca")
+    d.add_argument("--group", default="sasl-group")
     a = sub.add_parser("admin")
     a.add_argument("--bootstrap", required=True)
     a.add_argument("--topic", required=True)
     a.add_argument("--group")
     args = parser.parse_args()
-    return {"produce": produce, "group": group, "denied": denied, "admin": admin}[args.command](args)
+    return {"produce": produce, "group": group, "sasl": sasl, "admin": admin}[args.command](args)
 
 
 if __name__ == "__main__":

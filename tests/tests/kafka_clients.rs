@@ -77,19 +77,29 @@ fn cluster_with_topic(topic: &str, partitions: u32) -> anyhow::Result<ProcessClu
         ],
         None,
     )?;
+    wait_for_kafka_listeners(&cluster, |args| weir_ok(&cluster, args, None))?;
+    Ok(cluster)
+}
+
+/// Waits until the metadata names every node's Kafka listener (`weir` runs `weir ARGS`).
+fn wait_for_kafka_listeners(
+    cluster: &ProcessCluster,
+    weir: impl Fn(&[&str]) -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
     weir_tests::eventually_blocking(WAIT, "every node's Kafka listener in the metadata", || {
-        let status = weir_ok(&cluster, &["cluster", "status", "--output", "json"], None)?;
-        let listed = (1..=3)
+        let status = weir(&["cluster", "status", "--output", "json"])?;
+        let listed = cluster
+            .node_ids()
+            .into_iter()
             .filter(|id| {
                 cluster
                     .kafka_addr(*id)
                     .is_ok_and(|a| status.contains(&a.to_string()))
             })
             .count();
-        ensure!(listed == 3, "{status}");
+        ensure!(listed == cluster.node_ids().len(), "{status}");
         Ok(())
-    })?;
-    Ok(cluster)
+    })
 }
 
 /// Every record of `topic` through weir: partition → [(offset, value)] in offset order.
@@ -384,5 +394,143 @@ fn kafka_consumers_split_a_group_and_one_takes_over_from_the_commits() -> anyhow
         next.lines().collect::<Vec<_>>() == ["after 1", "after 2"],
         "{next}"
     );
+    Ok(())
+}
+
+/// `weir ARGS` as the super user `admin` (its client certificate) of a TLS cluster.
+fn as_admin(
+    cluster: &ProcessCluster,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> anyhow::Result<String> {
+    let dir = cluster.tls_dir().context("a TLS cluster")?;
+    let path = |name: &str| dir.join(name).display().to_string();
+    let (ca, cert, key) = (
+        path("ca.pem"),
+        path("client-admin.pem"),
+        path("client-admin.key"),
+    );
+    let brokers = cluster.brokers().join(",");
+    let run = weir_tests::cli::weir_with_env(
+        cluster.binary(),
+        &[args, &["--brokers", &brokers]].concat(),
+        &[
+            ("WEIR_TLS_CA", &ca),
+            ("WEIR_TLS_CERT", &cert),
+            ("WEIR_TLS_KEY", &key),
+        ],
+        stdin,
+    )?;
+    ensure!(run.code == Some(0), "weir {args:?}: {}", run.stderr);
+    Ok(run.stdout)
+}
+
+#[test]
+fn sasl_users_authenticate_over_tls_and_acls_decide_what_they_may_do() -> anyhow::Result<()> {
+    let python = python()?;
+    let cluster = ProcessCluster::start_tls(
+        3,
+        &[
+            "--security-enabled",
+            "--security-super-users",
+            "User:admin",
+            "--kafka-addr",
+            "127.0.0.1:0",
+        ],
+    )?;
+    as_admin(
+        &cluster,
+        &["topic", "create", "payments", "-p", "1", "-r", "3"],
+        None,
+    )?;
+    as_admin(
+        &cluster,
+        &["user", "create", "carol", "--password-stdin"],
+        Some("c4rol-pw\n"),
+    )?;
+    wait_for_kafka_listeners(&cluster, |args| as_admin(&cluster, args, None))?;
+    let bootstrap = cluster.kafka_bootstrap()?;
+    let ca = cluster
+        .tls_dir()
+        .context("tls")?
+        .join("ca.pem")
+        .display()
+        .to_string();
+    let sasl = |mechanism: &str, password: &str| {
+        clients(
+            &python,
+            &[
+                "sasl",
+                "--bootstrap",
+                &bootstrap,
+                "--topic",
+                "payments",
+                "--user",
+                "carol",
+                "--password",
+                password,
+                "--mechanism",
+                mechanism,
+                "--ca",
+                &ca,
+            ],
+            Duration::from_secs(120),
+        )
+    };
+    // Authenticated, but no ACL: refused, by name.
+    let denied = sasl("SCRAM-SHA-256", "c4rol-pw")?;
+    ensure!(
+        denied["produce"] == "TOPIC_AUTHORIZATION_FAILED",
+        "{denied}"
+    );
+    ensure!(
+        denied["consume"] == "GROUP_AUTHORIZATION_FAILED"
+            || denied["consume"] == "TOPIC_AUTHORIZATION_FAILED",
+        "{denied}"
+    );
+    // A wrong password does not authenticate at all.
+    let wrong = sasl("SCRAM-SHA-512", "not-her-password")?;
+    ensure!(
+        wrong["authentication"] == "_AUTHENTICATION" && wrong["produce"] != "none",
+        "{wrong}"
+    );
+    // With ACLs for the topic and the group, every mechanism works.
+    for (resource, name, operation) in [
+        ("topic", "payments", "write"),
+        ("topic", "payments", "read"),
+        ("topic", "payments", "describe"),
+        ("group", "sasl-group", "read"),
+    ] {
+        as_admin(
+            &cluster,
+            &[
+                "acl",
+                "add",
+                "--principal",
+                "User:carol",
+                "--resource",
+                resource,
+                "--name",
+                name,
+                "--operation",
+                operation,
+            ],
+            None,
+        )?;
+    }
+    for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] {
+        let allowed = sasl(mechanism, "c4rol-pw")?;
+        ensure!(
+            allowed["produce"] == "none" && allowed["consume"] == "none",
+            "{mechanism}: {allowed}"
+        );
+    }
+    // Refusals are in the audit log of some node.
+    let audited = (1..=3).any(|id| {
+        std::fs::read_to_string(cluster.data_dir(id).join("audit.log")).is_ok_and(|log| {
+            log.contains("Kafka SASL") && log.contains("User:carol") || log.contains("Kafka SASL")
+        })
+    });
+    ensure!(audited, "no node audited the refused SASL authentication");
     Ok(())
 }

@@ -84,6 +84,33 @@ impl Backend for KafkaBackend {
         self.node_id
     }
 
+    fn security_enabled(&self) -> bool {
+        self.security_enabled
+    }
+
+    fn scram_credential(
+        &self,
+        user: &str,
+        mechanism: weir_controller::security::ScramMechanism,
+    ) -> Option<weir_controller::security::ScramCredential> {
+        self.controller
+            .metadata()
+            .security
+            .scram_credential(user, mechanism)
+            .cloned()
+    }
+
+    fn audit_refused(&self, session: &Session, mechanism: &str, reason: &str) {
+        self.broker.router.access.audit.record(AuditEvent {
+            principal: None,
+            peer: Some(session.peer),
+            operation: "authenticate",
+            resource: None,
+            result: "denied",
+            detail: Some(format!("Kafka {mechanism}: {reason}")),
+        });
+    }
+
     fn cluster_id(&self) -> String {
         // Stable for the cluster's life: its controller group's first voters never change name.
         "weir".to_string()
@@ -178,6 +205,14 @@ impl Backend for KafkaBackend {
     async fn group_coordinator(&self, _session: &Session, group: &str) -> Result<u64, Status> {
         let partition = self.groups.coordinator_partition(group).await?;
         self.offsets_leader(partition).await
+    }
+
+    fn may_describe_topic(&self, session: &Session, topic: &str) -> bool {
+        self.broker.router.access.allows(
+            &self.caller(session),
+            weir_controller::security::Operation::Describe,
+            Resource::Topic(topic),
+        )
     }
 
     fn authorize_group(&self, session: &Session, group: &str) -> Result<(), Status> {
@@ -278,7 +313,7 @@ pub(crate) async fn serve(
                     },
                 };
                 let peer = stream.connect_info().remote_addr().unwrap_or(unknown);
-                spawn(stream, peer, None, Arc::clone(&backend));
+                spawn(stream, peer, None, false, Arc::clone(&backend));
             }
         }
         Some(tls) => {
@@ -315,7 +350,7 @@ pub(crate) async fn serve(
                         .first()
                         .and_then(|c| backend.backend.broker.router.access.cert_principal(c))
                 });
-                spawn(stream, peer, principal, Arc::clone(&backend));
+                spawn(stream, peer, principal, true, Arc::clone(&backend));
             }
         }
     }
@@ -326,6 +361,7 @@ fn spawn<S>(
     stream: S,
     peer: SocketAddr,
     principal: Option<String>,
+    tls: bool,
     backend: Arc<weir_kafka::Listener<KafkaBackend>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -335,6 +371,7 @@ fn spawn<S>(
             principal,
             peer,
             client_id: None,
+            tls,
         };
         if let Err(err) = weir_kafka::serve(stream, backend, session).await {
             tracing::debug!(%peer, %err, "kafka connection closed");

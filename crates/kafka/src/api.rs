@@ -54,6 +54,8 @@ pub mod codes {
     pub const INVALID_REQUIRED_ACKS: i16 = 21;
     pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
     pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+    pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+    pub const ILLEGAL_SASL_STATE: i16 = 34;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const INVALID_PARTITIONS: i16 = 37;
@@ -200,6 +202,9 @@ pub async fn metadata<B: Backend>(
         let mut topic = MetadataResponseTopic::default();
         topic.name = Some(TopicName(str_bytes(name.clone())));
         match found.remove(&name) {
+            None if !backend.may_describe_topic(session, &name) => {
+                topic.error_code = codes::TOPIC_AUTHORIZATION_FAILED;
+            }
             None => topic.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION,
             Some(info) => {
                 topic.is_internal = info.internal;

@@ -20,6 +20,8 @@ pub struct Session {
     pub peer: SocketAddr,
     /// The client id of the connection's last request (for logs).
     pub client_id: Option<String>,
+    /// The connection is encrypted (SASL PLAIN is offered only then).
+    pub tls: bool,
 }
 
 /// A broker as Kafka clients see it.
@@ -37,6 +39,17 @@ pub struct KafkaBroker {
 pub trait Backend: Send + Sync + 'static {
     /// This node's id.
     fn node_id(&self) -> u64;
+    /// Security is on: a connection must authenticate (SASL, or a client certificate mapped to
+    /// a user) before anything but ApiVersions and SASL, and every call is authorized.
+    fn security_enabled(&self) -> bool;
+    /// `user`'s stored SCRAM credential for `mechanism`.
+    fn scram_credential(
+        &self,
+        user: &str,
+        mechanism: weir_controller::security::ScramMechanism,
+    ) -> Option<weir_controller::security::ScramCredential>;
+    /// Records a refused authentication in the audit log.
+    fn audit_refused(&self, session: &Session, mechanism: &str, reason: &str);
     /// The cluster's id (Kafka clients show it; stable for the cluster's life).
     fn cluster_id(&self) -> String;
     /// The brokers that have a Kafka listener, by their advertised Kafka address.
@@ -84,6 +97,9 @@ pub trait Backend: Send + Sync + 'static {
         session: &Session,
         group: &str,
     ) -> impl Future<Output = Result<u64, Status>> + Send;
+    /// Whether the session may describe `topic` (a topic it may not describe is answered with
+    /// TOPIC_AUTHORIZATION_FAILED whether or not it exists, as Kafka does).
+    fn may_describe_topic(&self, session: &Session, topic: &str) -> bool;
     /// Whether the session may read (join, commit in) `group`: PERMISSION_DENIED otherwise.
     fn authorize_group(&self, session: &Session, group: &str) -> Result<(), Status>;
     fn commit_offsets(

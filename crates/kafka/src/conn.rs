@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::Instrument;
 
@@ -19,6 +19,7 @@ use crate::api::{self, codes};
 use crate::backend::{Backend, Session};
 use crate::group_api;
 use crate::groups::Coordinator;
+use crate::sasl::{self, Exchange, Step};
 use crate::versions;
 
 /// What every connection of one Kafka listener shares: the node, and the groups it coordinates.
@@ -61,6 +62,12 @@ pub enum ConnError {
     Unsupported { key: i16, version: i16 },
     #[error("malformed request: {0}")]
     Malformed(String),
+    #[error(
+        "{0:?} before authenticating (this listener requires SASL or a mapped client certificate)"
+    )]
+    Unauthenticated(ApiKey),
+    #[error("SASL authentication failed")]
+    AuthenticationFailed,
 }
 
 /// Serves one connection until the client closes it or breaks the protocol.
@@ -73,6 +80,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     B: Backend,
 {
+    let mut sasl = None;
     loop {
         let size = match stream.read_i32().await {
             Ok(size) => size,
@@ -86,20 +94,27 @@ where
         let mut frame = vec![0u8; size];
         stream.read_exact(&mut frame).await?;
         let frame = Bytes::from(frame);
-        if let Some(answer) = handle(frame, listener.as_ref(), &mut session).await? {
+        let (answer, close) = handle(frame, listener.as_ref(), &mut session, &mut sasl).await?;
+        if let Some(answer) = answer {
             stream.write_all(&answer).await?;
             stream.flush().await?;
+        }
+        if close {
+            // A failed authentication is answered, then the connection ends (as Kafka does).
+            return Err(ConnError::AuthenticationFailed);
         }
     }
 }
 
 /// Answers one request frame: the response frame (size prefix included), or `None` when the
-/// request expects no answer (Produce with acks=0).
+/// request expects no answer (Produce with acks=0); and whether to close the connection after
+/// it (a failed authentication).
 async fn handle<B: Backend>(
     mut frame: Bytes,
     listener: &Listener<B>,
     session: &mut Session,
-) -> Result<Option<Bytes>, ConnError> {
+    sasl: &mut Option<Exchange>,
+) -> Result<(Option<Bytes>, bool), ConnError> {
     if frame.len() < 4 {
         return Err(ConnError::Malformed("a frame without a header".into()));
     }
@@ -113,7 +128,8 @@ async fn handle<B: Backend>(
             .map_or(0, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
         let mut response = api_versions();
         response.error_code = codes::UNSUPPORTED_VERSION;
-        return encode(api, 0, correlation_id, &ResponseKind::ApiVersions(response)).map(Some);
+        return encode(api, 0, correlation_id, &ResponseKind::ApiVersions(response))
+            .map(|b| (Some(b), false));
     }
     let produce_too_old = api == ApiKey::Produce && version < versions::PRODUCE_MIN_DECODED;
     if !versions::supports(api, version) || produce_too_old {
@@ -124,20 +140,88 @@ async fn handle<B: Backend>(
     session.client_id = header.client_id.as_ref().map(|c| c.to_string());
     let request = RequestKind::decode(api, &mut frame, version)
         .map_err(|err| ConnError::Malformed(format!("{api:?} v{version}: {err}")))?;
-    let span = tracing::info_span!(
-        "kafka",
-        api = ?api,
-        version,
-        correlation = header.correlation_id,
-        peer = %session.peer,
-        client = session.client_id.as_deref().unwrap_or(""),
+    let before_auth = matches!(
+        api,
+        ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
     );
-    let response = dispatch(request, version, listener, session)
-        .instrument(span)
-        .await?;
+    if listener.backend.security_enabled() && session.principal.is_none() && !before_auth {
+        return Err(ConnError::Unauthenticated(api));
+    }
+    let mut close = false;
+    let response = match request {
+        RequestKind::SaslHandshake(r) => {
+            let mechanism = r.mechanism.to_string();
+            let mut response = SaslHandshakeResponse::default();
+            response.mechanisms = sasl::mechanisms(session.tls)
+                .into_iter()
+                .map(StrBytes::from_static_str)
+                .collect();
+            match Exchange::start(&mechanism, session.tls) {
+                Some(exchange) if session.principal.is_none() => *sasl = Some(exchange),
+                Some(_) => response.error_code = codes::ILLEGAL_SASL_STATE,
+                None => response.error_code = codes::UNSUPPORTED_SASL_MECHANISM,
+            }
+            Some(ResponseKind::SaslHandshake(response))
+        }
+        RequestKind::SaslAuthenticate(r) => {
+            let mut response = SaslAuthenticateResponse::default();
+            match sasl.as_mut() {
+                None => {
+                    response.error_code = codes::ILLEGAL_SASL_STATE;
+                    close = true;
+                }
+                Some(exchange) => match exchange.step(&r.auth_bytes, &Store(&listener.backend)) {
+                    Step::Continue(reply) => response.auth_bytes = Bytes::from(reply),
+                    Step::Done { principal, reply } => {
+                        tracing::info!(peer = %session.peer, %principal, "Kafka client authenticated");
+                        session.principal = Some(principal);
+                        response.auth_bytes = Bytes::from(reply);
+                        *sasl = None;
+                    }
+                    Step::Failed(reason) => {
+                        tracing::debug!(peer = %session.peer, %reason, "Kafka SASL refused");
+                        listener.backend.audit_refused(session, "SASL", &reason);
+                        response.error_code = codes::SASL_AUTHENTICATION_FAILED;
+                        response.error_message = Some(StrBytes::from_string(reason));
+                        *sasl = None;
+                        close = true;
+                    }
+                },
+            }
+            Some(ResponseKind::SaslAuthenticate(response))
+        }
+        request => {
+            let span = tracing::info_span!(
+                "kafka",
+                api = ?api,
+                version,
+                correlation = header.correlation_id,
+                peer = %session.peer,
+                client = session.client_id.as_deref().unwrap_or(""),
+            );
+            dispatch(request, version, listener, session)
+                .instrument(span)
+                .await?
+        }
+    };
     match response {
-        Some(response) => encode(api, version, header.correlation_id, &response).map(Some),
-        None => Ok(None),
+        Some(response) => {
+            encode(api, version, header.correlation_id, &response).map(|b| (Some(b), close))
+        }
+        None => Ok((None, close)),
+    }
+}
+
+/// The backend's credentials, for the SASL exchange.
+struct Store<'a, B>(&'a B);
+
+impl<B: Backend> sasl::Credentials for Store<'_, B> {
+    fn scram_credential(
+        &self,
+        user: &str,
+        mechanism: weir_controller::security::ScramMechanism,
+    ) -> Option<weir_controller::security::ScramCredential> {
+        self.0.scram_credential(user, mechanism)
     }
 }
 

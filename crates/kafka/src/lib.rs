@@ -12,6 +12,7 @@
 //! - `groups`: Kafka's classic group membership protocol for the groups coordinated here
 //!   (committed offsets are Weir's, shared with gRPC groups).
 //! - `records`: Kafka record batches (any codec) to Weir batches and back, checked whole.
+//! - `sasl`: SASL PLAIN (over TLS) and SCRAM-SHA-256/512 against Weir's stored credentials.
 //! - `backend`: what the listener needs of the node ([`Backend`]), implemented by weir-broker.
 //!
 //! Message codecs come from the `kafka-protocol` crate; record batches are coded here (see
@@ -29,6 +30,7 @@ pub mod conn;
 pub mod group_api;
 pub mod groups;
 pub mod records;
+pub mod sasl;
 pub mod versions;
 
 pub use backend::{Backend, KafkaBroker, Session};

@@ -27,6 +27,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetFetch, 1, 7),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// The lowest Produce version whose batches this listener reads (record batch v2).
@@ -73,6 +75,8 @@ mod tests {
                 ApiKey::OffsetFetch => OffsetFetchRequest::VERSIONS,
                 ApiKey::ListGroups => ListGroupsRequest::VERSIONS,
                 ApiKey::DescribeGroups => DescribeGroupsRequest::VERSIONS,
+                ApiKey::SaslHandshake => SaslHandshakeRequest::VERSIONS,
+                ApiKey::SaslAuthenticate => SaslAuthenticateRequest::VERSIONS,
                 other => panic!("{other:?} advertised but not checked here"),
             };
             let low = if *key == ApiKey::Produce {
