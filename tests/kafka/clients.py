@@ -194,21 +194,26 @@ def admin(args):
                               request_timeout_ms=30000)
     client.create_topics([NewTopic(name=args.topic, num_partitions=4, replication_factor=3,
                                    topic_configs={"retention.ms": "3600000"})])
-    topics = client.describe_topics([args.topic])
-    configs = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, args.topic)])
+    # Every node learns of the new topic within moments (as on Kafka): ask until one answers.
+    deadline = time.time() + 15
     config = {}
-    for response in configs:
-        for resource in response.resources:
-            for entry in resource[4]:
-                config[entry[0]] = entry[1]
-    groups = client.list_consumer_groups()
-    described = client.describe_consumer_groups([args.group]) if args.group else []
+    while not config and time.time() < deadline:
+        configs = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, args.topic)])
+        config = {name: entry["value"] for name, entry in configs["topic"][args.topic].items()}
+        time.sleep(0.1)
+    topics = client.describe_topics([args.topic])
+    groups = client.list_groups()
+    described = client.describe_groups([args.group]) if args.group else {}
+    offsets = client.list_group_offsets(args.group)[args.group] if args.group else {}
     print(json.dumps({
-        "topics": [{"name": t["topic"], "partitions": len(t["partitions"]),
-                    "replicas": sorted(len(p["replicas"]) for p in t["partitions"])} for t in topics],
+        "topics": [{"name": t["name"], "partitions": len(t["partitions"]),
+                    "replicas": sorted(len(p["replica_nodes"]) for p in t["partitions"])}
+                   for t in topics],
         "config": config,
-        "groups": sorted(g[0] for g in groups),
-        "described": [{"group": d.group, "state": d.state} for d in described],
+        "groups": sorted(g["group_id"] for g in groups),
+        "described": {g: {"state": d["group_state"], "members": len(d["members"])}
+                      for g, d in described.items()},
+        "offsets": {f"{tp.topic}/{tp.partition}": o.offset for tp, o in offsets.items()},
     }))
     client.close()
     return 0

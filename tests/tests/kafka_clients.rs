@@ -6,7 +6,9 @@
 //!   acknowledgement named, none is lost, none duplicated, each partition in send order;
 //! - two consumers in one group split the partitions; one leaves, the other takes over from the
 //!   committed offsets; Weir's own group API then sees those offsets, and a gRPC consumer of
-//!   the group continues from them.
+//!   the group continues from them; kafka-python's admin client creates and describes a topic
+//!   and its settings, and lists and describes the groups with their offsets;
+//! - SASL users (SCRAM-SHA-256/512, PLAIN over TLS) are authenticated and held to their ACLs.
 //!
 //! Without python3 these tests fail, naming what to install; they never skip.
 
@@ -394,6 +396,54 @@ fn kafka_consumers_split_a_group_and_one_takes_over_from_the_commits() -> anyhow
         next.lines().collect::<Vec<_>>() == ["after 1", "after 2"],
         "{next}"
     );
+
+    // kafka-python's admin client: a topic with a setting, its description and settings, the
+    // groups and their committed offsets.
+    let admin = clients(
+        &python,
+        &[
+            "admin",
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "made-by-kafka",
+            "--group",
+            "workers",
+        ],
+        Duration::from_secs(120),
+    )?;
+    ensure!(
+        admin["topics"][0]["name"] == "made-by-kafka"
+            && admin["topics"][0]["partitions"] == 4
+            && admin["topics"][0]["replicas"] == serde_json::json!([3, 3, 3, 3]),
+        "{admin}"
+    );
+    ensure!(admin["config"]["retention.ms"] == "3600000", "{admin}");
+    ensure!(
+        admin["groups"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|g| g == "workers")),
+        "{admin}"
+    );
+    ensure!(admin["described"]["workers"]["state"] == "Empty", "{admin}");
+    let described: Value = serde_json::from_str(&weir_ok(
+        &cluster,
+        &["group", "describe", "workers", "--output", "json"],
+        None,
+    )?)?;
+    for p in described["partitions"].as_array().context("partitions")? {
+        let key = format!("work/{}", p["partition"]);
+        ensure!(
+            admin["offsets"][&key] == p["committed"],
+            "kafka {admin} weir {described}"
+        );
+    }
+    let topic = weir_ok(
+        &cluster,
+        &["topic", "describe", "made-by-kafka", "--output", "json"],
+        None,
+    )?;
+    ensure!(topic.contains("3600000"), "{topic}");
     Ok(())
 }
 

@@ -192,6 +192,16 @@ impl Backend for KafkaBackend {
             .map(tonic::Response::into_inner)
     }
 
+    async fn describe_topic(
+        &self,
+        session: &Session,
+        request: v1::DescribeTopicRequest,
+    ) -> Result<v1::DescribeTopicResponse, Status> {
+        Admin::describe_topic(&self.admin, self.request(session, request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     async fn delete_topic(
         &self,
         session: &Session,

@@ -12,6 +12,9 @@ use futures::future::join_all;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
@@ -653,5 +656,65 @@ pub async fn describe_cluster<B: Backend>(
             broker
         })
         .collect();
+    response
+}
+
+/// Kafka's resource type of a topic (DescribeConfigs, IncrementalAlterConfigs).
+const TOPIC_RESOURCE: i8 = 2;
+/// Kafka's config source of a topic's own setting.
+const TOPIC_CONFIG_SOURCE: i8 = 1;
+
+pub async fn describe_configs<B: Backend>(
+    backend: &B,
+    session: &Session,
+    request: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
+    let mut response = DescribeConfigsResponse::default();
+    for resource in request.resources {
+        let mut result = DescribeConfigsResult::default();
+        result.resource_type = resource.resource_type;
+        result.resource_name = resource.resource_name.clone();
+        if resource.resource_type != TOPIC_RESOURCE {
+            // Brokers have no settings to show over Kafka: Weir's node settings are its own.
+            response.results.push(result);
+            continue;
+        }
+        let wanted: Option<Vec<String>> = resource
+            .configuration_keys
+            .map(|keys| keys.iter().map(ToString::to_string).collect());
+        match backend
+            .describe_topic(
+                session,
+                v1::DescribeTopicRequest {
+                    name: resource.resource_name.to_string(),
+                },
+            )
+            .await
+        {
+            Ok(answer) => {
+                let mut configs: Vec<(String, String)> = answer
+                    .topic
+                    .map(|t| t.configs.into_iter().collect())
+                    .unwrap_or_default();
+                configs.sort();
+                result.configs = configs
+                    .into_iter()
+                    .filter(|(k, _)| wanted.as_ref().is_none_or(|w| w.contains(k)))
+                    .map(|(name, value)| {
+                        let mut entry = DescribeConfigsResourceResult::default();
+                        entry.name = str_bytes(name);
+                        entry.value = Some(str_bytes(value));
+                        entry.config_source = TOPIC_CONFIG_SOURCE;
+                        entry
+                    })
+                    .collect();
+            }
+            Err(status) => {
+                result.error_code = error_code(&status);
+                result.error_message = Some(str_bytes(status.message()));
+            }
+        }
+        response.results.push(result);
+    }
     response
 }

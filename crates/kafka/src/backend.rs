@@ -84,6 +84,11 @@ pub trait Backend: Send + Sync + 'static {
         session: &Session,
         request: v1::CreateTopicRequest,
     ) -> impl Future<Output = Result<v1::CreateTopicResponse, Status>> + Send;
+    fn describe_topic(
+        &self,
+        session: &Session,
+        request: v1::DescribeTopicRequest,
+    ) -> impl Future<Output = Result<v1::DescribeTopicResponse, Status>> + Send;
     fn delete_topic(
         &self,
         session: &Session,

@@ -282,6 +282,9 @@ async fn dispatch<B: Backend>(
         RequestKind::DeleteTopics(r) => {
             ResponseKind::DeleteTopics(api::delete_topics(backend, session, r).await)
         }
+        RequestKind::DescribeConfigs(r) => {
+            ResponseKind::DescribeConfigs(api::describe_configs(backend, session, r).await)
+        }
         RequestKind::DescribeCluster(_) => {
             ResponseKind::DescribeCluster(api::describe_cluster(backend, session).await)
         }
