@@ -149,6 +149,8 @@ pub struct ComposeCluster {
     client_ports: Vec<u16>,
     /// Node id → metrics port published on 127.0.0.1.
     metrics_ports: Vec<u16>,
+    /// The published Kafka ports, node 1 first.
+    kafka_ports: Vec<u16>,
     /// The TLS variant (`deploy/docker-compose.tls.yml`): the certificates' directory.
     tls: Option<tempfile::TempDir>,
 }
@@ -199,7 +201,7 @@ impl ComposeCluster {
         // The nodes advertise their published ports, so those are chosen before the containers
         // start: held (see PortReservation) while the image builds, released for Docker to bind
         // them the moment before `up`.
-        let held = (0..2 * NODES)
+        let held = (0..3 * NODES)
             .map(|_| PortReservation::any())
             .collect::<anyhow::Result<Vec<_>>>()?;
         let ports: Vec<u16> = held.iter().map(PortReservation::port).collect();
@@ -208,7 +210,8 @@ impl ComposeCluster {
             compose,
             image,
             client_ports: ports[..NODES as usize].to_vec(),
-            metrics_ports: ports[NODES as usize..].to_vec(),
+            metrics_ports: ports[NODES as usize..2 * NODES as usize].to_vec(),
+            kafka_ports: ports[2 * NODES as usize..].to_vec(),
             tls,
         };
         // From here on, Drop cleans up whatever was created.
@@ -242,6 +245,9 @@ impl ComposeCluster {
             command
                 .env(format!("WEIR_PORT_{}", i + 1), client.to_string())
                 .env(format!("WEIR_METRICS_PORT_{}", i + 1), metrics.to_string());
+        }
+        for (i, kafka) in self.kafka_ports.iter().enumerate() {
+            command.env(format!("WEIR_KAFKA_PORT_{}", i + 1), kafka.to_string());
         }
         command
     }
@@ -283,6 +289,15 @@ impl ComposeCluster {
     }
 
     /// The metrics address of node `id`.
+    /// The published Kafka listeners, comma-separated (Kafka's `bootstrap.servers`).
+    pub fn kafka_bootstrap(&self) -> String {
+        self.kafka_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     pub fn metrics_addr(&self, id: u64) -> std::net::SocketAddr {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.metrics_ports[(id - 1) as usize]))
     }

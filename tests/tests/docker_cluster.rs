@@ -147,6 +147,33 @@ async fn serve_through_published_ports(cluster: &ComposeCluster) -> anyhow::Resu
                 .all(|b| cluster.brokers().contains(&b.address)),
         "metadata from the published port must name the published addresses: {brokers:?}"
     );
+    // Kafka clients on the host reach the published Kafka ports, named in Kafka's metadata.
+    let bootstrap = cluster.kafka_bootstrap();
+    weir_tests::eventually(
+        RECOVERY,
+        "kcat -L through the published Kafka ports",
+        || async {
+            let out = tokio::process::Command::new("kcat")
+                .args(["-b", &bootstrap, "-L", "-t", TOPIC, "-m", "5"])
+                .output()
+                .await
+                .context("running kcat (Debian package kcat)")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            ensure!(
+                out.status.success(),
+                "kcat -L: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            ensure!(
+                text.contains(&format!(" {NODES} brokers:"))
+                    && bootstrap.split(',').all(|addr| text.contains(addr))
+                    && text.contains(&format!("topic \"{TOPIC}\" with {PARTITIONS} partitions")),
+                "{text}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
     Ok(client)
 }
 

@@ -4,9 +4,10 @@
 //!
 //! Invariants: a Kafka request reaches partitions only as the `weir.v1` request it becomes,
 //! through the same services (so the same router, forwarding, validation and authorization);
-//! the principal of a Kafka connection is its SASL user or mapped client certificate, and
-//! `User:ANONYMOUS` (Kafka's name for an unauthenticated client) when it has neither while
-//! security is on; with security off every call is allowed, as on the gRPC listeners.
+//! the principal of a Kafka connection is its SASL user or mapped client certificate (with
+//! security on, `weir_kafka` answers nothing else before one); with security off every call is
+//! allowed, as on the gRPC listeners. A session without a principal while security is on would
+//! act as `User:ANONYMOUS` (Kafka's name for it), which no ACL names unless an operator adds one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
