@@ -15,11 +15,14 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: benches/compare/run.sh [--json] [r3] [r1] [tls]
+usage: benches/compare/run.sh [--json] [r3] [r1] [tls] [kafka]
   r3   3 nodes: JetStream stream with 3 replicas vs Weir replication factor 3, acks=all
   r1   1 node:  JetStream R1 on a single server vs `weir local --nodes 1`, replication factor 1
   tls  Weir only, 3 nodes RF 3: plaintext, then `weir local --secure` (TLS to clients, mutual
        TLS between nodes, token authentication, ACLs); the publish ratio TLS / plaintext
+  kafka Weir only, 3 nodes RF 3: `weir bench` over gRPC, then the same workload over the Kafka
+       listener with librdkafka (confluent-kafka, benches/compare/kafka_bench.py, in a venv);
+       the publish ratio Kafka / gRPC
   (default: r3 and r1)
 environment (defaults in brackets):
   DURATION [20]       measured seconds        WARMUP [5]         warm-up seconds, not measured
@@ -46,7 +49,7 @@ SCENARIOS=()
 for arg in "$@"; do
     case "$arg" in
         --json) JSON=1 ;;
-        r1 | r3 | tls) SCENARIOS+=("$arg") ;;
+        r1 | r3 | tls | kafka) SCENARIOS+=("$arg") ;;
         -h | --help) usage; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; usage >&2; exit 2 ;;
     esac
@@ -208,8 +211,8 @@ install_nats_server() {
 }
 
 build() {
-    # The driver also prints the summary, so it is built even for SYSTEMS=weir (not for tls
-    # alone, which compares Weir with itself).
+    # The driver also prints the summary, so it is built even for SYSTEMS=weir (not for tls or
+    # kafka alone, which compare Weir with itself).
     if [ "$NEEDS_NATS" = 0 ]; then
         :
     elif [ "$NO_BUILD" != 1 ]; then
@@ -312,18 +315,72 @@ run_weir_tls() { # like `run_weir tls-plain 3 3`, on `weir local --secure` as it
     rm -rf "$dir"
 }
 
-tls_summary() { # the publish rates of tls-plain and tls, and their ratio (target >= 0.85)
-    python3 - "$RESULTS_DIR/weir-tls-plain.json" "$RESULTS_DIR/weir-tls.json" "$1" <<'PY'
+ratio_summary() { # json|text base.json candidate.json target "base key" "candidate key" "text"
+    # The publish rates of two runs and their ratio against a target; the text line is a Python
+    # format string over base, candidate, ratio and verdict.
+    python3 - "$@" <<'PY'
 import json, sys
-plain, tls = (json.load(open(p))["publish"]["mb_per_s"] for p in sys.argv[1:3])
-ratio = tls / plain if plain else 0.0
-if sys.argv[3] == "json":
-    print(json.dumps({"plaintext_mb_per_s": plain, "tls_mb_per_s": tls, "ratio": round(ratio, 3),
-                      "target": 0.85, "met": ratio >= 0.85}))
+mode, base_file, cand_file, target, base_key, cand_key, text = sys.argv[1:8]
+base, cand = (json.load(open(p))["publish"]["mb_per_s"] for p in (base_file, cand_file))
+target = float(target)
+ratio = cand / base if base else 0.0
+if mode == "json":
+    print(json.dumps({base_key: base, cand_key: cand, "ratio": round(ratio, 3),
+                      "target": target, "met": ratio >= target}))
 else:
-    print(f"tls: Weir RF 3 publish {plain:.1f} MB/s plaintext, {tls:.1f} MB/s with TLS, mutual TLS "
-          f"and tokens: {ratio:.2f} of plaintext (target >= 0.85: {'met' if ratio >= 0.85 else 'NOT met'})")
+    verdict = "met" if ratio >= target else "NOT met"
+    print(text.format(base=base, cand=cand, ratio=ratio, target=target, verdict=verdict))
 PY
+}
+
+tls_summary() { # the publish rates of tls-plain and tls, and their ratio (target >= 0.85)
+    ratio_summary "$1" "$RESULTS_DIR/weir-tls-plain.json" "$RESULTS_DIR/weir-tls.json" 0.85 \
+        plaintext_mb_per_s tls_mb_per_s \
+        "tls: Weir RF 3 publish {base:.1f} MB/s plaintext, {cand:.1f} MB/s with TLS, mutual TLS and tokens: {ratio:.2f} of plaintext (target >= {target}: {verdict})"
+}
+
+kafka_python() { # a python with confluent-kafka: the tests' venv, made when missing
+    local venv=$ROOT/target/kafka-clients/venv
+    if ! "$venv/bin/python" -c 'import confluent_kafka' >/dev/null 2>&1; then
+        log "creating $venv (confluent-kafka, kafka-python from PyPI)"
+        python3 -m venv "$venv"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/tests/kafka/requirements.txt"
+        cp "$ROOT/tests/kafka/requirements.txt" "$venv/weir-requirements.txt"
+    fi
+    printf '%s' "$venv/bin/python"
+}
+
+run_weir_kafka() { # like `run_weir kafka-grpc 3 3`, through the Kafka listener with librdkafka
+    local out=$RESULTS_DIR/weir-kafka.json base kafka_base brokers="" bootstrap="" i dir=$WORK/weir-kafka python
+    python=$(kafka_python)
+    base=$(free_ports 3)
+    kafka_base=$(free_ports 3)
+    for ((i = 0; i < 3; i++)); do
+        brokers+="${brokers:+,}127.0.0.1:$((base + i))"
+        bootstrap+="${bootstrap:+,}127.0.0.1:$((kafka_base + i))"
+    done
+    mkdir -p "$dir"
+    start_bg "$dir/local.log" "$WEIR" local --nodes 3 --data-dir "$dir" --base-port "$base" --kafka-base-port "$kafka_base"
+    wait_for 60 "weir cluster at $brokers" weir_ready "$brokers" 3
+    "$WEIR" topic create bench-kafka --brokers "$brokers" --partitions "$PARTITIONS" --replication-factor 3 >/dev/null
+    wait_for 60 "every Kafka listener in the metadata" \
+        sh -c "\"$WEIR\" cluster status --brokers $brokers --output json | grep -c kafka_address | grep -qx 3"
+    log "Weir kafka: $PRODUCERS librdkafka producer(s) (idempotent, lz4, linger 5 ms), $CONSUMERS consumer(s), same topic shape"
+    local load_before
+    load_before=$(loadavg)
+    "$python" "$HERE/kafka_bench.py" --bootstrap "$bootstrap" --topic bench-kafka \
+        --producers "$PRODUCERS" --consumers "$CONSUMERS" --message-size "$MESSAGE_SIZE" \
+        --warmup "$WARMUP" --duration "$DURATION" >"$out" ||
+        { rm -f "$out"; die "the Kafka run failed"; }
+    LOADS+=("Weir kafka: 1-min load average $load_before before, $(loadavg) after")
+    stop_all
+    rm -rf "$dir"
+}
+
+kafka_summary() { # the publish rates of kafka-grpc and kafka, and their ratio (target >= 0.80)
+    ratio_summary "$1" "$RESULTS_DIR/weir-kafka-grpc.json" "$RESULTS_DIR/weir-kafka.json" 0.80 \
+        grpc_mb_per_s kafka_mb_per_s \
+        "kafka: Weir RF 3 publish {base:.1f} MB/s through gRPC (weir bench), {cand:.1f} MB/s through the Kafka listener (librdkafka): {ratio:.2f} of gRPC (target >= {target}: {verdict})"
 }
 
 run_weir() { # scenario replication_factor nodes
@@ -357,7 +414,7 @@ FS_TYPE=$(df -PT "$WORK" | awk 'NR == 2 { print $2 }')
 [ "$FS_TYPE" = tmpfs ] && log "warning: $WORK is on tmpfs: fsync costs nothing there; set WORK_DIR_PARENT to a disk"
 
 NEEDS_NATS=0
-for scenario in "${SCENARIOS[@]}"; do [ "$scenario" = tls ] || NEEDS_NATS=1; done
+for scenario in "${SCENARIOS[@]}"; do case "$scenario" in tls | kafka) ;; *) NEEDS_NATS=1 ;; esac; done
 [ "$NEEDS_NATS" = 0 ] && SYSTEMS=weir
 has_system nats && install_nats_server
 build
@@ -369,6 +426,7 @@ for scenario in "${SCENARIOS[@]}"; do
         r3) if has_system nats; then run_nats r3 3 3; fi; if has_system weir; then run_weir r3 3 3; fi ;;
         r1) if has_system nats; then run_nats r1 1 1; fi; if has_system weir; then run_weir r1 1 1; fi ;;
         tls) run_weir tls-plain 3 3; run_weir_tls ;;
+        kafka) run_weir kafka-grpc 3 3; run_weir_kafka ;;
     esac
 done
 
@@ -401,6 +459,8 @@ if [ "$JSON" = 1 ]; then
             printf '%s"%s":' "$sep" "$scenario"
             if [ "$scenario" = tls ]; then
                 tls_summary json | tr -d '\n'
+            elif [ "$scenario" = kafka ]; then
+                kafka_summary json | tr -d '\n'
             else
                 "$NATS_BENCH" summary --json --label "$scenario" \
                     --weir "$RESULTS_DIR/weir-$scenario.json" --nats "$RESULTS_DIR/nats-$scenario.json" | tr -d '\n'
@@ -425,6 +485,7 @@ else
                 r3) label="r3: 3 nodes, 3 replicas (JetStream R3, Weir RF 3 acks=all)" ;;
                 r1) label="r1: 1 node (JetStream R1 single server, Weir RF 1)" ;;
                 tls) tls_summary text; continue ;;
+                kafka) kafka_summary text; continue ;;
             esac
             "$NATS_BENCH" summary --label "$label" \
                 --weir "$RESULTS_DIR/weir-$scenario.json" --nats "$RESULTS_DIR/nats-$scenario.json"
