@@ -1,6 +1,7 @@
 """Publish and consume through Weir's Kafka listener with librdkafka (confluent-kafka), the same
-workload `weir bench` runs over gRPC: PRODUCERS processes publish MESSAGE_SIZE-byte records to one
-topic as fast as acks=all allows (idempotent, lz4, linger 5 ms), CONSUMERS processes read it;
+workload `weir bench` runs over gRPC: PRODUCERS processes publish MESSAGE_SIZE-byte records of random bytes
+to one topic as fast as acks=all allows (idempotent, uncompressed, linger 5 ms, 1 MB batches: the
+settings of `weir bench`), CONSUMERS processes read it;
 after WARMUP seconds, DURATION seconds are measured. Prints one JSON object:
 {"publish": {"mb_per_s", "msgs_per_s"}, "consume": {...}} (acknowledged and consumed bytes in the
 measured window).
@@ -16,37 +17,56 @@ import time
 
 
 def produce(args, start_at, end_at, out):
+    import os
+
     from confluent_kafka import Producer
 
+    failed = []
     producer = Producer({
         "bootstrap.servers": args.bootstrap,
         "acks": "all",
         "enable.idempotence": True,
-        "compression.type": "lz4",
+        "compression.type": "none",
         "linger.ms": 5,
         "batch.size": 1000000,
-        "queue.buffering.max.kbytes": 65536,
+        # At most this much published and not yet acknowledged, as `weir bench --buffer-memory`.
+        "queue.buffering.max.kbytes": max(1, args.in_flight_bytes // 1024),
+        # Failures only: a Python callback per acknowledged record would cost more CPU than the
+        # broker spends on it.
+        "delivery.report.only.error": True,
+        "on_delivery": lambda err, msg: err is not None and failed.append(err),
     })
-    payload = bytes(args.message_size)
-    acked = [0, 0]  # records, bytes acknowledged inside the window
+    pool = os.urandom(args.message_size * 64)
+    payloads = [pool[i * args.message_size:(i + 1) * args.message_size] for i in range(64)]
+    produced = 0
+    marks = {}  # "start"/"end" -> records acknowledged by then: produced minus still queued
 
-    def delivered(err, msg):
-        if err is None and start_at <= time.time() <= end_at:
-            acked[0] += 1
-            acked[1] += len(msg.value())
+    def mark(name):
+        if name not in marks and time.time() >= (start_at if name == "start" else end_at):
+            marks[name] = produced - len(producer)
 
     while time.time() < end_at:
-        for _ in range(1000):
-            try:
-                producer.produce(args.topic, value=payload, on_delivery=delivered)
-            except BufferError:
-                producer.poll(0.001)
+        for i in range(1000):
+            while True:
+                try:
+                    producer.produce(args.topic, value=payloads[i % 64])
+                    produced += 1
+                    break
+                except BufferError:
+                    # Full: wait for acknowledgements (blocking, no spinning), then retry.
+                    producer.poll(0.05)
         producer.poll(0)
+        mark("start")
+    mark("start")
+    mark("end")
     producer.flush(30)
-    out.put(("publish", acked[0], acked[1]))
+    if failed:
+        raise SystemExit(f"{len(failed)} records failed: {failed[0]}")
+    records = marks["end"] - marks["start"]
+    out.put(("publish", records, records * args.message_size))
 
 
-def consume(args, start_at, end_at, out):
+def consume(args, ready, go, window, out):
     from confluent_kafka import Consumer
 
     consumer = Consumer({
@@ -57,6 +77,13 @@ def consume(args, start_at, end_at, out):
         "fetch.max.bytes": 52428800,
     })
     consumer.subscribe([args.topic])
+    # Joined and assigned before the clock starts (the group's join is not part of the run).
+    deadline = time.time() + 60
+    while not consumer.assignment() and time.time() < deadline:
+        consumer.poll(0.2)
+    ready.put(bool(consumer.assignment()))
+    go.wait()
+    start_at, end_at = window[0], window[1]
     records = size = 0
     while time.time() < end_at:
         for msg in consumer.consume(num_messages=1000, timeout=0.5):
@@ -76,16 +103,25 @@ def main():
     parser.add_argument("--message-size", type=int, default=1024)
     parser.add_argument("--warmup", type=float, default=5)
     parser.add_argument("--duration", type=float, default=20)
+    parser.add_argument("--in-flight-bytes", type=int, default=1 << 20)
     args = parser.parse_args()
+    out, ready, go = mp.Queue(), mp.Queue(), mp.Event()
+    window = mp.Array("d", 2)
+    consumers = [mp.Process(target=consume, args=(args, ready, go, window, out))
+                 for _ in range(args.consumers)]
+    for c in consumers:
+        c.start()
+    if not all(ready.get(timeout=90) for _ in consumers):
+        raise SystemExit("a consumer got no partitions within 60 s")
     start_at = time.time() + args.warmup
     end_at = start_at + args.duration
-    out = mp.Queue()
-    workers = [mp.Process(target=consume, args=(args, start_at, end_at, out))
-               for _ in range(args.consumers)]
-    workers += [mp.Process(target=produce, args=(args, start_at, end_at, out))
-                for _ in range(args.producers)]
-    for w in workers:
-        w.start()
+    window[0], window[1] = start_at, end_at
+    go.set()
+    producers = [mp.Process(target=produce, args=(args, start_at, end_at, out))
+                 for _ in range(args.producers)]
+    for p in producers:
+        p.start()
+    workers = consumers + producers
     totals = {"publish": [0, 0], "consume": [0, 0]}
     for _ in workers:
         kind, records, size = out.get()

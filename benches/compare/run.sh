@@ -365,12 +365,12 @@ run_weir_kafka() { # like `run_weir kafka-grpc 3 3`, through the Kafka listener 
     "$WEIR" topic create bench-kafka --brokers "$brokers" --partitions "$PARTITIONS" --replication-factor 3 >/dev/null
     wait_for 60 "every Kafka listener in the metadata" \
         sh -c "\"$WEIR\" cluster status --brokers $brokers --output json | grep -c kafka_address | grep -qx 3"
-    log "Weir kafka: $PRODUCERS librdkafka producer(s) (idempotent, lz4, linger 5 ms), $CONSUMERS consumer(s), same topic shape"
+    log "Weir kafka: $PRODUCERS librdkafka producer(s) (idempotent, uncompressed, linger 5 ms, 1 MB batches), $CONSUMERS consumer(s), same topic shape"
     local load_before
     load_before=$(loadavg)
     "$python" "$HERE/kafka_bench.py" --bootstrap "$bootstrap" --topic bench-kafka \
         --producers "$PRODUCERS" --consumers "$CONSUMERS" --message-size "$MESSAGE_SIZE" \
-        --warmup "$WARMUP" --duration "$DURATION" >"$out" ||
+        --warmup "$WARMUP" --duration "$DURATION" --in-flight-bytes "$IN_FLIGHT_BYTES" >"$out" ||
         { rm -f "$out"; die "the Kafka run failed"; }
     LOADS+=("Weir kafka: 1-min load average $load_before before, $(loadavg) after")
     stop_all

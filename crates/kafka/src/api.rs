@@ -254,6 +254,10 @@ pub async fn produce<B: Backend>(
     };
     let invalid_acks = acks == v1::Acks::Unspecified;
     let now = now_ms();
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(
+            u64::try_from(request.timeout_ms.max(1_000)).unwrap_or(30_000),
+        );
     let mut response = ProduceResponse::default();
     for topic in request.topic_data {
         let name = topic.name.0.to_string();
@@ -286,18 +290,21 @@ pub async fn produce<B: Backend>(
                     }
                 };
                 for batch in batches {
-                    let result = backend
-                        .produce(
-                            session,
-                            v1::ProduceRequest {
-                                topic: name.clone(),
-                                partition: Some(partition),
-                                acks: acks as i32,
-                                batch: batch.batch,
-                                ..Default::default()
-                            },
-                        )
-                        .await;
+                    let request = v1::ProduceRequest {
+                        topic: name.clone(),
+                        partition: Some(partition),
+                        acks: acks as i32,
+                        batch: batch.batch,
+                        ..Default::default()
+                    };
+                    let result = produce_in_order(
+                        backend,
+                        session,
+                        request,
+                        batch.producer.producer_id >= 0,
+                        deadline,
+                    )
+                    .await;
                     match result {
                         Ok(written) => {
                             if answer.base_offset < 0 {
@@ -324,6 +331,31 @@ pub async fn produce<B: Backend>(
     }
     // acks=0: the client expects no answer at all.
     (request.acks != 0).then_some(response)
+}
+
+/// Writes one batch. An idempotent batch that overtook an earlier one of the same producer (a
+/// pipelined request that reached the leader first) is refused with ABORTED and sent again once
+/// the earlier one is in, until `deadline`; the leader's sequence check keeps the order.
+async fn produce_in_order<B: Backend>(
+    backend: &B,
+    session: &Session,
+    request: v1::ProduceRequest,
+    idempotent: bool,
+    deadline: tokio::time::Instant,
+) -> Result<v1::ProduceResponse, Status> {
+    let mut backoff = weir_format::retry::RetryPolicy::RESEND.backoff();
+    loop {
+        match backend.produce(session, request.clone()).await {
+            Err(status)
+                if idempotent
+                    && status.code() == Code::Aborted
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(backoff.next_delay(None)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 pub async fn init_producer_id<B: Backend>(

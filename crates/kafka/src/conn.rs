@@ -9,6 +9,8 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
@@ -70,39 +72,157 @@ pub enum ConnError {
     AuthenticationFailed,
 }
 
+/// Produce requests of idempotent producers answered at once on one connection, at most
+/// (librdkafka keeps up to 5 in flight with idempotence). Their order on a partition is kept by
+/// the partition leader's sequence check: a batch that overtakes an earlier one is refused
+/// (ABORTED) and retried once the earlier one is in (see `api::produce`).
+pub const PIPELINE: usize = 5;
+
 /// Serves one connection until the client closes it or breaks the protocol.
+///
+/// Requests are answered in the order they came. Produce requests of idempotent producers run
+/// concurrently ([`PIPELINE`] at most); any other request first waits for those to be answered
+/// and then runs alone, as every request does on a Kafka broker (which is what keeps the
+/// batches of a producer that is not idempotent in order).
 pub async fn serve<S, B>(
-    mut stream: S,
+    stream: S,
     listener: Arc<Listener<B>>,
     mut session: Session,
 ) -> Result<(), ConnError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     B: Backend,
 {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    // Frames are read by a task of their own: reading is not cancel-safe, receiving is.
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<Result<Bytes, ConnError>>(PIPELINE);
+    let reading = tokio::spawn(async move {
+        loop {
+            let frame = read_frame(&mut reader).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            let sent = match frame {
+                Ok(Some(frame)) => frames_tx.send(Ok(frame)).await,
+                Ok(None) => break,
+                Err(err) => frames_tx.send(Err(err)).await,
+            };
+            if end || sent.is_err() {
+                break;
+            }
+        }
+    });
+    let _reading = AbortOnDrop(reading);
     let mut sasl = None;
+    let mut pipeline = FuturesOrdered::new();
     loop {
-        let size = match stream.read_i32().await {
-            Ok(size) => size,
-            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(err) => return Err(err.into()),
-        };
-        let size = usize::try_from(size)
-            .ok()
-            .filter(|s| (4..=MAX_FRAME_BYTES).contains(s))
-            .ok_or(ConnError::FrameTooLarge(i64::from(size)))?;
-        let mut frame = vec![0u8; size];
-        stream.read_exact(&mut frame).await?;
-        let frame = Bytes::from(frame);
-        let (answer, close) = handle(frame, listener.as_ref(), &mut session, &mut sasl).await?;
-        if let Some(answer) = answer {
-            stream.write_all(&answer).await?;
-            stream.flush().await?;
+        tokio::select! {
+            Some(answer) = pipeline.next(), if !pipeline.is_empty() => {
+                write(&mut writer, answer?).await?;
+            }
+            frame = frames.recv(), if pipeline.len() < PIPELINE => {
+                let Some(frame) = frame else {
+                    while let Some(answer) = pipeline.next().await {
+                        write(&mut writer, answer?).await?;
+                    }
+                    return Ok(());
+                };
+                let frame = frame?;
+                if idempotent_produce(&frame, &session, listener.backend.security_enabled()) {
+                    let listener = Arc::clone(&listener);
+                    let mut session = session.clone();
+                    pipeline.push_back(async move {
+                        let mut no_sasl = None;
+                        handle(frame, listener.as_ref(), &mut session, &mut no_sasl)
+                            .await
+                            .map(|(answer, _)| answer)
+                    });
+                    continue;
+                }
+                while let Some(answer) = pipeline.next().await {
+                    write(&mut writer, answer?).await?;
+                }
+                let (answer, close) = handle(frame, listener.as_ref(), &mut session, &mut sasl).await?;
+                write(&mut writer, answer).await?;
+                if close {
+                    // A failed authentication is answered, then the connection ends (as Kafka
+                    // does).
+                    return Err(ConnError::AuthenticationFailed);
+                }
+            }
         }
-        if close {
-            // A failed authentication is answered, then the connection ends (as Kafka does).
-            return Err(ConnError::AuthenticationFailed);
-        }
+    }
+}
+
+/// The next request frame, or `None` at a clean end of the connection.
+async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Bytes>, ConnError> {
+    let size = match reader.read_i32().await {
+        Ok(size) => size,
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|s| (4..=MAX_FRAME_BYTES).contains(s))
+        .ok_or(ConnError::FrameTooLarge(i64::from(size)))?;
+    let mut frame = vec![0u8; size];
+    reader.read_exact(&mut frame).await?;
+    Ok(Some(Bytes::from(frame)))
+}
+
+async fn write<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    answer: Option<Bytes>,
+) -> Result<(), ConnError> {
+    if let Some(answer) = answer {
+        writer.write_all(&answer).await?;
+        writer.flush().await?;
+    }
+    Ok(())
+}
+
+/// Whether `frame` is a Produce request (v3+) of an idempotent producer on an authenticated
+/// session: every batch of it carries a producer id. Anything unexpected says no (and the
+/// request then runs alone, where it is checked in full).
+fn idempotent_produce(frame: &Bytes, session: &Session, security: bool) -> bool {
+    if frame.len() < 4 || (security && session.principal.is_none()) {
+        return false;
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    if key != ApiKey::Produce as i16 || !(versions::PRODUCE_MIN_DECODED..=8).contains(&version) {
+        return false;
+    }
+    let mut body = frame.clone();
+    let Ok(_) = RequestHeader::decode(&mut body, ApiKey::Produce.request_header_version(version))
+    else {
+        return false;
+    };
+    let Ok(request) = ProduceRequest::decode(&mut body, version) else {
+        return false;
+    };
+    request.transactional_id.is_none()
+        && request.acks != 0
+        && !request.topic_data.is_empty()
+        && request.topic_data.iter().all(|t| {
+            !t.partition_data.is_empty()
+                && t.partition_data.iter().all(|p| {
+                    p.records
+                        .as_ref()
+                        .and_then(|r| r.get(43..51))
+                        .is_some_and(|id| {
+                            i64::from_be_bytes([
+                                id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7],
+                            ]) >= 0
+                        })
+                })
+        })
+}
+
+/// Aborts a task when dropped (the frame reader ends with its connection).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
