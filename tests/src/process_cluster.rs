@@ -94,6 +94,11 @@ impl ProcessCluster {
         Self::start_with(n, false, &[])
     }
 
+    /// Starts `n` nodes with `extra_args` on each (`weir server` flags).
+    pub fn start_with_args(n: u64, extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(n, false, extra_args)
+    }
+
     /// Starts `n` nodes, each with a Kafka listener on a port of its own (see
     /// [`ProcessCluster::kafka_addr`]).
     pub fn start_kafka(n: u64) -> anyhow::Result<Self> {

@@ -209,3 +209,179 @@ async fn every_node_reports_every_live_broker_alive() -> anyhow::Result<()> {
     cluster.stop_all()?;
     Ok(())
 }
+
+/// Stored `.log` segment files of partition `p` of `topic` on node `id`.
+fn segment_files(cluster: &ProcessCluster, id: u64, topic: &str, p: u32) -> usize {
+    cluster
+        .partition_dir(id, topic, p)
+        .and_then(|dir| std::fs::read_dir(dir.join("log")).ok())
+        .map_or(0, |entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .count()
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topics_grow_and_change_settings_online_and_groups_are_deleted() -> anyhow::Result<()> {
+    weir_tests::init_tracing();
+    let cluster = ProcessCluster::start_with_args(3, &["--retention-check-ms", "300"])?;
+    let mut client = Client::new(&cluster.brokers())?;
+    client.retry_for = Duration::from_secs(60);
+    client.create_topic("grow", 2, 3).await?;
+    produce(&client, "grow", 0, &["a", "b", "c"]).await?;
+
+    // Partitions: only ever more; the new ones get replicas and leaders and take writes, the
+    // old ones keep their records.
+    for bad in [1, 2, 10_001] {
+        let refused = client.create_partitions("grow", bad).await;
+        ensure!(
+            refused.as_ref().err().and_then(|e| e.code()) == Some(tonic::Code::InvalidArgument),
+            "growing to {bad}: {refused:?}"
+        );
+    }
+    let refused = client.create_partitions("missing", 3).await;
+    ensure!(refused.err().and_then(|e| e.code()) == Some(tonic::Code::NotFound));
+    let grown = client.create_partitions("grow", 4).await?;
+    ensure!(grown.partitions.len() == 4, "{grown:?}");
+    for p in [2, 3] {
+        ensure!(grown.partitions[p].replicas.len() == 3, "{grown:?}");
+    }
+    let offset = produce(&client, "grow", 3, &["new"]).await?;
+    ensure!(offset == 0, "first record of a new partition at {offset}");
+    ensure!(produce(&client, "grow", 0, &["d"]).await? == 3);
+    let described = client.describe_topic("grow").await?;
+    ensure!(described.partitions.len() == 4);
+    ensure!(described.partitions[3].high_watermark == 1);
+
+    // Settings: all or nothing; the logs take them at once (segments roll at the new size,
+    // retention keeps the new size).
+    let bad = client
+        .alter_topic_config(
+            "grow",
+            &[
+                ("segment.bytes".to_string(), "1048576".to_string()),
+                ("retention.ms".to_string(), "0".to_string()),
+            ]
+            .into(),
+            &[],
+        )
+        .await;
+    ensure!(
+        bad.as_ref().err().and_then(|e| e.code()) == Some(tonic::Code::InvalidArgument),
+        "{bad:?}"
+    );
+    ensure!(client.describe_topic("grow").await?.configs["segment.bytes"] == "1073741824");
+    let internal = client
+        .alter_topic_config(
+            "__consumer_offsets",
+            &[("retention.ms".to_string(), "1000".to_string())].into(),
+            &[],
+        )
+        .await;
+    ensure!(
+        internal.as_ref().err().and_then(|e| e.code()) == Some(tonic::Code::InvalidArgument)
+            || internal.as_ref().err().and_then(|e| e.code()) == Some(tonic::Code::NotFound),
+        "{internal:?}"
+    );
+    let altered = client
+        .alter_topic_config(
+            "grow",
+            &[("segment.bytes".to_string(), "1048576".to_string())].into(),
+            &[],
+        )
+        .await?;
+    ensure!(altered.configs["segment.bytes"] == "1048576", "{altered:?}");
+    // Incompressible, so the batches stay about 100 KiB whatever the client's compression.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let big: String = (0..100 * 1024)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(b'!' + (seed % 90) as u8)
+        })
+        .collect();
+    for _ in 0..30 {
+        produce(&client, "grow", 1, &[&big]).await?;
+    }
+    let leader = client.metadata(&["grow".to_string()]).await?.topics[0].partitions[1].leader;
+    eventually(
+        Duration::from_secs(20),
+        "segments rolled at 1 MiB",
+        || async {
+            let segments = segment_files(&cluster, leader, "grow", 1);
+            let all: Vec<usize> = cluster
+                .node_ids()
+                .into_iter()
+                .map(|id| segment_files(&cluster, id, "grow", 1))
+                .collect();
+            ensure!(
+                segments >= 3,
+                "{segments} segments for 3 MiB on the leader {leader}; {all:?} on each node"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    client
+        .alter_topic_config(
+            "grow",
+            &[("retention.bytes".to_string(), "1048576".to_string())].into(),
+            &[],
+        )
+        .await?;
+    eventually(
+        Duration::from_secs(20),
+        "retention at the new size",
+        || async {
+            let p = &client.describe_topic("grow").await?.partitions[1];
+            ensure!(p.log_start_offset > 0, "log start {}", p.log_start_offset);
+            ensure!(p.high_watermark == 30);
+            Ok(())
+        },
+    )
+    .await?;
+    let reset = client
+        .alter_topic_config(
+            "grow",
+            &Default::default(),
+            &["retention.bytes".to_string()],
+        )
+        .await?;
+    ensure!(reset.configs["retention.bytes"] == "-1", "{reset:?}");
+
+    // Groups: deleting removes every committed offset; a missing group is NOT_FOUND.
+    let committed = client
+        .reset_offsets("doomed", "grow", &[], weir_client::Start::Latest)
+        .await?;
+    ensure!(committed.len() == 4);
+    ensure!(
+        client
+            .list_groups()
+            .await?
+            .iter()
+            .any(|g| g.group == "doomed")
+    );
+    ensure!(client.delete_group("doomed").await? == 4);
+    ensure!(
+        !client
+            .list_groups()
+            .await?
+            .iter()
+            .any(|g| g.group == "doomed")
+    );
+    ensure!(
+        client
+            .fetch_offsets("doomed", &["grow".to_string()])
+            .await?
+            .is_empty()
+    );
+    let again = client.delete_group("doomed").await;
+    ensure!(
+        again.as_ref().err().and_then(|e| e.code()) == Some(tonic::Code::NotFound),
+        "{again:?}"
+    );
+    Ok(())
+}

@@ -9,11 +9,12 @@ use weir_controller::TopicConfig;
 use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::admin_server::Admin;
 use weir_proto::v1::{
-    CreateTopicRequest, CreateTopicResponse, DecommissionBrokerRequest, DecommissionBrokerResponse,
-    DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse,
-    JoinClusterRequest, JoinClusterResponse, ListOffsetsRequest, ListTopicsRequest,
-    ListTopicsResponse, ReassignPartitionRequest, ReassignPartitionResponse, RebalanceRequest,
-    RebalanceResponse,
+    AlterTopicConfigRequest, AlterTopicConfigResponse, CreatePartitionsRequest,
+    CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse, DecommissionBrokerRequest,
+    DecommissionBrokerResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest,
+    DescribeTopicResponse, JoinClusterRequest, JoinClusterResponse, ListOffsetsRequest,
+    ListTopicsRequest, ListTopicsResponse, ReassignPartitionRequest, ReassignPartitionResponse,
+    RebalanceRequest, RebalanceResponse,
 };
 
 use crate::fetch::ReadPath;
@@ -347,5 +348,95 @@ impl Admin for AdminService {
         );
         drained?;
         Ok(Response::new(DecommissionBrokerResponse {}))
+    }
+
+    async fn create_partitions(
+        &self,
+        request: Request<CreatePartitionsRequest>,
+    ) -> Result<Response<CreatePartitionsResponse>, Status> {
+        let hops = &forward_hops(&request);
+        self.router.authorize(
+            &request,
+            Operation::Alter,
+            Resource::Topic(&request.get_ref().topic),
+        )?;
+        let request = request.into_inner();
+        if let Some(mut leader) = self.router.controller_leader(hops)? {
+            return leader
+                .create_partitions(forwarded(request, hops))
+                .await
+                .map_err(relayed);
+        }
+        let span = tracing::info_span!("create_partitions", topic = %request.topic, partitions = request.partitions, validate_only = request.validate_only);
+        let grown = self
+            .router
+            .controller
+            .add_partitions(&request.topic, request.partitions, request.validate_only)
+            .instrument(span)
+            .await
+            .map_err(from_controller);
+        if !request.validate_only {
+            self.audit(
+                hops,
+                "create-partitions",
+                format!(
+                    "topic {:?} to {} partitions",
+                    request.topic, request.partitions
+                ),
+                &grown,
+            );
+        }
+        let topic = grown?;
+        let metadata = self.router.controller.metadata();
+        Ok(Response::new(CreatePartitionsResponse {
+            topic: Some(topic_info(&metadata, &topic, &self.router.partitions)),
+        }))
+    }
+
+    async fn alter_topic_config(
+        &self,
+        request: Request<AlterTopicConfigRequest>,
+    ) -> Result<Response<AlterTopicConfigResponse>, Status> {
+        let hops = &forward_hops(&request);
+        self.router.authorize(
+            &request,
+            Operation::Alter,
+            Resource::Topic(&request.get_ref().topic),
+        )?;
+        let request = request.into_inner();
+        if let Some(mut leader) = self.router.controller_leader(hops)? {
+            return leader
+                .alter_topic_config(forwarded(request, hops))
+                .await
+                .map_err(relayed);
+        }
+        let span = tracing::info_span!("alter_topic_config", topic = %request.topic, validate_only = request.validate_only);
+        let names: Vec<&str> = request
+            .set
+            .keys()
+            .chain(&request.reset)
+            .map(String::as_str)
+            .collect();
+        let resource = format!("topic {:?} settings {}", request.topic, names.join(","));
+        let altered = self
+            .router
+            .controller
+            .alter_topic_config(
+                &request.topic,
+                request.set.into_iter().collect(),
+                request.reset,
+                request.validate_only,
+            )
+            .instrument(span)
+            .await
+            .map_err(from_controller);
+        if !request.validate_only {
+            self.audit(hops, "alter-topic-config", resource, &altered);
+        }
+        let topic = altered?;
+        let metadata = self.router.controller.metadata();
+        Ok(Response::new(AlterTopicConfigResponse {
+            topic: Some(topic_info(&metadata, &topic, &self.router.partitions)),
+        }))
     }
 }

@@ -30,6 +30,11 @@ pub(crate) enum GroupCommand {
         #[arg(long)]
         partition: Vec<u32>,
     },
+    /// Delete a group's committed offsets (the group must have no live members).
+    Delete {
+        /// The group.
+        group: String,
+    },
 }
 
 /// `topic: 0,1,2; other: 3` (or `-`).
@@ -228,6 +233,15 @@ pub(crate) async fn run(
                 table.row([o.partition.to_string(), o.offset.to_string()]);
             }
             table.print();
+        }
+        GroupCommand::Delete { group } => {
+            let removed = client.delete_group(&group).await?;
+            if output.json() {
+                return print_json(
+                    &serde_json::json!({ "group": group, "offsets_removed": removed }),
+                );
+            }
+            println!("deleted group {group} ({removed} committed offsets removed)");
         }
     }
     Ok(())

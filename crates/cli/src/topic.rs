@@ -1,4 +1,4 @@
-//! `weir topic create|list|describe|delete`. `list` (ListTopics) shows each topic's partitions,
+//! `weir topic create|list|describe|alter|delete`. `list` (ListTopics) shows each topic's partitions,
 //! leaders and replicas; `describe` (DescribeTopic) adds the topic's settings and each
 //! partition's offsets; internal topics (`__consumer_offsets`) only with `--internal`. With
 //! `--output json` both carry the settings.
@@ -32,6 +32,20 @@ pub(crate) enum TopicCommand {
     /// One topic: settings, partitions, replicas, leaders, and each partition's log start and
     /// high watermark.
     Describe { name: String },
+    /// Change a topic's settings or grow its partition count.
+    Alter {
+        name: String,
+        /// A setting to change, KEY=VALUE (repeatable; names as for create).
+        #[arg(long = "config", short = 'c', value_parser = key_value)]
+        configs: Vec<(String, String)>,
+        /// A setting to put back at its default (repeatable).
+        #[arg(long = "reset")]
+        resets: Vec<String>,
+        /// The new partition count (larger than today's; partitions are never removed). Keyed
+        /// records produced afterwards may land in another partition than before.
+        #[arg(long, short = 'p')]
+        partitions: Option<u32>,
+    },
     /// Delete a topic and its data.
     Delete { name: String },
 }
@@ -167,6 +181,43 @@ pub(crate) async fn run(
             }
             println!();
             partitions.print();
+        }
+        TopicCommand::Alter {
+            name,
+            configs,
+            resets,
+            partitions,
+        } => {
+            if configs.is_empty() && resets.is_empty() && partitions.is_none() {
+                anyhow::bail!(
+                    "nothing to change: give --config KEY=VALUE, --reset KEY or --partitions N"
+                );
+            }
+            let mut topic = None;
+            if !configs.is_empty() || !resets.is_empty() {
+                let set: HashMap<String, String> = configs.into_iter().collect();
+                topic = Some(client.alter_topic_config(&name, &set, &resets).await?);
+            }
+            if let Some(count) = partitions {
+                topic = Some(client.create_partitions(&name, count).await?);
+            }
+            let Some(topic) = topic else {
+                return Ok(());
+            };
+            if output.json() {
+                return print_json(&topic_json(&topic, false));
+            }
+            println!(
+                "altered topic {}: {} partitions",
+                topic.name,
+                topic.partitions.len()
+            );
+            let mut table = Table::new(&["CONFIG", "VALUE"]);
+            let sorted: BTreeMap<&String, &String> = topic.configs.iter().collect();
+            for (key, value) in sorted {
+                table.row([key, value]);
+            }
+            table.print();
         }
         TopicCommand::Delete { name } => {
             client.delete_topic(&name).await?;

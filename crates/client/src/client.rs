@@ -35,12 +35,13 @@ use weir_proto::v1::admin_client::AdminClient;
 use weir_proto::v1::broker_client::BrokerClient;
 use weir_proto::v1::groups_client::GroupsClient;
 use weir_proto::v1::{
-    Acks as WireAcks, CommitOffsetsRequest, CreateTopicRequest, DecommissionBrokerRequest,
-    DeleteTopicRequest, DescribeGroupRequest, DescribeGroupResponse, DescribeTopicRequest,
-    FetchOffsetsRequest, FetchRequest, FetchResponse, GroupSummary, HeartbeatRequest,
-    HeartbeatResponse, InitProducerRequest, LeaveGroupRequest, ListGroupsRequest,
-    ListOffsetsRequest, ListOffsetsResponse, ListTopicsRequest, MetadataRequest, MetadataResponse,
-    PartitionOffset, ProduceRequest, ProduceResponse, ReassignPartitionRequest, RebalanceRequest,
+    Acks as WireAcks, AlterTopicConfigRequest, CommitOffsetsRequest, CreatePartitionsRequest,
+    CreateTopicRequest, DecommissionBrokerRequest, DeleteGroupRequest, DeleteTopicRequest,
+    DescribeGroupRequest, DescribeGroupResponse, DescribeTopicRequest, FetchOffsetsRequest,
+    FetchRequest, FetchResponse, GroupSummary, HeartbeatRequest, HeartbeatResponse,
+    InitProducerRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest,
+    ListOffsetsResponse, ListTopicsRequest, MetadataRequest, MetadataResponse, PartitionOffset,
+    ProduceRequest, ProduceResponse, ReassignPartitionRequest, RebalanceRequest,
     ResetOffsetsRequest, StartFrom, TopicInfo,
 };
 
@@ -711,6 +712,66 @@ impl Client {
         .await
     }
 
+    /// Grows topic `name` to `partitions` partitions; returns the topic as it is now.
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        partitions: u32,
+    ) -> Result<TopicInfo, ClientError> {
+        let topic = self
+            .call(
+                "create partitions",
+                Route::Any,
+                self.deadline(),
+                |channel| {
+                    let request = CreatePartitionsRequest {
+                        topic: name.to_string(),
+                        partitions,
+                        validate_only: false,
+                    };
+                    async move {
+                        Self::admin(channel)
+                            .create_partitions(request)
+                            .await
+                            .map(|r| r.into_inner().topic.unwrap_or_default())
+                    }
+                },
+            )
+            .await?;
+        self.invalidate_topic(name);
+        Ok(topic)
+    }
+
+    /// Sets settings of topic `name` and puts those in `reset` back at their defaults (all or
+    /// nothing); returns the topic with its settings now.
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        set: &HashMap<String, String>,
+        reset: &[String],
+    ) -> Result<TopicInfo, ClientError> {
+        self.call(
+            "alter topic config",
+            Route::Any,
+            self.deadline(),
+            |channel| {
+                let request = AlterTopicConfigRequest {
+                    topic: name.to_string(),
+                    set: set.clone(),
+                    reset: reset.to_vec(),
+                    validate_only: false,
+                };
+                async move {
+                    Self::admin(channel)
+                        .alter_topic_config(request)
+                        .await
+                        .map(|r| r.into_inner().topic.unwrap_or_default())
+                }
+            },
+        )
+        .await
+    }
+
     /// Moves a partition to `replicas` (preferred leader first).
     pub async fn reassign_partition(
         &self,
@@ -1103,6 +1164,23 @@ impl Client {
                     .describe_group(request)
                     .await
                     .map(tonic::Response::into_inner)
+            }
+        })
+        .await
+    }
+
+    /// Deletes a group's committed offsets (the group must have no live members); returns how
+    /// many were removed.
+    pub async fn delete_group(&self, group: &str) -> Result<u32, ClientError> {
+        self.call("delete group", Route::Any, self.deadline(), |channel| {
+            let request = DeleteGroupRequest {
+                group: group.to_string(),
+            };
+            async move {
+                Self::groups(channel)
+                    .delete_group(request)
+                    .await
+                    .map(|r| r.into_inner().offsets_removed)
             }
         })
         .await

@@ -275,6 +275,78 @@ impl Controller {
         self.wait_for(|m| m.topics.get(name).cloned()).await
     }
 
+    /// Grows topic `name` to `total` partitions: places the new ones on the current metadata
+    /// (like a new topic's, balanced against the replicas already placed) and proposes them.
+    /// `validate_only`: checks the change against this node's metadata and proposes nothing.
+    pub async fn add_partitions(
+        &self,
+        name: &str,
+        total: u32,
+        validate_only: bool,
+    ) -> Result<TopicRecord, ControllerError> {
+        let metadata = self.metadata();
+        let topic = metadata
+            .topics
+            .get(name)
+            .ok_or_else(|| MetadataError::UnknownTopic(name.to_string()))?;
+        let current = topic.partitions.len() as u32;
+        if total <= current {
+            return Err(MetadataError::Invalid(format!(
+                "topic {name:?} has {current} partitions; the new count must be larger (partitions are never removed)"
+            ))
+            .into());
+        }
+        let alive = self.is_leader().then(|| self.alive_brokers());
+        let assignment = place_topic(
+            &metadata,
+            total - current,
+            topic.replication_factor,
+            alive.as_ref(),
+        )?;
+        let command = MetadataCommand::AddPartitions {
+            name: name.to_string(),
+            assignment,
+        };
+        if validate_only {
+            (*metadata).clone().apply(command)?;
+            return Ok(topic.clone());
+        }
+        self.propose(command).await?;
+        self.wait_for(|m| {
+            m.topics
+                .get(name)
+                .filter(|t| t.partitions.len() as u32 >= total)
+                .cloned()
+        })
+        .await
+    }
+
+    /// Changes settings of topic `name` (see [`MetadataCommand::AlterTopicConfig`]); returns
+    /// the topic with its new settings. `validate_only`: checks the change and proposes nothing.
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        set: Vec<(String, String)>,
+        reset: Vec<String>,
+        validate_only: bool,
+    ) -> Result<TopicRecord, ControllerError> {
+        let command = MetadataCommand::AlterTopicConfig {
+            name: name.to_string(),
+            set,
+            reset,
+        };
+        let mut check = (*self.metadata()).clone();
+        check.apply(command.clone())?;
+        let Some(expected) = check.topics.get(name).cloned() else {
+            return Err(MetadataError::UnknownTopic(name.to_string()).into());
+        };
+        if validate_only {
+            return Ok(expected);
+        }
+        self.propose(command).await?;
+        self.wait_for(|m| m.topics.get(name).cloned()).await
+    }
+
     /// The internal topic of consumer-group offsets, created on first use with `partitions`
     /// partitions and as many replicas as there are brokers, up to 3. Kept forever.
     pub async fn offsets_topic(&self, partitions: u32) -> Result<TopicRecord, ControllerError> {

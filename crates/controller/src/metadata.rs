@@ -102,60 +102,87 @@ impl TopicConfig {
     pub fn from_pairs<'a>(
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self, MetadataError> {
-        let mut config = Self::default();
-        for (key, value) in pairs {
-            let bad = |expected: &str| {
-                Err(MetadataError::InvalidConfig {
-                    key: key.to_string(),
-                    value: value.to_string(),
-                    expected: expected.to_string(),
-                })
-            };
-            // -1 (or any negative) means "no limit" for the retention settings.
-            let limit = |value: &str| -> Option<Option<u64>> {
-                let n: i64 = value.trim().parse().ok()?;
-                Some(if n < 0 { None } else { Some(n as u64) })
-            };
-            match key {
-                "retention.ms" => match limit(value) {
-                    Some(Some(0)) | None => return bad("milliseconds > 0, or -1 for no limit"),
-                    Some(v) => config.retention_ms = v,
-                },
-                "retention.bytes" => match limit(value) {
-                    Some(Some(0)) | None => return bad("bytes > 0, or -1 for no limit"),
-                    Some(v) => config.retention_bytes = v,
-                },
-                "segment.bytes" => match value.trim().parse::<u64>() {
-                    Ok(n) if (SEGMENT_BYTES_RANGE.0..=SEGMENT_BYTES_RANGE.1).contains(&n) => {
-                        config.segment_bytes = n;
-                    }
-                    _ => {
-                        return bad(&format!(
-                            "bytes in [{}, {}]",
-                            SEGMENT_BYTES_RANGE.0, SEGMENT_BYTES_RANGE.1
-                        ));
-                    }
-                },
-                "max.message.bytes" => match value.trim().parse::<u32>() {
-                    Ok(n) if (1..=MAX_MESSAGE_BYTES_LIMIT).contains(&n) => {
-                        config.max_message_bytes = n;
-                    }
-                    _ => return bad(&format!("bytes in [1, {MAX_MESSAGE_BYTES_LIMIT}]")),
-                },
-                "compression" => {
-                    config.compression = match value.trim() {
-                        "producer" => TopicCompression::Producer,
-                        "none" => TopicCompression::None,
-                        "lz4" => TopicCompression::Lz4,
-                        _ => return bad("one of producer, none, lz4"),
-                    }
-                }
-                _ => {
-                    return Err(MetadataError::UnknownConfig(key.to_string()));
-                }
-            }
+        Self::default().altered(pairs, std::iter::empty())
+    }
+
+    /// These settings with `set` applied and the settings named in `reset` back at their
+    /// defaults (as Kafka's IncrementalAlterConfigs SET and DELETE). All or nothing: an unknown
+    /// name or a value out of range rejects the whole change.
+    pub fn altered<'a>(
+        &self,
+        set: impl IntoIterator<Item = (&'a str, &'a str)>,
+        reset: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, MetadataError> {
+        let mut config = self.clone();
+        let defaults = Self::default();
+        for key in reset {
+            let value = defaults
+                .to_pairs()
+                .into_iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v)
+                .ok_or_else(|| MetadataError::UnknownConfig(key.to_string()))?;
+            config.set(key, &value)?;
+        }
+        for (key, value) in set {
+            config.set(key, value)?;
         }
         Ok(config)
+    }
+
+    /// Sets one setting by its public name.
+    fn set(&mut self, key: &str, value: &str) -> Result<(), MetadataError> {
+        let bad = |expected: &str| {
+            Err(MetadataError::InvalidConfig {
+                key: key.to_string(),
+                value: value.to_string(),
+                expected: expected.to_string(),
+            })
+        };
+        // -1 (or any negative) means "no limit" for the retention settings.
+        let limit = |value: &str| -> Option<Option<u64>> {
+            let n: i64 = value.trim().parse().ok()?;
+            Some(if n < 0 { None } else { Some(n as u64) })
+        };
+        match key {
+            "retention.ms" => match limit(value) {
+                Some(Some(0)) | None => return bad("milliseconds > 0, or -1 for no limit"),
+                Some(v) => self.retention_ms = v,
+            },
+            "retention.bytes" => match limit(value) {
+                Some(Some(0)) | None => return bad("bytes > 0, or -1 for no limit"),
+                Some(v) => self.retention_bytes = v,
+            },
+            "segment.bytes" => match value.trim().parse::<u64>() {
+                Ok(n) if (SEGMENT_BYTES_RANGE.0..=SEGMENT_BYTES_RANGE.1).contains(&n) => {
+                    self.segment_bytes = n;
+                }
+                _ => {
+                    return bad(&format!(
+                        "bytes in [{}, {}]",
+                        SEGMENT_BYTES_RANGE.0, SEGMENT_BYTES_RANGE.1
+                    ));
+                }
+            },
+            "max.message.bytes" => match value.trim().parse::<u32>() {
+                Ok(n) if (1..=MAX_MESSAGE_BYTES_LIMIT).contains(&n) => {
+                    self.max_message_bytes = n;
+                }
+                _ => return bad(&format!("bytes in [1, {MAX_MESSAGE_BYTES_LIMIT}]")),
+            },
+            "compression" => {
+                self.compression = match value.trim() {
+                    "producer" => TopicCompression::Producer,
+                    "none" => TopicCompression::None,
+                    "lz4" => TopicCompression::Lz4,
+                    _ => return bad("one of producer, none, lz4"),
+                }
+            }
+            _ => {
+                return Err(MetadataError::UnknownConfig(key.to_string()));
+            }
+        }
+        Ok(())
     }
 
     /// Every setting by its public name, as `from_pairs` reads them.
@@ -459,6 +486,21 @@ pub enum MetadataCommand {
     SetKafkaListener {
         id: NodeId,
         addr: Option<String>,
+    },
+    /// Adds partitions at the end of a non-internal topic, with replicas chosen by the proposer
+    /// (see `placement`); existing partitions keep their numbers and data. (After the others,
+    /// so that commands logged before it still decode.)
+    AddPartitions {
+        name: String,
+        assignment: Vec<Vec<NodeId>>,
+    },
+    /// Changes settings of a non-internal topic: `set` applied and the names in `reset` back
+    /// at their defaults, all or nothing ([`TopicConfig::altered`]). Replicas running the topic
+    /// take the new limits at once.
+    AlterTopicConfig {
+        name: String,
+        set: Vec<(String, String)>,
+        reset: Vec<String>,
     },
 }
 
@@ -830,6 +872,21 @@ impl Metadata {
                 };
                 Ok(id)
             }
+            MetadataCommand::AddPartitions { name, assignment } => {
+                self.add_partitions(&name, assignment)
+            }
+            MetadataCommand::AlterTopicConfig { name, set, reset } => {
+                let topic = self.changeable_topic(&name)?;
+                let config = topic.config.altered(
+                    set.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    reset.iter().map(String::as_str),
+                )?;
+                let id = topic.id;
+                if let Some(topic) = self.topics.get_mut(&name) {
+                    topic.config = config;
+                }
+                Ok(id)
+            }
             command @ (MetadataCommand::UpsertUser { .. }
             | MetadataCommand::DeleteUser { .. }
             | MetadataCommand::CreateToken(_)
@@ -843,6 +900,48 @@ impl Metadata {
             | MetadataCommand::SetQuota { .. }
             | MetadataCommand::RemoveQuota { .. }) => self.security.apply(command),
         }
+    }
+
+    /// Topic `name` if it exists and may be changed by clients (internal topics may not).
+    fn changeable_topic(&self, name: &str) -> Result<&TopicRecord, MetadataError> {
+        match self.topics.get(name) {
+            None => Err(MetadataError::UnknownTopic(name.to_string())),
+            Some(topic) if topic.internal => Err(MetadataError::Invalid(format!(
+                "topic {name:?} is internal: Weir keeps its partitions and settings"
+            ))),
+            Some(topic) => Ok(topic),
+        }
+    }
+
+    /// Applies [`MetadataCommand::AddPartitions`]; returns the new partition count.
+    fn add_partitions(
+        &mut self,
+        name: &str,
+        assignment: Vec<Vec<NodeId>>,
+    ) -> Result<u64, MetadataError> {
+        let topic = self.changeable_topic(name)?;
+        let total = topic.partitions.len() + assignment.len();
+        if assignment.is_empty() || total > MAX_PARTITIONS as usize {
+            return Err(MetadataError::Invalid(format!(
+                "topic {name:?} has {} partitions; the new count must be larger, and at most {MAX_PARTITIONS}",
+                topic.partitions.len()
+            )));
+        }
+        for replicas in &assignment {
+            self.check_replicas(replicas, topic.replication_factor)?;
+        }
+        self.check_partition_quota(name, assignment.len(), topic.created_by.as_deref())?;
+        if let Some(topic) = self.topics.get_mut(name) {
+            topic
+                .partitions
+                .extend(assignment.into_iter().map(|replicas| PartitionRecord {
+                    initial_replicas: replicas.clone(),
+                    replicas,
+                    epoch: 0,
+                    settled_epoch: 0,
+                }));
+        }
+        Ok(total as u64)
     }
 
     fn check_replicas(&self, replicas: &[NodeId], rf: u32) -> Result<(), MetadataError> {
@@ -997,6 +1096,93 @@ mod tests {
         let second = m.apply(create()).expect("created again");
         assert_ne!(first, second);
         assert_eq!(m.topic("t").map(|t| t.partitions.len()), Some(2));
+    }
+
+    #[test]
+    fn partitions_are_added_at_the_end_and_never_to_internal_topics() {
+        let mut m = with_brokers(3);
+        m.apply(MetadataCommand::CreateTopic {
+            internal: false,
+            name: "t".into(),
+            replication_factor: 2,
+            config: TopicConfig::default(),
+            assignment: vec![vec![1, 2]],
+        })
+        .expect("created");
+        let before = m.topic("t").cloned().expect("topic");
+        let add = |assignment: Vec<Vec<NodeId>>| MetadataCommand::AddPartitions {
+            name: "t".into(),
+            assignment,
+        };
+        assert_eq!(m.apply(add(vec![vec![2, 3], vec![3, 1]])), Ok(3));
+        let after = m.topic("t").cloned().expect("topic");
+        assert_eq!(after.id, before.id);
+        assert_eq!(after.partitions[0], before.partitions[0]);
+        assert_eq!(after.partitions[2].replicas, vec![3, 1]);
+        assert_eq!(after.partitions[2].initial_replicas, vec![3, 1]);
+        // Wrong replica counts, unknown brokers, nothing to add, unknown topics: refused.
+        for bad in [vec![vec![1]], vec![vec![1, 9]], vec![]] {
+            assert!(m.apply(add(bad)).is_err());
+        }
+        assert!(matches!(
+            m.apply(MetadataCommand::AddPartitions {
+                name: "nope".into(),
+                assignment: vec![vec![1, 2]],
+            }),
+            Err(MetadataError::UnknownTopic(_))
+        ));
+        m.apply(MetadataCommand::CreateTopic {
+            internal: true,
+            name: OFFSETS_TOPIC.into(),
+            replication_factor: 1,
+            config: TopicConfig::default(),
+            assignment: vec![vec![1]],
+        })
+        .expect("internal topic");
+        assert!(matches!(
+            m.apply(MetadataCommand::AddPartitions {
+                name: OFFSETS_TOPIC.into(),
+                assignment: vec![vec![2]],
+            }),
+            Err(MetadataError::Invalid(_))
+        ));
+        assert_eq!(m.topic("t").map(|t| t.partitions.len()), Some(3));
+    }
+
+    #[test]
+    fn topic_settings_are_altered_all_or_nothing() {
+        let mut m = with_brokers(1);
+        m.apply(MetadataCommand::CreateTopic {
+            internal: false,
+            name: "t".into(),
+            replication_factor: 1,
+            config: TopicConfig::from_pairs([("retention.bytes", "1000000")]).expect("valid"),
+            assignment: vec![vec![1]],
+        })
+        .expect("created");
+        let alter = |set: &[(&str, &str)], reset: &[&str]| MetadataCommand::AlterTopicConfig {
+            name: "t".into(),
+            set: set
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            reset: reset.iter().map(|k| k.to_string()).collect(),
+        };
+        m.apply(alter(&[("retention.ms", "60000")], &["retention.bytes"]))
+            .expect("altered");
+        let config = &m.topic("t").expect("topic").config;
+        assert_eq!(config.retention_ms, Some(60_000));
+        assert_eq!(config.retention_bytes, None, "reset to the default");
+        let before = config.clone();
+        assert!(matches!(
+            m.apply(alter(&[("retention.ms", "5"), ("segment.bytes", "1")], &[])),
+            Err(MetadataError::InvalidConfig { .. })
+        ));
+        assert!(matches!(
+            m.apply(alter(&[], &["cleanup.policy"])),
+            Err(MetadataError::UnknownConfig(_))
+        ));
+        assert_eq!(m.topic("t").expect("topic").config, before);
     }
 
     #[test]

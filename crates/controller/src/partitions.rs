@@ -47,7 +47,8 @@ pub struct PartitionReplica {
     pub topic: String,
     pub partition: u32,
     pub topic_id: u64,
-    pub config: TopicConfig,
+    /// The topic settings its log runs with (changed by [`MetadataCommand::AlterTopicConfig`]).
+    pub config: Mutex<TopicConfig>,
     /// The replica: writes, reads, progress, leadership and membership.
     pub group: Arc<Partition>,
 }
@@ -166,7 +167,8 @@ impl Partitions {
             }
         }
         for (group_id, (topic, p)) in wanted {
-            if self.is_running(&group_id) {
+            if let Some(replica) = self.running_replica(&group_id) {
+                self.apply_config(&replica, &topic.config);
                 continue;
             }
             if let Err(err) = self.start(metadata, topic, p).await {
@@ -183,6 +185,36 @@ impl Partitions {
             .keys()
             .cloned()
             .collect()
+    }
+
+    fn running_replica(&self, group_id: &str) -> Option<Arc<PartitionReplica>> {
+        self.running
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(group_id)
+            .cloned()
+    }
+
+    /// Gives a running replica's log the limits of `config` when they changed.
+    fn apply_config(&self, replica: &PartitionReplica, config: &TopicConfig) {
+        let mut current = replica
+            .config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *current == *config {
+            return;
+        }
+        match replica.group.reconfigure_log(&self.log_config(config)) {
+            Ok(()) => {
+                tracing::info!(group = %replica.group.id(), "topic settings applied to the replica's log");
+                *current = config.clone();
+            }
+            Err(err) => {
+                // Metadata checked the values; a refusal here is a bug worth seeing once.
+                tracing::warn!(group = %replica.group.id(), error = %err, "cannot apply topic settings");
+                *current = config.clone();
+            }
+        }
     }
 
     fn is_running(&self, group_id: &str) -> bool {
@@ -253,7 +285,7 @@ impl Partitions {
                     topic: topic.name.clone(),
                     partition,
                     topic_id: topic.id,
-                    config: topic.config.clone(),
+                    config: Mutex::new(topic.config.clone()),
                     group,
                 }),
             );

@@ -1400,6 +1400,8 @@ impl SecurityState {
             | MetadataCommand::SetDecommissioning { .. }
             | MetadataCommand::ReassignmentDone { .. }
             | MetadataCommand::SetKafkaListener { .. }
+            | MetadataCommand::AddPartitions { .. }
+            | MetadataCommand::AlterTopicConfig { .. }
             | MetadataCommand::AllocateProducerId => {
                 Err(MetadataError::Invalid("not a security command".to_string()))
             }

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use weir_format::batch::BatchHeader;
-use weir_storage::{LogBounds, LogMetrics, ReadBatches, StorageError};
+use weir_storage::{LogBounds, LogConfig, LogMetrics, ReadBatches, StorageError};
 
 use crate::error::{Failure, GroupError};
 use crate::group::{Group, GroupConfig, GroupHandle};
@@ -178,6 +178,12 @@ impl Partition {
     /// The high watermark now: records below it are committed.
     pub fn high_watermark(&self) -> u64 {
         self.group.progress().borrow().high_watermark
+    }
+
+    /// Changes the size and time limits of the replica's log (see
+    /// [`weir_storage::PartitionLog::reconfigure`]).
+    pub fn reconfigure_log(&self, config: &LogConfig) -> Result<(), StorageError> {
+        self.group.log().reconfigure(config)
     }
 
     /// Counters of the replica's log (appended bytes, fsyncs).

@@ -529,3 +529,57 @@ fn interval_syncs_on_its_own_and_never_waits_for_a_flush() {
     assert_eq!(log.durable().next_index, 1);
     log.close().unwrap();
 }
+
+#[test]
+fn reconfigure_changes_rolling_retention_and_the_batch_limit_of_an_open_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 1 << 20,
+        retention_ms: None,
+        ..LogConfig::default()
+    };
+    let log = PartitionLog::open(dir.path(), config.clone()).unwrap();
+    for i in 0..20 {
+        log.append(&batch(i * 2, 2, 1_000), 1).unwrap();
+    }
+    assert_eq!(log.bounds().unwrap().segments, 1);
+    assert_eq!(log.apply_retention(10_000_000).unwrap().deleted_segments, 0);
+
+    let smaller = LogConfig {
+        segment_bytes: 1024,
+        retention_ms: Some(60_000),
+        max_batch_bytes: 200,
+        // Not changeable: these two stay as opened.
+        durability: Durability::Never,
+        index_interval_bytes: 128,
+        ..config.clone()
+    };
+    log.reconfigure(&smaller).unwrap();
+    assert_eq!(log.config().durability, config.durability);
+    assert_eq!(
+        log.config().index_interval_bytes,
+        config.index_interval_bytes
+    );
+    assert_eq!(log.config().segment_bytes, 1024);
+    assert!(matches!(
+        log.append(&batch(1000, 20, 1_000), 1),
+        Err(StorageError::BatchTooLarge { limit: 200, .. })
+    ));
+    for i in 20..40 {
+        log.append(&batch(i * 2, 2, 1_000), 1).unwrap();
+    }
+    assert!(log.bounds().unwrap().segments > 1, "rolls at the new size");
+    let report = log.apply_retention(1_000 + 120_000).unwrap();
+    assert!(report.deleted_segments > 0, "retention by the new age");
+
+    let invalid = LogConfig {
+        segment_bytes: 1,
+        ..smaller
+    };
+    assert!(log.reconfigure(&invalid).is_err());
+    assert_eq!(
+        log.config().segment_bytes,
+        1024,
+        "a refused change changes nothing"
+    );
+}

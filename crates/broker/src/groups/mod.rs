@@ -36,11 +36,11 @@ use weir_format::partitioner::partition_for_key;
 use weir_proto::v1::groups_client::GroupsClient;
 use weir_proto::v1::groups_server::Groups;
 use weir_proto::v1::{
-    CommitOffsetsRequest, CommitOffsetsResponse, DescribeGroupRequest, DescribeGroupResponse,
-    FetchOffsetsRequest, FetchOffsetsResponse, GroupMember, GroupSummary, HeartbeatRequest,
-    HeartbeatResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
-    ListGroupsResponse, ListOffsetsRequest, PartitionLag, PartitionOffset, ResetOffsetsRequest,
-    ResetOffsetsResponse, StartFrom, TopicPartitions,
+    CommitOffsetsRequest, CommitOffsetsResponse, DeleteGroupRequest, DeleteGroupResponse,
+    DescribeGroupRequest, DescribeGroupResponse, FetchOffsetsRequest, FetchOffsetsResponse,
+    GroupMember, GroupSummary, HeartbeatRequest, HeartbeatResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, PartitionLag,
+    PartitionOffset, ResetOffsetsRequest, ResetOffsetsResponse, StartFrom, TopicPartitions,
 };
 
 use self::assignor::{LiveGroup, Member, TopicPartition};
@@ -314,8 +314,8 @@ impl GroupService {
                     .records()
                     .map_err(|e| Status::data_loss(e.to_string()))?
                 {
-                    if let (Some(key), Some(value)) = (&record.key, &record.value) {
-                        apply_offset_record(&mut offsets, key, value);
+                    if let Some(key) = &record.key {
+                        apply_offset_record(&mut offsets, key, record.value.as_deref());
                         records += 1;
                     }
                 }
@@ -366,6 +366,39 @@ impl GroupService {
             committed.insert((o.topic.clone(), o.partition), o.offset);
         }
         Ok(())
+    }
+
+    /// Deletes every committed offset of `group`: tombstones in the offsets partition, then in
+    /// `shard`. Returns how many were removed.
+    async fn delete_offsets(
+        &self,
+        shard: &mut Shard,
+        replica: &PartitionReplica,
+        group: &str,
+    ) -> Result<u32, Status> {
+        let Some(committed) = shard.offsets.get(group) else {
+            return Ok(0);
+        };
+        let now = now_ms();
+        let mut builder = BatchBuilder::new(Compression::None);
+        for (topic, partition) in committed.keys() {
+            let key = offset_key(group, topic, *partition).map_err(encoding_failed)?;
+            builder.push(now, Some(&key), None, &[]);
+        }
+        let removed = u32::try_from(committed.len()).unwrap_or(u32::MAX);
+        let Some(batch) = builder.build() else {
+            return Ok(0);
+        };
+        if let Err(err) = replica
+            .group
+            .write(batch, WRITE_TIMEOUT, weir_raft::WaitFor::Committed)
+            .await
+        {
+            shard.loaded = None;
+            return Err(from_group(err));
+        }
+        shard.offsets.remove(group);
+        Ok(removed)
     }
 
     /// The partition count of topic `name` (NOT_FOUND when unknown; UNAVAILABLE while only the
@@ -1035,6 +1068,58 @@ impl Groups for GroupService {
             .access
             .audit
             .change(&hops.caller, "reset-offsets", resource, &result);
+        result
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<DeleteGroupRequest>,
+    ) -> Result<Response<DeleteGroupResponse>, Status> {
+        let hops = &forward_hops(&request);
+        self.router.authorize(
+            &request,
+            Operation::Delete,
+            Resource::Group(&request.get_ref().group),
+        )?;
+        let resource = format!("group {:?}", request.get_ref().group);
+        let span = tracing::info_span!("delete_group", group = %request.get_ref().group);
+        let result = async move {
+            validate_group(&request.get_ref().group)?;
+            coordinated!(
+                self,
+                request,
+                delete_group,
+                |shard, replica, request, hops| {
+                    let _ = hops;
+                    shard.expire_all(Instant::now());
+                    if let Some(live) = shard.groups.get(&request.group) {
+                        return Err(Status::failed_precondition(format!(
+                            "group {:?} has {} live members; stop them before deleting it",
+                            request.group,
+                            live.members.len()
+                        )));
+                    }
+                    if !shard.offsets.contains_key(&request.group) {
+                        return Err(Status::not_found(format!(
+                            "group {:?} does not exist (no committed offsets, no members)",
+                            request.group
+                        )));
+                    }
+                    let removed = self.delete_offsets(shard, &replica, &request.group).await?;
+                    tracing::info!(offsets = removed, "group deleted");
+                    Ok(DeleteGroupResponse {
+                        offsets_removed: removed,
+                    })
+                }
+            )
+        }
+        .instrument(span)
+        .await;
+        self.metrics.count_group("delete_group", &result);
+        self.router
+            .access
+            .audit
+            .change(&hops.caller, "delete-group", resource, &result);
         result
     }
 }

@@ -63,7 +63,7 @@ impl PartitionLog {
     /// Appends a checked batch with `term`, assigning its offsets and entry index. Returns once
     /// the batch is written and readable; it is durable once [`Self::wait_durable`] says so.
     pub fn append(&self, batch: &ValidBatch, term: u64) -> Result<Appended> {
-        let limit = self.shared.config.max_batch_bytes;
+        let limit = self.shared.config().max_batch_bytes;
         if batch.bytes().len() > limit as usize {
             return Err(StorageError::BatchTooLarge {
                 size: batch.bytes().len(),
@@ -134,12 +134,13 @@ impl PartitionLog {
         let Some(active) = state.segments.back() else {
             return Ok(());
         };
-        let full = active.size + incoming > self.shared.config.segment_bytes;
-        let old = self
-            .shared
-            .config
-            .segment_age_limit()
-            .is_some_and(|limit| active.opened_at.elapsed() >= limit);
+        let (full, old) = {
+            let config = self.shared.config();
+            let old = config
+                .segment_age_limit()
+                .is_some_and(|limit| active.opened_at.elapsed() >= limit);
+            (active.size + incoming > config.segment_bytes, old)
+        };
         if active.has_records() && (full || old) {
             self.roll_locked(state)?;
         }
@@ -159,7 +160,7 @@ impl PartitionLog {
         let fresh = Segment::create(
             &self.shared.dir,
             next_offset,
-            self.shared.config.index_interval_bytes,
+            self.shared.config().index_interval_bytes,
         )?;
         tracing::info!(
             sealed = %sealed.1.display(),

@@ -83,11 +83,20 @@ struct LogState {
 struct Shared {
     dir: PathBuf,
     counters: Arc<Counters>,
-    config: LogConfig,
+    /// Replaced whole by [`PartitionLog::reconfigure`] (size and time limits only).
+    config: RwLock<LogConfig>,
     state: RwLock<LogState>,
     syncer: Syncer,
     failure: OnceLock<String>,
     _lock: File,
+}
+
+impl Shared {
+    fn config(&self) -> RwLockReadGuard<'_, LogConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// One partition's segment log. `Send + Sync`: share it with `Arc`; appends serialize on an
@@ -111,8 +120,27 @@ impl PartitionLog {
         &self.shared.dir
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.shared.config
+    /// The settings in force now.
+    pub fn config(&self) -> LogConfig {
+        self.shared.config().clone()
+    }
+
+    /// Changes the size and time limits (segment size and age, retention, largest batch) of an
+    /// open log: later appends, rolls and retention passes use them. Durability and the index
+    /// interval stay as the log was opened with. Invalid settings are refused and change nothing.
+    pub fn reconfigure(&self, config: &LogConfig) -> Result<()> {
+        config.validate()?;
+        let mut current = self
+            .shared
+            .config
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *current = LogConfig {
+            durability: current.durability,
+            index_interval_bytes: current.index_interval_bytes,
+            ..config.clone()
+        };
+        Ok(())
     }
 
     /// What opening found and repaired.

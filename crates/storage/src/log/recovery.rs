@@ -93,7 +93,7 @@ impl PartitionLog {
             ),
             counters,
             dir,
-            config,
+            config: RwLock::new(config),
             state: RwLock::new(state),
             failure: OnceLock::new(),
             _lock: lock_file,

@@ -79,7 +79,7 @@ impl PartitionLog {
         state: &LogState,
         now_ms: i64,
     ) -> impl FnMut(&Segment) -> bool + use<> {
-        let config = &self.shared.config;
+        let config = self.shared.config().clone();
         let mut total: u64 = state.segments.iter().map(|s| s.size).sum();
         let expired_before = config
             .retention_ms

@@ -107,7 +107,7 @@ impl PartitionLog {
     /// Cuts the log at batch `from` of segment `at`, removing it and everything after.
     fn truncate_at(&self, state: &mut LogState, at: usize, from: Located) -> Result<()> {
         let dir = &self.shared.dir;
-        let interval = self.shared.config.index_interval_bytes;
+        let interval = self.shared.config().index_interval_bytes;
         tracing::info!(
             offset = from.header.base_offset,
             index = from.header.index,
@@ -241,7 +241,7 @@ impl PartitionLog {
                 delete_segment_files(&segment.paths)?;
             }
             let fresh =
-                Segment::create(&dir, next_offset, self.shared.config.index_interval_bytes)?;
+                Segment::create(&dir, next_offset, self.shared.config().index_interval_bytes)?;
             let file = Arc::clone(fresh.file());
             fresh
                 .file()
