@@ -213,6 +213,26 @@ impl Backend for KafkaBackend {
             .map(tonic::Response::into_inner)
     }
 
+    async fn create_partitions(
+        &self,
+        session: &Session,
+        request: v1::CreatePartitionsRequest,
+    ) -> Result<v1::CreatePartitionsResponse, Status> {
+        Admin::create_partitions(&self.admin, self.request(session, request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn alter_topic_config(
+        &self,
+        session: &Session,
+        request: v1::AlterTopicConfigRequest,
+    ) -> Result<v1::AlterTopicConfigResponse, Status> {
+        Admin::alter_topic_config(&self.admin, self.request(session, request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     async fn group_coordinator(&self, _session: &Session, group: &str) -> Result<u64, Status> {
         let partition = self.groups.coordinator_partition(group).await?;
         self.offsets_leader(partition).await
@@ -266,6 +286,16 @@ impl Backend for KafkaBackend {
         )
         .await
         .map(tonic::Response::into_inner)
+    }
+
+    async fn delete_group(
+        &self,
+        session: &Session,
+        request: v1::DeleteGroupRequest,
+    ) -> Result<v1::DeleteGroupResponse, Status> {
+        Groups::delete_group(&self.groups, self.request(session, request))
+            .await
+            .map(tonic::Response::into_inner)
     }
 }
 

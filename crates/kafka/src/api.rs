@@ -750,3 +750,212 @@ pub async fn describe_configs<B: Backend>(
     }
     response
 }
+
+/// The Kafka error code for a failed topic change (CreatePartitions, the AlterConfigs).
+fn topic_change_error(status: &Status, invalid: i16) -> i16 {
+    match status.code() {
+        Code::InvalidArgument => invalid,
+        Code::PermissionDenied => codes::TOPIC_AUTHORIZATION_FAILED,
+        _ => error_code(status),
+    }
+}
+
+pub async fn create_partitions<B: Backend>(
+    backend: &B,
+    session: &Session,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let mut response = CreatePartitionsResponse::default();
+    for topic in request.topics {
+        let mut result = create_partitions_response::CreatePartitionsTopicResult::default();
+        result.name = topic.name.clone();
+        let count = u32::try_from(topic.count);
+        let outcome = match (&topic.assignments, count) {
+            (Some(_), _) => Err((
+                codes::INVALID_REQUEST,
+                "manual replica assignments are not supported: Weir places replicas".to_string(),
+            )),
+            (None, Err(_)) => Err((
+                codes::INVALID_PARTITIONS,
+                format!("partition count {} must be positive", topic.count),
+            )),
+            (None, Ok(count)) => backend
+                .create_partitions(
+                    session,
+                    v1::CreatePartitionsRequest {
+                        topic: topic.name.0.to_string(),
+                        partitions: count,
+                        validate_only: request.validate_only,
+                    },
+                )
+                .await
+                .map(|_| ())
+                .map_err(|status| {
+                    (
+                        topic_change_error(&status, codes::INVALID_PARTITIONS),
+                        status.message().to_string(),
+                    )
+                }),
+        };
+        if let Err((code, message)) = outcome {
+            result.error_code = code;
+            result.error_message = Some(str_bytes(message));
+        }
+        response.results.push(result);
+    }
+    response
+}
+
+/// One topic's settings change for [`alter_topic`]: the settings to set and to reset.
+struct TopicChange {
+    set: HashMap<String, String>,
+    reset: Vec<String>,
+}
+
+/// Applies a change to one resource of IncrementalAlterConfigs or AlterConfigs; Err: the Kafka
+/// error code and message.
+async fn alter_topic<B: Backend>(
+    backend: &B,
+    session: &Session,
+    resource_type: i8,
+    name: &str,
+    change: Result<TopicChange, String>,
+    validate_only: bool,
+) -> Result<(), (i16, String)> {
+    if resource_type != TOPIC_RESOURCE {
+        return Err((
+            codes::INVALID_REQUEST,
+            "only topic settings can be changed over Kafka (a node's settings are its own)".into(),
+        ));
+    }
+    let change = change.map_err(|message| (codes::INVALID_CONFIG, message))?;
+    backend
+        .alter_topic_config(
+            session,
+            v1::AlterTopicConfigRequest {
+                topic: name.to_string(),
+                set: change.set,
+                reset: change.reset,
+                validate_only,
+            },
+        )
+        .await
+        .map(|_| ())
+        .map_err(|status| {
+            (
+                topic_change_error(&status, codes::INVALID_CONFIG),
+                status.message().to_string(),
+            )
+        })
+}
+
+/// Kafka's IncrementalAlterConfigs operations.
+const CONFIG_SET: i8 = 0;
+const CONFIG_DELETE: i8 = 1;
+
+pub async fn incremental_alter_configs<B: Backend>(
+    backend: &B,
+    session: &Session,
+    request: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let mut response = IncrementalAlterConfigsResponse::default();
+    for resource in request.resources {
+        let mut change = TopicChange {
+            set: HashMap::new(),
+            reset: Vec::new(),
+        };
+        let mut problem = None;
+        for config in &resource.configs {
+            match (config.config_operation, &config.value) {
+                (CONFIG_SET, Some(value)) => {
+                    change
+                        .set
+                        .insert(config.name.to_string(), value.to_string());
+                }
+                (CONFIG_SET, None) => {
+                    problem = Some(format!("SET of {} without a value", config.name));
+                }
+                (CONFIG_DELETE, _) => change.reset.push(config.name.to_string()),
+                (op, _) => {
+                    problem = Some(format!(
+                        "operation {op} on {}: APPEND and SUBTRACT apply to list settings, and Weir's topic settings are single values",
+                        config.name
+                    ));
+                }
+            }
+        }
+        let change = match problem {
+            Some(message) => Err(message),
+            None => Ok(change),
+        };
+        let mut result =
+            incremental_alter_configs_response::AlterConfigsResourceResponse::default();
+        result.resource_type = resource.resource_type;
+        result.resource_name = resource.resource_name.clone();
+        if let Err((code, message)) = alter_topic(
+            backend,
+            session,
+            resource.resource_type,
+            &resource.resource_name,
+            change,
+            request.validate_only,
+        )
+        .await
+        {
+            result.error_code = code;
+            result.error_message = Some(str_bytes(message));
+        }
+        response.responses.push(result);
+    }
+    response
+}
+
+/// AlterConfigs (the older, whole-set form): the settings given are set, every other one goes
+/// back to its default.
+pub async fn alter_configs<B: Backend>(
+    backend: &B,
+    session: &Session,
+    request: AlterConfigsRequest,
+) -> AlterConfigsResponse {
+    let mut response = AlterConfigsResponse::default();
+    for resource in request.resources {
+        let mut set = HashMap::new();
+        let mut problem = None;
+        for config in &resource.configs {
+            match &config.value {
+                Some(value) => {
+                    set.insert(config.name.to_string(), value.to_string());
+                }
+                None => problem = Some(format!("{} without a value", config.name)),
+            }
+        }
+        let reset = weir_controller::TopicConfig::default()
+            .to_pairs()
+            .into_iter()
+            .map(|(name, _)| name.to_string())
+            .filter(|name| !set.contains_key(name))
+            .collect();
+        let change = match problem {
+            Some(message) => Err(message),
+            None => Ok(TopicChange { set, reset }),
+        };
+        let mut result = alter_configs_response::AlterConfigsResourceResponse::default();
+        result.resource_type = resource.resource_type;
+        result.resource_name = resource.resource_name.clone();
+        if let Err((code, message)) = alter_topic(
+            backend,
+            session,
+            resource.resource_type,
+            &resource.resource_name,
+            change,
+            request.validate_only,
+        )
+        .await
+        {
+            result.error_code = code;
+            result.error_message = Some(str_bytes(message));
+        }
+        response.responses.push(result);
+    }
+    response
+}

@@ -94,6 +94,16 @@ pub trait Backend: Send + Sync + 'static {
         session: &Session,
         request: v1::DeleteTopicRequest,
     ) -> impl Future<Output = Result<v1::DeleteTopicResponse, Status>> + Send;
+    fn create_partitions(
+        &self,
+        session: &Session,
+        request: v1::CreatePartitionsRequest,
+    ) -> impl Future<Output = Result<v1::CreatePartitionsResponse, Status>> + Send;
+    fn alter_topic_config(
+        &self,
+        session: &Session,
+        request: v1::AlterTopicConfigRequest,
+    ) -> impl Future<Output = Result<v1::AlterTopicConfigResponse, Status>> + Send;
 
     /// The node coordinating `group` (the leader of its `__consumer_offsets` partition),
     /// creating that topic on first use.
@@ -121,4 +131,9 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         session: &Session,
     ) -> impl Future<Output = Result<v1::ListGroupsResponse, Status>> + Send;
+    fn delete_group(
+        &self,
+        session: &Session,
+        request: v1::DeleteGroupRequest,
+    ) -> impl Future<Output = Result<v1::DeleteGroupResponse, Status>> + Send;
 }

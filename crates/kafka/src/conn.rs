@@ -381,6 +381,18 @@ async fn dispatch<B: Backend>(
         RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(
             group_api::describe_groups(backend, groups, session, r).await,
         ),
+        RequestKind::DeleteGroups(r) => {
+            ResponseKind::DeleteGroups(group_api::delete_groups(backend, groups, session, r).await)
+        }
+        RequestKind::CreatePartitions(r) => {
+            ResponseKind::CreatePartitions(api::create_partitions(backend, session, r).await)
+        }
+        RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
+            api::incremental_alter_configs(backend, session, r).await,
+        ),
+        RequestKind::AlterConfigs(r) => {
+            ResponseKind::AlterConfigs(api::alter_configs(backend, session, r).await)
+        }
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions()),
         RequestKind::Metadata(r) => {
             ResponseKind::Metadata(api::metadata(backend, session, r).await)

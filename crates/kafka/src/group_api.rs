@@ -1,5 +1,5 @@
 //! The consumer-group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
-//! OffsetCommit, OffsetFetch, ListGroups, DescribeGroups.
+//! OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups.
 //!
 //! Membership requests are answered only by the group's coordinator (the node leading the
 //! group's `__consumer_offsets` partition, the same node that coordinates it for gRPC clients);
@@ -455,6 +455,37 @@ pub async fn describe_groups<B: Backend>(
             }
         }
         response.groups.push(described);
+    }
+    response
+}
+
+pub async fn delete_groups<B: Backend>(
+    backend: &B,
+    groups: &Coordinator,
+    session: &Session,
+    request: DeleteGroupsRequest,
+) -> DeleteGroupsResponse {
+    let mut response = DeleteGroupsResponse::default();
+    for group_id in request.groups_names {
+        let group = group_id.0.to_string();
+        let mut result = delete_groups_response::DeletableGroupResult::default();
+        result.group_id = group_id;
+        result.error_code = match here(backend, session, &group).await {
+            codes::NONE if groups.has_members(&group) => codes::NON_EMPTY_GROUP,
+            codes::NONE => match backend
+                .delete_group(session, v1::DeleteGroupRequest { group })
+                .await
+            {
+                Ok(_) => codes::NONE,
+                Err(status) => match status.code() {
+                    Code::NotFound => codes::GROUP_ID_NOT_FOUND,
+                    Code::FailedPrecondition => codes::NON_EMPTY_GROUP,
+                    _ => group_error(&status),
+                },
+            },
+            code => code,
+        };
+        response.results.push(result);
     }
     response
 }
