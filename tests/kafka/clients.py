@@ -10,7 +10,8 @@ or prints what went wrong on stderr and exits 1. The Rust test decides what the 
   sasl     a SASL user (SCRAM or PLAIN, over TLS) produces one record and reads it back; prints
            the error of each step ("none" when it worked)
   admin    kafka-python's admin client: create and describe topics and configs, list and
-           describe groups
+           describe groups; then grow the topic, change its settings (IncrementalAlterConfigs
+           SET and DELETE, then a whole-set AlterConfigs) and delete a group
 """
 
 import argparse
@@ -214,9 +215,54 @@ def admin(args):
         "described": {g: {"state": d["group_state"], "members": len(d["members"])}
                       for g, d in described.items()},
         "offsets": {f"{tp.topic}/{tp.partition}": o.offset for tp, o in offsets.items()},
+        **changes(client, args),
     }))
     client.close()
     return 0
+
+
+def changes(client, args):
+    """The topic grows from 4 to 6 partitions; retention.bytes is set and retention.ms reset
+    (incremental), then segment.bytes set with a whole-set AlterConfigs (kafka-python carries the
+    topic's other own settings over); --delete-group is deleted. Returns what each step saw."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    def topic_configs():
+        described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, args.topic)])
+        return {name: entry["value"] for name, entry in described["topic"][args.topic].items()}
+
+    grown = client.create_partitions({args.topic: 6}, raise_errors=False)
+    grow_errors = [r.error_code for r in grown.results]
+    incremental = client.alter_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, args.topic,
+                        configs={"retention.bytes": "5000000", "retention.ms": ("DELETE", None)})],
+        incremental=True)
+    after_incremental = topic_configs()
+    whole = client.alter_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, args.topic, configs={"segment.bytes": "2097152"})],
+        incremental=False)
+    after_whole = topic_configs()
+    # A value out of range is refused with INVALID_CONFIG, and nothing changes.
+    refused = client.alter_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, args.topic, configs={"segment.bytes": "10"})],
+        incremental=True)
+    shrink = client.create_partitions({args.topic: 2}, raise_errors=False)
+    # {group: "OK" or the error's name}
+    deleted = client.delete_groups([args.delete_group]) if args.delete_group else {}
+    deleted_again = client.delete_groups([args.delete_group]) if args.delete_group else {}
+    return {
+        "grow_errors": grow_errors,
+        "partitions_after_grow": len(client.describe_topics([args.topic])[0]["partitions"]),
+        "incremental": incremental["topic"][args.topic],
+        "after_incremental": after_incremental,
+        "whole": whole["topic"][args.topic],
+        "after_whole": after_whole,
+        "refused": refused["topic"][args.topic],
+        "after_refused": topic_configs(),
+        "shrink_errors": [r.error_code for r in shrink.results],
+        "deleted": deleted,
+        "deleted_again": deleted_again,
+    }
 
 
 def main():
@@ -247,6 +293,7 @@ def main():
     a.add_argument("--bootstrap", required=True)
     a.add_argument("--topic", required=True)
     a.add_argument("--group")
+    a.add_argument("--delete-group")
     args = parser.parse_args()
     return {"produce": produce, "group": group, "sasl": sasl, "admin": admin}[args.command](args)
 

@@ -966,6 +966,53 @@ fn cli_errors_name_the_problem() -> anyhow::Result<()> {
         "{}",
         bad_to.stderr
     );
+    // `topic alter` and `group delete`: each mistake named, nothing changed.
+    for (args, named) in [
+        (&["topic", "alter", "kv"][..], "nothing to change"),
+        (
+            &["topic", "alter", "kv", "-c", "segment.bytes=10"][..],
+            "segment.bytes",
+        ),
+        (
+            &["topic", "alter", "kv", "-c", "nope=1"][..],
+            "unknown topic setting \"nope\"",
+        ),
+        (
+            &["topic", "alter", "kv", "--reset", "nope"][..],
+            "unknown topic setting \"nope\"",
+        ),
+        (
+            &["topic", "alter", "kv", "-p", "1"][..],
+            "new count must be larger",
+        ),
+        (
+            &["topic", "alter", "nosuch", "-c", "retention.ms=1000"][..],
+            "unknown topic",
+        ),
+        (&["group", "delete", "nosuch"][..], "does not exist"),
+    ] {
+        let out = cli.run(args, None)?;
+        ensure!(
+            out.code == Some(1) && out.stderr.contains(named),
+            "{args:?}: {:?} {}",
+            out.code,
+            out.stderr
+        );
+    }
+    let not_pair = cli.run(&["topic", "alter", "kv", "-c", "bad"], None)?;
+    ensure!(
+        not_pair.code == Some(2) && not_pair.stderr.contains("KEY=VALUE"),
+        "{}",
+        not_pair.stderr
+    );
+    let kv = cli.run(&["topic", "describe", "kv", "--output", "json"], None)?;
+    let kv: serde_json::Value = serde_json::from_str(&kv.stdout)?;
+    ensure!(
+        kv["configs"]["segment.bytes"] == "1073741824"
+            && kv["configs"]["retention.ms"] == "3600000"
+            && kv["partitions"].as_array().map(Vec::len) == Some(3),
+        "{kv}"
+    );
     cli.cluster.stop_all()?;
     Ok(())
 }

@@ -397,8 +397,18 @@ fn kafka_consumers_split_a_group_and_one_takes_over_from_the_commits() -> anyhow
         "{next}"
     );
 
+    // A group to delete through Kafka: it has committed offsets and no members.
+    weir_ok(
+        &cluster,
+        &[
+            "consume", "work", "--group", "doomed", "--from", "earliest", "--count", "2",
+        ],
+        None,
+    )?;
+
     // kafka-python's admin client: a topic with a setting, its description and settings, the
-    // groups and their committed offsets.
+    // groups and their committed offsets; then the topic grows and changes its settings, and a
+    // group is deleted.
     let admin = clients(
         &python,
         &[
@@ -409,6 +419,8 @@ fn kafka_consumers_split_a_group_and_one_takes_over_from_the_commits() -> anyhow
             "made-by-kafka",
             "--group",
             "workers",
+            "--delete-group",
+            "doomed",
         ],
         Duration::from_secs(120),
     )?;
@@ -438,12 +450,59 @@ fn kafka_consumers_split_a_group_and_one_takes_over_from_the_commits() -> anyhow
             "kafka {admin} weir {described}"
         );
     }
-    let topic = weir_ok(
+
+    // CreatePartitions grew it to 6 (and refused to shrink it); IncrementalAlterConfigs set
+    // retention.bytes and reset retention.ms; a whole-set AlterConfigs added segment.bytes; an
+    // out-of-range value was refused and changed nothing; DeleteGroups removed the group once.
+    ensure!(
+        admin["grow_errors"] == serde_json::json!([0]) && admin["partitions_after_grow"] == 6,
+        "{admin}"
+    );
+    ensure!(
+        admin["shrink_errors"] == serde_json::json!([37]),
+        "INVALID_PARTITIONS expected: {admin}"
+    );
+    ensure!(
+        admin["incremental"] == "OK" && admin["whole"] == "OK",
+        "{admin}"
+    );
+    let own = serde_json::json!({"retention.bytes": "5000000"});
+    ensure!(admin["after_incremental"] == own, "{admin}");
+    let own = serde_json::json!({"retention.bytes": "5000000", "segment.bytes": "2097152"});
+    ensure!(admin["after_whole"] == own, "{admin}");
+    ensure!(
+        admin["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("InvalidConfigurationError")),
+        "{admin}"
+    );
+    ensure!(admin["after_refused"] == own, "{admin}");
+    ensure!(admin["deleted"]["doomed"] == "OK", "{admin}");
+    ensure!(
+        admin["deleted_again"]["doomed"] == "GroupIdNotFoundError",
+        "{admin}"
+    );
+    // Weir's own API agrees: six partitions with leaders, the settings, and no group "doomed".
+    let topic: Value = serde_json::from_str(&weir_ok(
         &cluster,
         &["topic", "describe", "made-by-kafka", "--output", "json"],
         None,
-    )?;
-    ensure!(topic.contains("3600000"), "{topic}");
+    )?)?;
+    ensure!(
+        topic["partitions"].as_array().map(Vec::len) == Some(6),
+        "{topic}"
+    );
+    ensure!(
+        topic["configs"]["retention.bytes"] == "5000000"
+            && topic["configs"]["segment.bytes"] == "2097152"
+            && topic["configs"]["retention.ms"] == "604800000",
+        "{topic}"
+    );
+    let groups = weir_ok(&cluster, &["group", "list", "--output", "json"], None)?;
+    ensure!(
+        !groups.contains("\"doomed\"") && groups.contains("\"workers\""),
+        "{groups}"
+    );
     Ok(())
 }
 

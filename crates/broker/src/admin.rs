@@ -46,6 +46,43 @@ impl AdminService {
             .audit
             .change(&hops.caller, operation, resource, outcome);
     }
+
+    /// A topic's settings by their public names, as `DescribeTopic` shows them, without asking
+    /// its partitions for offsets: settings are metadata, so this answers while a partition is
+    /// between leaders (Kafka's DescribeConfigs, which clients read right after a change).
+    pub(crate) async fn topic_configs(
+        &self,
+        request: Request<DescribeTopicRequest>,
+    ) -> Result<Vec<(String, String)>, Status> {
+        let hops = &forward_hops(&request);
+        self.router.authorize(
+            &request,
+            Operation::Describe,
+            Resource::Topic(&request.get_ref().name),
+        )?;
+        let request = request.into_inner();
+        let configs = match self.router.topic(&request.name, hops).await? {
+            Found::Here(topic) => topic
+                .config
+                .to_pairs()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            Found::AskController(addr) => {
+                let mut client = self.router.client::<AdminClient<Channel>>(&addr, hops)?;
+                let answer = client
+                    .describe_topic(forwarded(request, hops))
+                    .await
+                    .map_err(relayed)?
+                    .into_inner();
+                answer
+                    .topic
+                    .map(|t| t.configs.into_iter().collect())
+                    .unwrap_or_default()
+            }
+        };
+        Ok(configs)
+    }
 }
 
 #[tonic::async_trait]

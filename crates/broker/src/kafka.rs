@@ -203,6 +203,19 @@ impl Backend for KafkaBackend {
             .map(tonic::Response::into_inner)
     }
 
+    async fn topic_configs(
+        &self,
+        session: &Session,
+        topic: &str,
+    ) -> Result<Vec<(String, String)>, Status> {
+        let request = v1::DescribeTopicRequest {
+            name: topic.to_string(),
+        };
+        self.admin
+            .topic_configs(self.request(session, request))
+            .await
+    }
+
     async fn delete_topic(
         &self,
         session: &Session,

@@ -695,6 +695,8 @@ pub async fn describe_cluster<B: Backend>(
 const TOPIC_RESOURCE: i8 = 2;
 /// Kafka's config source of a topic's own setting.
 const TOPIC_CONFIG_SOURCE: i8 = 1;
+/// Kafka's config source of a setting left at its default.
+const DEFAULT_CONFIG_SOURCE: i8 = 5;
 
 pub async fn describe_configs<B: Backend>(
     backend: &B,
@@ -715,28 +717,27 @@ pub async fn describe_configs<B: Backend>(
             .configuration_keys
             .map(|keys| keys.iter().map(ToString::to_string).collect());
         match backend
-            .describe_topic(
-                session,
-                v1::DescribeTopicRequest {
-                    name: resource.resource_name.to_string(),
-                },
-            )
+            .topic_configs(session, resource.resource_name.as_str())
             .await
         {
-            Ok(answer) => {
-                let mut configs: Vec<(String, String)> = answer
-                    .topic
-                    .map(|t| t.configs.into_iter().collect())
-                    .unwrap_or_default();
+            Ok(mut configs) => {
                 configs.sort();
+                // A value equal to the default is shown as the default (Kafka's clients list
+                // only the others as the topic's own, and carry them over in AlterConfigs).
+                let defaults = weir_controller::TopicConfig::default().to_pairs();
                 result.configs = configs
                     .into_iter()
                     .filter(|(k, _)| wanted.as_ref().is_none_or(|w| w.contains(k)))
                     .map(|(name, value)| {
                         let mut entry = DescribeConfigsResourceResult::default();
+                        let default = defaults.iter().any(|(k, v)| *k == name && *v == value);
+                        entry.config_source = if default {
+                            DEFAULT_CONFIG_SOURCE
+                        } else {
+                            TOPIC_CONFIG_SOURCE
+                        };
                         entry.name = str_bytes(name);
                         entry.value = Some(str_bytes(value));
-                        entry.config_source = TOPIC_CONFIG_SOURCE;
                         entry
                     })
                     .collect();

@@ -89,6 +89,13 @@ pub trait Backend: Send + Sync + 'static {
         session: &Session,
         request: v1::DescribeTopicRequest,
     ) -> impl Future<Output = Result<v1::DescribeTopicResponse, Status>> + Send;
+    /// A topic's settings by name (as `describe_topic` shows them), answered from the
+    /// metadata alone: no partition needs a leader.
+    fn topic_configs(
+        &self,
+        session: &Session,
+        topic: &str,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, Status>> + Send;
     fn delete_topic(
         &self,
         session: &Session,
