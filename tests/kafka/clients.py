@@ -7,8 +7,9 @@ or prints what went wrong on stderr and exits 1. The Rust test decides what the 
            values; prints every acknowledged (partition, offset, value) to --acked
   group    two confluent-kafka consumers in one group: they split the partitions; one reads,
            commits and leaves; the other takes over from the committed offsets and reads the rest
-  sasl     a SASL user (SCRAM or PLAIN, over TLS) produces one record and reads it back; prints
-           the error of each step ("none" when it worked)
+  sasl     a SASL user (SCRAM or PLAIN, over TLS) produces --records records (one by default)
+           and reads one back; prints the error of each step ("none" when it worked) and the
+           longest throttle the brokers reported (librdkafka's throttle callback), in ms
   admin    kafka-python's admin client: create and describe topics and configs, list and
            describe groups; then grow the topic, change its settings (IncrementalAlterConfigs
            SET and DELETE, then a whole-set AlterConfigs) and delete a group
@@ -166,11 +167,20 @@ def sasl(args):
     # A refused authentication reaches the error callback (deliveries then time out).
     client_errors = []
     common["error_cb"] = lambda err: client_errors.append(err.name())
+    # Throttles reported in answers (ThrottleEvent.throttle_time is in seconds).
+    throttles = [0]
+    common["throttle_cb"] = lambda event: throttles.append(round(event.throttle_time * 1000))
     results = []
-    producer = Producer({**common, "message.timeout.ms": 15000})
-    producer.produce(args.topic, value=b"x", on_delivery=lambda err, msg: results.append(err))
-    producer.flush(30)
-    produce_error = "timeout" if not results else (results[0].name() if results[0] else "none")
+    producer = Producer({**common, "message.timeout.ms": 30000})
+    for i in range(args.records):
+        value = b"x" if args.records == 1 else (b"%08d" % i) * (args.record_size // 8)
+        producer.produce(args.topic, value=value, on_delivery=lambda err, msg: results.append(err))
+    producer.flush(60)
+    failed = [e for e in results if e is not None]
+    if failed:
+        produce_error = failed[0].name()
+    else:
+        produce_error = "none" if len(results) == args.records else "timeout"
     consumer = Consumer({**common, "group.id": args.group, "auto.offset.reset": "earliest",
                          "enable.auto.commit": False})
     consumer.subscribe([args.topic])
@@ -184,7 +194,8 @@ def sasl(args):
         break
     consumer.close()
     auth = next((e for e in client_errors if "AUTH" in e), "none")
-    print(json.dumps({"produce": produce_error, "consume": consume_error, "authentication": auth}))
+    print(json.dumps({"produce": produce_error, "consume": consume_error, "authentication": auth,
+                      "throttled_ms": max(throttles)}))
     return 0
 
 
@@ -289,6 +300,8 @@ def main():
     d.add_argument("--protocol", default="SASL_SSL")
     d.add_argument("--ca")
     d.add_argument("--group", default="sasl-group")
+    d.add_argument("--records", type=int, default=1)
+    d.add_argument("--record-size", type=int, default=4000)
     a = sub.add_parser("admin")
     a.add_argument("--bootstrap", required=True)
     a.add_argument("--topic", required=True)

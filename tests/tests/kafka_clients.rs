@@ -565,7 +565,7 @@ fn sasl_users_authenticate_over_tls_and_acls_decide_what_they_may_do() -> anyhow
         .join("ca.pem")
         .display()
         .to_string();
-    let sasl = |mechanism: &str, password: &str| {
+    let sasl = |mechanism: &str, password: &str, records: u32| {
         clients(
             &python,
             &[
@@ -582,12 +582,14 @@ fn sasl_users_authenticate_over_tls_and_acls_decide_what_they_may_do() -> anyhow
                 mechanism,
                 "--ca",
                 &ca,
+                "--records",
+                &records.to_string(),
             ],
             Duration::from_secs(120),
         )
     };
     // Authenticated, but no ACL: refused, by name.
-    let denied = sasl("SCRAM-SHA-256", "c4rol-pw")?;
+    let denied = sasl("SCRAM-SHA-256", "c4rol-pw", 1)?;
     ensure!(
         denied["produce"] == "TOPIC_AUTHORIZATION_FAILED",
         "{denied}"
@@ -598,7 +600,7 @@ fn sasl_users_authenticate_over_tls_and_acls_decide_what_they_may_do() -> anyhow
         "{denied}"
     );
     // A wrong password does not authenticate at all.
-    let wrong = sasl("SCRAM-SHA-512", "not-her-password")?;
+    let wrong = sasl("SCRAM-SHA-512", "not-her-password", 1)?;
     ensure!(
         wrong["authentication"] == "_AUTHENTICATION" && wrong["produce"] != "none",
         "{wrong}"
@@ -628,12 +630,37 @@ fn sasl_users_authenticate_over_tls_and_acls_decide_what_they_may_do() -> anyhow
         )?;
     }
     for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] {
-        let allowed = sasl(mechanism, "c4rol-pw")?;
+        let allowed = sasl(mechanism, "c4rol-pw", 1)?;
         ensure!(
             allowed["produce"] == "none" && allowed["consume"] == "none",
             "{mechanism}: {allowed}"
         );
+        ensure!(allowed["throttled_ms"] == 0, "no quota yet: {allowed}");
     }
+    // Her quotas apply to Kafka requests as to gRPC ones: 80 kB at 10 kB/s is throttled (the
+    // answers say for how long, as Kafka's do) and never refused.
+    as_admin(
+        &cluster,
+        &[
+            "quota",
+            "set",
+            "user:carol",
+            "-l",
+            "produce.bytes.per.sec=10000",
+            "-l",
+            "fetch.bytes.per.sec=10000",
+        ],
+        None,
+    )?;
+    let throttled = sasl("SCRAM-SHA-256", "c4rol-pw", 20)?;
+    ensure!(
+        throttled["produce"] == "none" && throttled["consume"] == "none",
+        "{throttled}"
+    );
+    ensure!(
+        throttled["throttled_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "carol's requests over her quota were not throttled: {throttled}"
+    );
     // Refusals are in the audit log of some node.
     let audited = (1..=3).any(|id| {
         std::fs::read_to_string(cluster.data_dir(id).join("audit.log")).is_ok_and(|log| {

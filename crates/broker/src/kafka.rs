@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -18,6 +19,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 use weir_controller::Controller;
+use weir_kafka::backend::QuotaKind;
 use weir_kafka::{Backend, KafkaBroker, Session};
 use weir_proto::v1;
 use weir_proto::v1::admin_server::Admin;
@@ -32,6 +34,7 @@ use crate::auth::{Caller, Principal};
 use crate::broker::BrokerService;
 use crate::groups::GroupService;
 use crate::listener::Accept;
+use crate::quota::{Kind, Throttle};
 
 /// Kafka's principal for a client that did not authenticate.
 pub(crate) const ANONYMOUS: &str = "User:ANONYMOUS";
@@ -132,6 +135,28 @@ impl Backend for KafkaBackend {
                 })
             })
             .collect()
+    }
+
+    fn charge_request(&self, session: &Session) -> u32 {
+        let caller = self.caller(session);
+        self.broker
+            .router
+            .quotas
+            .charge_principal(&caller.principal, 0, Kind::Request, 1)
+            .map_or(0, |throttle| throttle.millis())
+    }
+
+    async fn hold(&self, kind: QuotaKind, ms: u32) {
+        let kind = match kind {
+            QuotaKind::Request => Kind::Request,
+            QuotaKind::Produce => Kind::Produce,
+            QuotaKind::Fetch => Kind::Fetch,
+        };
+        let throttle = Throttle {
+            delay: Duration::from_millis(u64::from(ms)),
+            kind,
+        };
+        self.broker.router.quotas.hold(throttle).await;
     }
 
     async fn metadata(

@@ -13,7 +13,10 @@
 //! the produce request's encoded size, the fetch answer's encoded size (each message of a
 //! Subscribe too). The call's throttle is the largest delay of the buckets it was charged to; the
 //! node holds the answer back that long (at most [`MAX_HOLD`]), says so (`throttle_time_ms`, the
-//! `weir-throttle-ms` header) and never fails it.
+//! `weir-throttle-ms` header) and never fails it. The Kafka listener charges the same buckets:
+//! 1 request per Kafka request (after authentication), and the bytes of the `weir.v1` produce
+//! and fetch calls each Kafka request becomes; its answer carries the largest throttle in
+//! `throttle_time_ms` and is held back as long (the connection reads nothing meanwhile).
 //!
 //! Invariants:
 //! - A call is charged once, on the node the client called: never when it arrives forwarded
@@ -258,7 +261,7 @@ impl Quotas {
         self.charge_principal(&hops.caller.principal, hops.count, kind, amount)
     }
 
-    fn charge_principal(
+    pub(crate) fn charge_principal(
         &self,
         principal: &Principal,
         hops: u32,

@@ -5,6 +5,7 @@
 //! LEADER_NOT_AVAILABLE, REQUEST_TIMED_OUT), final ones to final errors.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -259,6 +260,8 @@ pub async fn produce<B: Backend>(
             u64::try_from(request.timeout_ms.max(1_000)).unwrap_or(30_000),
         );
     let mut response = ProduceResponse::default();
+    // The longest throttle the write path reported for any of the request's batches.
+    let throttle = &AtomicU32::new(0);
     for topic in request.topic_data {
         let name = topic.name.0.to_string();
         let partitions = topic.partition_data.into_iter().map(|data| {
@@ -307,6 +310,7 @@ pub async fn produce<B: Backend>(
                     .await;
                     match result {
                         Ok(written) => {
+                            throttle.fetch_max(written.throttle_time_ms, Ordering::Relaxed);
                             if answer.base_offset < 0 {
                                 answer.base_offset = written
                                     .base_offset
@@ -329,6 +333,7 @@ pub async fn produce<B: Backend>(
         answer.partition_responses = join_all(partitions).await;
         response.responses.push(answer);
     }
+    response.throttle_time_ms = clamp_ms(throttle.load(Ordering::Relaxed));
     // acks=0: the client expects no answer at all.
     (request.acks != 0).then_some(response)
 }
@@ -396,6 +401,8 @@ pub async fn fetch<B: Backend>(
     // One read per partition, all at once; each waits at most `max_wait` for data. The answer
     // goes when every read has answered, or as soon as one has data (the others then answer
     // what they have at once).
+    // The longest throttle the read path reported for any partition.
+    let throttle = &AtomicU32::new(0);
     let read = |wait: u32, topic: TopicName, partition: FetchPartition| async move {
         let mut data = PartitionData::default();
         data.partition_index = partition.partition;
@@ -428,6 +435,7 @@ pub async fn fetch<B: Backend>(
             .await;
         match answer {
             Ok(answer) => {
+                throttle.fetch_max(answer.throttle_time_ms, Ordering::Relaxed);
                 data.high_watermark = i64::try_from(answer.high_watermark).unwrap_or(-1);
                 data.last_stable_offset = data.high_watermark;
                 data.log_start_offset = i64::try_from(answer.log_start_offset).unwrap_or(-1);
@@ -480,7 +488,13 @@ pub async fn fetch<B: Backend>(
         }
     }
     response.responses = by_topic;
+    response.throttle_time_ms = clamp_ms(throttle.load(Ordering::Relaxed));
     response
+}
+
+/// A throttle in milliseconds as Kafka's `throttle_time_ms` (an i32).
+fn clamp_ms(ms: u32) -> i32 {
+    i32::try_from(ms).unwrap_or(i32::MAX)
 }
 
 pub async fn list_offsets<B: Backend>(

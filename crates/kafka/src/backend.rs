@@ -34,6 +34,17 @@ pub struct KafkaBroker {
     pub rack: Option<String>,
 }
 
+/// The rate quota that held a Kafka answer back (for the node's throttle metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaKind {
+    /// `requests.per.sec`: every request after authentication counts one.
+    Request,
+    /// `produce.bytes.per.sec`: charged by the node's write path.
+    Produce,
+    /// `fetch.bytes.per.sec`: charged by the node's read path.
+    Fetch,
+}
+
 /// The node behind the listener. Each method answers as the gRPC method of the same name would
 /// for the session's principal.
 pub trait Backend: Send + Sync + 'static {
@@ -54,6 +65,12 @@ pub trait Backend: Send + Sync + 'static {
     fn cluster_id(&self) -> String;
     /// The brokers that have a Kafka listener, by their advertised Kafka address.
     fn kafka_brokers(&self) -> Vec<KafkaBroker>;
+    /// Charges one request of the session's principal to its `requests.per.sec` quota (and its
+    /// tenant's); how long its answer is to be held back, in milliseconds (0: not throttled).
+    fn charge_request(&self, session: &Session) -> u32;
+    /// Holds a throttled answer back `ms` milliseconds (at most the node's longest hold),
+    /// counted in the node's throttle metrics under `kind`.
+    fn hold(&self, kind: QuotaKind, ms: u32) -> impl Future<Output = ()> + Send;
 
     fn metadata(
         &self,

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::Instrument;
 
 use crate::api::{self, codes};
-use crate::backend::{Backend, Session};
+use crate::backend::{Backend, QuotaKind, Session};
 use crate::group_api;
 use crate::groups::Coordinator;
 use crate::sasl::{self, Exchange, Step};
@@ -319,9 +319,29 @@ async fn handle<B: Backend>(
                 peer = %session.peer,
                 client = session.client_id.as_deref().unwrap_or(""),
             );
-            dispatch(request, version, listener, session)
+            let charged = listener.backend.charge_request(session);
+            let mut response = dispatch(request, version, listener, session)
                 .instrument(span)
-                .await?
+                .await?;
+            // Over a rate quota: the answer says how long, and goes only after that long (the
+            // connection reads nothing meanwhile, as Kafka mutes a throttled channel).
+            let by_bytes = match &response {
+                Some(ResponseKind::Produce(r)) => u32::try_from(r.throttle_time_ms).unwrap_or(0),
+                Some(ResponseKind::Fetch(r)) => u32::try_from(r.throttle_time_ms).unwrap_or(0),
+                _ => 0,
+            };
+            let (kind, ms) = match api {
+                ApiKey::Produce if by_bytes > charged => (QuotaKind::Produce, by_bytes),
+                ApiKey::Fetch if by_bytes > charged => (QuotaKind::Fetch, by_bytes),
+                _ => (QuotaKind::Request, charged),
+            };
+            if ms > 0 {
+                if let Some(response) = response.as_mut() {
+                    set_throttle_time_ms(response, ms);
+                }
+                listener.backend.hold(kind, ms).await;
+            }
+            response
         }
     };
     match response {
@@ -427,6 +447,38 @@ async fn dispatch<B: Backend>(
             )));
         }
     }))
+}
+
+/// Sets an answer's `throttle_time_ms` (versions without the field do not encode it; SASL
+/// answers have none and are never throttled).
+fn set_throttle_time_ms(response: &mut ResponseKind, ms: u32) {
+    let ms = i32::try_from(ms).unwrap_or(i32::MAX);
+    match response {
+        ResponseKind::ApiVersions(r) => r.throttle_time_ms = ms,
+        ResponseKind::Metadata(r) => r.throttle_time_ms = ms,
+        ResponseKind::Produce(r) => r.throttle_time_ms = ms,
+        ResponseKind::Fetch(r) => r.throttle_time_ms = ms,
+        ResponseKind::ListOffsets(r) => r.throttle_time_ms = ms,
+        ResponseKind::InitProducerId(r) => r.throttle_time_ms = ms,
+        ResponseKind::FindCoordinator(r) => r.throttle_time_ms = ms,
+        ResponseKind::JoinGroup(r) => r.throttle_time_ms = ms,
+        ResponseKind::SyncGroup(r) => r.throttle_time_ms = ms,
+        ResponseKind::Heartbeat(r) => r.throttle_time_ms = ms,
+        ResponseKind::LeaveGroup(r) => r.throttle_time_ms = ms,
+        ResponseKind::OffsetCommit(r) => r.throttle_time_ms = ms,
+        ResponseKind::OffsetFetch(r) => r.throttle_time_ms = ms,
+        ResponseKind::ListGroups(r) => r.throttle_time_ms = ms,
+        ResponseKind::DescribeGroups(r) => r.throttle_time_ms = ms,
+        ResponseKind::DeleteGroups(r) => r.throttle_time_ms = ms,
+        ResponseKind::CreateTopics(r) => r.throttle_time_ms = ms,
+        ResponseKind::DeleteTopics(r) => r.throttle_time_ms = ms,
+        ResponseKind::CreatePartitions(r) => r.throttle_time_ms = ms,
+        ResponseKind::DescribeConfigs(r) => r.throttle_time_ms = ms,
+        ResponseKind::AlterConfigs(r) => r.throttle_time_ms = ms,
+        ResponseKind::IncrementalAlterConfigs(r) => r.throttle_time_ms = ms,
+        ResponseKind::DescribeCluster(r) => r.throttle_time_ms = ms,
+        _ => {}
+    }
 }
 
 /// The ApiVersions answer: every key and version range served.
